@@ -1,0 +1,20 @@
+"""natten_mps: neighborhood attention for PyTorch with Metal kernels on Apple Silicon.
+
+Layering: ``functional`` (public API, argument checks) -> ``ops`` (torch.library custom ops with
+autograd) -> ``backends.metal`` / ``backends.pure`` (device implementations) -> ``shaders/*.metal``
+(through ``metal.runtime``; the CPU emulator in ``metal.emulator`` runs the same sources on Linux).
+"""
+from .backend import get_backend, last_backend, set_backend
+from .functional import attention, merge_attentions, na1d, na2d, na3d
+from .metal.runtime import emulation_enabled, set_emulation
+
+__version__ = "0.1.0"
+
+__all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "set_backend", "get_backend",
+           "last_backend", "set_emulation", "emulation_enabled", "__version__"]
+
+# On a Mac, compile the shaders once per process at import; elsewhere nothing is compiled here.
+from .metal import runtime as _runtime  # noqa: E402
+from .backends import metal as _metal_backend  # noqa: E402
+
+_runtime.precompile([_metal_backend.NA_FORWARD_SHADER])

@@ -1,0 +1,49 @@
+"""Which implementation runs: ``auto`` (Metal on MPS, pure PyTorch elsewhere), ``metal`` or ``pure``.
+
+Set with :func:`set_backend` or the ``NATTEN_MPS_BACKEND`` environment variable; :func:`last_backend`
+reports the path the most recent op took (``"metal"`` or ``"pure"``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .metal import runtime
+
+_CHOICES = ("auto", "metal", "pure")
+_backend = os.environ.get("NATTEN_MPS_BACKEND", "auto").lower()
+if _backend not in _CHOICES:
+    raise ValueError(f"NATTEN_MPS_BACKEND must be one of {_CHOICES}, got {_backend!r}")
+_last = {"path": None}
+
+
+def set_backend(name: str) -> None:
+    global _backend
+    if name not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def last_backend():
+    """``"metal"`` or ``"pure"``: the path taken by the most recent forward or backward op."""
+    return _last["path"]
+
+
+def use_metal(t: torch.Tensor, supported: bool = True) -> bool:
+    """Decide the path for an op on ``t``; ``supported`` says whether a Metal kernel covers the config."""
+    if _backend == "pure":
+        choice = False
+    elif _backend == "metal":
+        if not runtime.runs_metal(t):
+            raise RuntimeError(f"backend 'metal' needs MPS tensors (or NATTEN_MPS_EMULATE=1 on CPU), "
+                               f"got a tensor on {t.device}")
+        choice = supported
+    else:
+        choice = supported and runtime.runs_metal(t)
+    _last["path"] = "metal" if choice else "pure"
+    return choice

@@ -1,0 +1,402 @@
+"""Device-agnostic blocked neighborhood attention in plain PyTorch (CPU, CUDA, MPS fallback).
+
+Layout inside this module: ``q`` is ``[N, G, *L, D]`` and ``k``/``v`` are ``[N, *L, D]`` where
+``N = batch * heads_kv`` and ``G = heads // heads_kv`` (GQA query heads ride along as extra query
+rows, so K/V are never repeated), ``L`` is the spatial shape of one dilation group.
+
+Algorithm (one generic N-d routine):
+
+* Dilation is removed by regrouping: each of the ``prod(dilation)`` interleaved groups is an
+  undilated problem on a strided view.
+* Queries are cut into tiles of ``T`` positions per axis. Because window starts never decrease
+  along an axis, the union of the windows of a tile is an interval of at most ``U`` keys per axis
+  (``U`` ~ ``T + K``); every tile gathers those keys (``index_select``), does one dense batched
+  matmul of its ``G * prod(T)`` queries against its ``prod(U)`` keys, masks the keys outside each
+  query's exact window (an additive ``-inf`` bias built per axis, never an O(L^2) mask) and takes a
+  softmax with its log-sum-exp.
+* Tiles are processed in chunks along the first axis so peak memory is bounded by a budget, not by
+  the input size (never O(L^2) or O(L * K^d * D)).
+* Backward recomputes the probabilities from the saved LSE, tile by tile, and scatters key/value
+  gradients back with ``index_add_``.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..semantics import group_length, window_bounds
+
+_CHUNK_BYTES = int(os.environ.get("NATTEN_MPS_PURE_CHUNK_BYTES", 48 << 20))
+
+
+def default_tile(rank: int, length: int, kernel: int) -> int:
+    """Query tile per axis, from measurements on a 2-core CPU (benchmarks/bench_fallback.py)."""
+    env = os.environ.get(f"NATTEN_MPS_TILE_{rank}D")
+    if env:
+        t = int(env)
+    elif rank == 1:
+        t = max(64, 2 * kernel)
+    elif rank == 2:
+        t = 8 if kernel <= 9 else 16
+    else:
+        t = 4 if kernel <= 5 else 8
+    return max(1, min(t, length))
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    tile: int                 # queries per tile on this axis
+    n_tiles: int
+    union: int                # keys gathered per tile on this axis
+    key_index: torch.Tensor   # [n_tiles, union] key positions gathered by each tile
+    allowed: torch.Tensor     # [n_tiles, tile, union] bool: key u is in the window of query t
+    full: bool                # every key allowed for every query (no mask needed)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_plan(length: int, kernel: int, stride: int, causal: bool, tile: int,
+               device: torch.device) -> AxisPlan:
+    n = math.ceil(length / tile)
+    q = torch.arange(n * tile)
+    lo, hi = window_bounds(torch.clamp(q, max=length - 1), length, kernel, stride, causal)
+    lo, hi = lo.view(n, tile), hi.view(n, tile)
+    first, last = lo.min(dim=1).values, hi.max(dim=1).values
+    union = int((last - first + 1).max())
+    start = torch.clamp(first, max=length - union)
+    key = start[:, None] + torch.arange(union)[None, :]
+    allowed = (key[:, None, :] >= lo[:, :, None]) & (key[:, None, :] <= hi[:, :, None])
+    full = bool(allowed.all()) and union == length
+    return AxisPlan(tile, n, union, key.to(device), allowed.to(device), full)
+
+
+def _plans(spatial, kernel_size, stride, causal, device) -> List[AxisPlan]:
+    rank = len(spatial)
+    return [_axis_plan(spatial[i], kernel_size[i], stride[i], causal[i],
+                       default_tile(rank, spatial[i], kernel_size[i]), device)
+            for i in range(rank)]
+
+
+# ---- tiling helpers (rank-generic) -------------------------------------------------------------
+
+def _tile_rows(x: torch.Tensor, plans: Sequence[AxisPlan], n0: int) -> torch.Tensor:
+    """``[N, G, n0*T0, n1*T1, ..., C]`` -> ``[N, n0*n1*..., G*T0*T1*..., C]``."""
+    rank = len(plans)
+    N, G, C = x.shape[0], x.shape[1], x.shape[-1]
+    counts = [n0] + [p.n_tiles for p in plans[1:]]
+    shape = [N, G]
+    for c, p in zip(counts, plans):
+        shape += [c, p.tile]
+    x = x.reshape(shape + [C])
+    tile_dims = [2 + 2 * i for i in range(rank)]
+    in_dims = [3 + 2 * i for i in range(rank)]
+    x = x.permute(0, *tile_dims, 1, *in_dims, 2 + 2 * rank)
+    return x.reshape(N, math.prod(counts), G * math.prod(p.tile for p in plans), C)
+
+
+def _untile_rows(x: torch.Tensor, plans: Sequence[AxisPlan], n0: int, G: int) -> torch.Tensor:
+    """Inverse of :func:`_tile_rows`."""
+    rank = len(plans)
+    N, C = x.shape[0], x.shape[-1]
+    counts = [n0] + [p.n_tiles for p in plans[1:]]
+    x = x.reshape([N] + counts + [G] + [p.tile for p in plans] + [C])
+    order = [0, 1 + rank]
+    for i in range(rank):
+        order += [1 + i, 2 + rank + i]
+    x = x.permute(*order, 2 + 2 * rank)
+    return x.reshape([N, G] + [c * p.tile for c, p in zip(counts, plans)] + [C])
+
+
+def _key_indices(plans: Sequence[AxisPlan], t0: int, t1: int) -> List[torch.Tensor]:
+    return [plans[0].key_index[t0:t1]] + [p.key_index for p in plans[1:]]
+
+
+def _gather_keys(x: torch.Tensor, idx: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[N, *L, C]`` -> ``[N, tiles, prod(U), C]`` keys of each tile."""
+    rank = len(idx)
+    for i, ix in enumerate(idx):
+        x = x.index_select(1 + i, ix.reshape(-1))
+    N, C = x.shape[0], x.shape[-1]
+    shape = [N]
+    for ix in idx:
+        shape += list(ix.shape)
+    x = x.reshape(shape + [C])
+    x = x.permute(0, *[1 + 2 * i for i in range(rank)], *[2 + 2 * i for i in range(rank)], 1 + 2 * rank)
+    return x.reshape(N, math.prod(ix.shape[0] for ix in idx), math.prod(ix.shape[1] for ix in idx), C)
+
+
+def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
+    """Flat key position of every gathered key, in the ``[tiles, prod(U)]`` order."""
+    rank = len(idx)
+    lin = None
+    for i, ix in enumerate(idx):
+        stride = math.prod(spatial[i + 1:])
+        shape = [1] * (2 * rank)
+        shape[i], shape[rank + i] = ix.shape[0], ix.shape[1]
+        term = (ix * stride).reshape(shape)
+        lin = term if lin is None else lin + term
+    return lin.reshape(-1)
+
+
+def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, idx: Sequence[torch.Tensor]) -> None:
+    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[N, tiles, prod(U), C]`` into ``dst`` ``[N, *L, C]``."""
+    N, C = dst.shape[0], dst.shape[-1]
+    lin = _linear_key_index(idx, dst.shape[1:-1])
+    dst.view(N, -1, C).index_add_(1, lin, grad.reshape(N, -1, C))
+
+
+def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optional[torch.Tensor]:
+    """Additive mask ``[tiles, G*prod(T), prod(U)]``: 0 inside each query's window, -inf outside."""
+    if all(p.full for p in plans):
+        return None
+    rank = len(plans)
+    allowed = None
+    per_axis = [plans[0].allowed[t0:t1]] + [p.allowed for p in plans[1:]]
+    for i, a in enumerate(per_axis):
+        shape = [1] * (3 * rank)
+        shape[i], shape[rank + i], shape[2 * rank + i] = a.shape
+        a = a.reshape(shape)
+        allowed = a if allowed is None else allowed & a
+    tiles = math.prod(a.shape[0] for a in per_axis)
+    rows = math.prod(a.shape[1] for a in per_axis)
+    cols = math.prod(a.shape[2] for a in per_axis)
+    allowed = allowed.reshape(tiles, 1, rows, cols).expand(tiles, G, rows, cols).reshape(tiles, G * rows, cols)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, float("-inf"))
+
+
+def _pad_to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], first_dim: int) -> torch.Tensor:
+    pads = []
+    for i in reversed(range(len(plans))):
+        size = x.shape[first_dim + i]
+        pads += [0, plans[i].n_tiles * plans[i].tile - size]
+    if any(pads):
+        x = torch.nn.functional.pad(x, [0, 0] * (x.dim() - first_dim - len(plans)) + pads)
+    return x
+
+
+def _chunks(plans: Sequence[AxisPlan], N: int, G: int, itemsize: int):
+    per_tile0 = N * math.prod(p.n_tiles for p in plans[1:]) * G * math.prod(p.tile for p in plans) \
+        * math.prod(p.union for p in plans) * itemsize
+    step = max(1, _CHUNK_BYTES // max(per_tile0, 1))
+    for t0 in range(0, plans[0].n_tiles, step):
+        yield t0, min(plans[0].n_tiles, t0 + step)
+
+
+# ---- undilated core ---------------------------------------------------------------------------
+
+def _core_forward(q, k, v, kernel_size, stride, causal, scale):
+    N, G = q.shape[:2]
+    spatial = tuple(q.shape[2:-1])
+    plans = _plans(spatial, kernel_size, stride, causal, q.device)
+    T0 = plans[0].tile
+    qp = _pad_to_tiles(q * scale, plans, 2)
+    out = torch.empty(qp.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    lse = torch.empty(qp.shape[:-1] + (1,), dtype=q.dtype, device=q.device)
+    for t0, t1 in _chunks(plans, N, G, q.element_size()):
+        idx = _key_indices(plans, t0, t1)
+        qt = _tile_rows(qp[:, :, t0 * T0:t1 * T0], plans, t1 - t0)
+        kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
+        s = torch.matmul(qt, kt.transpose(-1, -2))
+        bias = _bias(plans, t0, t1, G, s.dtype)
+        if bias is not None:
+            s.add_(bias)
+        m = torch.logsumexp(s, dim=-1, keepdim=True)
+        p = s.sub_(m).exp_()
+        o = torch.matmul(p, vt)
+        out[:, :, t0 * T0:t1 * T0] = _untile_rows(o, plans, t1 - t0, G)
+        lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m, plans, t1 - t0, G)
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
+    return out[crop], lse[crop][..., 0]
+
+
+def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale):
+    N, G = q.shape[:2]
+    spatial = tuple(q.shape[2:-1])
+    plans = _plans(spatial, kernel_size, stride, causal, q.device)
+    T0 = plans[0].tile
+    qp = _pad_to_tiles(q * scale, plans, 2)
+    dop = _pad_to_tiles(dout, plans, 2)
+    delta = (dout * out).sum(-1, keepdim=True)
+    if dlse is not None:
+        delta = delta - dlse.unsqueeze(-1)
+    deltap = _pad_to_tiles(delta, plans, 2)
+    lsep = _pad_to_tiles(lse.unsqueeze(-1), plans, 2)
+    dq = torch.empty_like(qp)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    for t0, t1 in _chunks(plans, N, G, q.element_size()):
+        rows = slice(t0 * T0, t1 * T0)
+        idx = _key_indices(plans, t0, t1)
+        n0 = t1 - t0
+        qt = _tile_rows(qp[:, :, rows], plans, n0)
+        kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
+        s = torch.matmul(qt, kt.transpose(-1, -2))
+        bias = _bias(plans, t0, t1, G, s.dtype)
+        if bias is not None:
+            s.add_(bias)
+        p = s.sub_(_tile_rows(lsep[:, :, rows], plans, n0)).exp_()
+        dot = _tile_rows(dop[:, :, rows], plans, n0)
+        _scatter_keys(dv, torch.matmul(p.transpose(-1, -2), dot), idx)
+        dp = torch.matmul(dot, vt.transpose(-1, -2))
+        ds = p.mul_(dp.sub_(_tile_rows(deltap[:, :, rows], plans, n0)))
+        dq[:, :, rows] = _untile_rows(torch.matmul(ds, kt), plans, n0, G)
+        _scatter_keys(dk, torch.matmul(ds.transpose(-1, -2), qt), idx)
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
+    return dq[crop] * scale, dk, dv
+
+
+# ---- layout + dilation -------------------------------------------------------------------------
+
+def lse_dtype(dtype):
+    """LSE is float32 for every input dtype except float64 (kept for gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def to_internal(x: torch.Tensor, heads_kv: int, is_query: bool, dtype=None) -> torch.Tensor:
+    """``[B, *L, H, C]`` -> ``[B*Hkv, G, *L, C]`` (query) or ``[B*Hkv, *L, C]`` (key/value)."""
+    rank = x.dim() - 3
+    B, H, C = x.shape[0], x.shape[-2], x.shape[-1]
+    spatial = x.shape[1:1 + rank]
+    x = x.to(dtype or _compute_dtype(x.dtype))
+    if is_query:
+        G = H // heads_kv
+        x = x.reshape(B, *spatial, heads_kv, G, C)
+        x = x.permute(0, rank + 1, rank + 2, *range(1, rank + 1), rank + 3)
+        return x.reshape(B * heads_kv, G, *spatial, C)
+    x = x.permute(0, rank + 1, *range(1, rank + 1), rank + 2)
+    return x.reshape(B * H, *spatial, C)
+
+
+def from_internal(x: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
+    """``[B*Hkv, G, *L, C]`` -> ``[B, *L, Hkv*G, C]``."""
+    rank = x.dim() - 3
+    G, C = x.shape[1], x.shape[-1]
+    spatial = x.shape[2:2 + rank]
+    x = x.reshape(batch, heads_kv, G, *spatial, C)
+    x = x.permute(0, *range(3, 3 + rank), 1, 2, 3 + rank)
+    return x.reshape(batch, *spatial, heads_kv * G, C)
+
+
+def _dilation_groups(spatial, dilation):
+    """Yield the strided slices (over spatial dims) of each dilation group."""
+    for combo in itertools.product(*[range(d) for d in dilation]):
+        yield tuple(slice(g, None, d) for g, d in zip(combo, dilation))
+
+
+def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
+    """Neighborhood attention forward. ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D(v)]``.
+
+    Returns ``out`` ``[B, *L, H, Dv]`` (input dtype) and ``lse`` ``[B, *L, H]`` (float32, natural log).
+    """
+    B, Hkv = q.shape[0], k.shape[-2]
+    qi, ki, vi = to_internal(q, Hkv, True), to_internal(k, Hkv, False), to_internal(v, Hkv, False)
+    if B == 0 or qi.numel() == 0:
+        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        return out, q.new_empty(q.shape[:-1], dtype=lse_dtype(q.dtype))
+    if all(d == 1 for d in dilation):
+        oi, li = _core_forward(qi, ki, vi, kernel_size, stride, is_causal, scale)
+    else:
+        oi = qi.new_empty(qi.shape[:-1] + (vi.shape[-1],))
+        li = qi.new_empty(qi.shape[:-1])
+        for sl in _dilation_groups(q.shape[1:-2], dilation):
+            o, l = _core_forward(qi[(slice(None), slice(None)) + sl], ki[(slice(None),) + sl],
+                                 vi[(slice(None),) + sl], kernel_size, stride, is_causal, scale)
+            oi[(slice(None), slice(None)) + sl] = o
+            li[(slice(None), slice(None)) + sl] = l
+    out = from_internal(oi, B, Hkv).to(q.dtype)
+    lse = from_internal(li.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype))
+    return out.contiguous(), lse.contiguous()
+
+
+def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    """Gradients of :func:`na_forward` w.r.t. ``q, k, v`` given those of ``out`` and ``lse``."""
+    B, Hkv = q.shape[0], k.shape[-2]
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    qi, ki, vi = to_internal(q, Hkv, True), to_internal(k, Hkv, False), to_internal(v, Hkv, False)
+    doi, oi = to_internal(dout, Hkv, True), to_internal(out, Hkv, True)
+    li = to_internal(lse.unsqueeze(-1), Hkv, True, qi.dtype)[..., 0]
+    dli = None if dlse is None else to_internal(dlse.unsqueeze(-1), Hkv, True, qi.dtype)[..., 0]
+    if all(d == 1 for d in dilation):
+        dq, dk, dv = _core_backward(doi, dli, qi, ki, vi, oi, li, kernel_size, stride, is_causal, scale)
+    else:
+        dq, dk, dv = torch.empty_like(qi), torch.empty_like(ki), torch.empty_like(vi)
+        for sl in _dilation_groups(q.shape[1:-2], dilation):
+            qs, ks = (slice(None), slice(None)) + sl, (slice(None),) + sl
+            g = _core_backward(doi[qs], None if dli is None else dli[qs], qi[qs], ki[ks], vi[ks], oi[qs],
+                               li[qs], kernel_size, stride, is_causal, scale)
+            dq[qs], dk[ks], dv[ks] = g
+    dq = from_internal(dq, B, Hkv).to(q.dtype)
+    dk = from_internal(dk.unsqueeze(1), B, Hkv).to(k.dtype)
+    dv = from_internal(dv.unsqueeze(1), B, Hkv).to(v.dtype)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
+# ---- dense attention (FMHA and additional keys/values) ----------------------------------------
+
+def attention_forward(q, k, v, is_causal: bool, scale: float):
+    """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse)."""
+    B, Lq, H, _ = q.shape
+    Lk, Hkv = k.shape[1], k.shape[2]
+    if B == 0 or Lq == 0 or Lk == 0:
+        return (q.new_zeros(B, Lq, H, v.shape[-1]), q.new_full((B, Lq, H), float("-inf"), dtype=lse_dtype(q.dtype)))
+    qi = to_internal(q, Hkv, True) * scale           # [N, G, Lq, D]
+    ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
+    N, G = qi.shape[:2]
+    out = qi.new_empty(N, G, Lq, vi.shape[-1])
+    lse = qi.new_empty(N, G, Lq)
+    step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
+    for r0 in range(0, Lq, step):
+        r1 = min(Lq, r0 + step)
+        s = torch.matmul(qi[:, :, r0:r1], ki.unsqueeze(1).transpose(-1, -2))
+        if is_causal:
+            rows = torch.arange(r0, r1, device=q.device)[:, None]
+            s.masked_fill_(torch.arange(Lk, device=q.device)[None, :] > rows, float("-inf"))
+        m = torch.logsumexp(s, dim=-1, keepdim=True)
+        out[:, :, r0:r1] = torch.matmul(s.sub_(m).exp_(), vi.unsqueeze(1))
+        lse[:, :, r0:r1] = m[..., 0]
+    return (from_internal(out, B, Hkv).to(q.dtype).contiguous(),
+            from_internal(lse.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype)).contiguous())
+
+
+def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: float):
+    B, Lq, H, _ = q.shape
+    Lk, Hkv = k.shape[1], k.shape[2]
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    qi = to_internal(q, Hkv, True) * scale
+    ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
+    doi, oi = to_internal(dout, Hkv, True), to_internal(out, Hkv, True)
+    li = to_internal(lse.unsqueeze(-1), Hkv, True, qi.dtype)
+    delta = (doi * oi).sum(-1, keepdim=True)
+    if dlse is not None:
+        delta = delta - to_internal(dlse.unsqueeze(-1), Hkv, True, qi.dtype)
+    N, G = qi.shape[:2]
+    dq = torch.empty_like(qi)
+    dk, dv = torch.zeros_like(ki), torch.zeros_like(vi)
+    step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
+    for r0 in range(0, Lq, step):
+        r1 = min(Lq, r0 + step)
+        s = torch.matmul(qi[:, :, r0:r1], ki.unsqueeze(1).transpose(-1, -2))
+        if is_causal:
+            rows = torch.arange(r0, r1, device=q.device)[:, None]
+            s.masked_fill_(torch.arange(Lk, device=q.device)[None, :] > rows, float("-inf"))
+        p = s.sub_(li[:, :, r0:r1]).exp_()
+        do = doi[:, :, r0:r1]
+        dv += torch.matmul(p.transpose(-1, -2), do).sum(1)
+        ds = p.mul_(torch.matmul(do, vi.unsqueeze(1).transpose(-1, -2)).sub_(delta[:, :, r0:r1]))
+        dq[:, :, r0:r1] = torch.matmul(ds, ki.unsqueeze(1))
+        dk += torch.matmul(ds.transpose(-1, -2), qi[:, :, r0:r1]).sum(1)
+    return (from_internal(dq * scale, B, Hkv).to(q.dtype).contiguous(),
+            from_internal(dk.unsqueeze(1), B, Hkv).to(k.dtype).contiguous(),
+            from_internal(dv.unsqueeze(1), B, Hkv).to(v.dtype).contiguous())

@@ -1,0 +1,121 @@
+"""Shared Metal runtime for ``natten_mps`` and ``sage_mps``: shader loading, compiling, launching.
+
+Calling convention (``torch.mps.compile_shader``, as implemented in PyTorch's
+``torch/csrc/mps/Module.cpp`` and mirrored exactly by the emulator):
+
+* ``lib = compile_shader(source)``; ``lib.<kernel>(*args, threads=..., group_size=...)``.
+* Arguments bind in order to ``[[buffer(0)]]``, ``[[buffer(1)]]``, ...: a tensor binds as a ``device``
+  buffer starting at its storage offset (we always pass contiguous tensors); a Python ``int`` binds
+  as a 64-bit integer (declare ``constant long& n``); a Python ``float`` as a 32-bit ``float``.
+* ``threads`` is the total grid (an int or up to 3 ints), dispatched like ``dispatchThreads``:
+  the last threadgroup of each dimension may be partial. ``group_size`` is the threadgroup size.
+
+Shader sources are ``.metal`` files under ``shaders/`` (shipped in the wheel as
+``natten_mps/_shaders``). A local ``#include "file"`` is inlined before compiling, for both the
+MPS compiler and the emulator, so both compile byte-identical source.
+
+Emulation: with ``NATTEN_MPS_EMULATE=1`` or :func:`set_emulation(True) <set_emulation>`, CPU
+tensors take the Metal code path of both packages with the CPU emulator in place of
+``compile_shader``; everything else (argument handling, dispatch, autograd) is unchanged.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+__all__ = ["shader_dir", "shader_source", "library", "set_emulation", "emulation_enabled",
+           "mps_available", "runs_metal", "ShaderCompileError", "precompile"]
+
+
+class ShaderCompileError(RuntimeError):
+    """A shader failed to compile; the message names the file and carries the compiler's output."""
+
+
+def shader_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_shaders", here.parent / "shaders"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("Metal shader sources not found (expected natten_mps/_shaders or ./shaders)")
+
+
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"\s*$', re.M)
+
+
+def shader_source(name: str) -> str:
+    """Source of ``shaders/<name>`` with local ``#include "..."`` files inlined (once each)."""
+    root = shader_dir()
+    seen = set()
+
+    def expand(rel: str) -> str:
+        path = (root / rel).resolve()
+        if path in seen:
+            return ""
+        seen.add(path)
+        text = path.read_text()
+        return _INCLUDE_RE.sub(lambda m: expand(str(Path(rel).parent / m.group(1))), text)
+
+    return expand(name)
+
+
+_emulate = os.environ.get("NATTEN_MPS_EMULATE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def set_emulation(enabled: bool) -> None:
+    """Make CPU tensors take the Metal code path, with the CPU emulator compiling the shaders."""
+    global _emulate
+    _emulate = bool(enabled)
+
+
+def emulation_enabled() -> bool:
+    return _emulate
+
+
+def mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def runs_metal(t: torch.Tensor) -> bool:
+    """Whether tensors on ``t``'s device can run the Metal kernels (MPS, or CPU under emulation)."""
+    return t.device.type == "mps" or (_emulate and t.device.type == "cpu")
+
+
+_libs: Dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def library(name: str, device_type: str):
+    """Compiled library for ``shaders/<name>``: ``compile_shader`` on MPS, the emulator on CPU."""
+    key = (name, device_type)
+    lib = _libs.get(key)
+    if lib is not None:
+        return lib
+    with _lock:
+        lib = _libs.get(key)
+        if lib is None:
+            source = shader_source(name)
+            if device_type == "mps":
+                try:
+                    lib = torch.mps.compile_shader(source)
+                except Exception as e:  # noqa: BLE001 - re-raised with the file name
+                    raise ShaderCompileError(f"compiling shaders/{name} failed:\n{e}") from e
+            else:
+                from . import emulator
+                try:
+                    lib = emulator.compile(source, label=f"shaders/{name}")
+                except emulator.ShaderCompileError as e:
+                    raise ShaderCompileError(f"compiling shaders/{name} for the emulator failed:\n{e}") from e
+            _libs[key] = lib
+    return lib
+
+
+def precompile(names) -> None:
+    """Compile ``names`` for MPS now (called at import time when MPS is available)."""
+    if mps_available():
+        for n in names:
+            library(n, "mps")

@@ -1,0 +1,117 @@
+"""The op registry: ``torch.library`` custom ops with fake (meta) kernels and registered autograd.
+
+Public functions call these ops; each op picks its device implementation (``backends.metal`` or
+``backends.pure``) through :mod:`natten_mps.backend`. Being opaque custom ops, they compile under
+``torch.compile(fullgraph=True)`` without graph breaks and recompute nothing under checkpointing
+beyond what the backward op needs (saved inputs, output and LSE).
+
+Ops (all tensors heads-last):
+
+* ``natten_mps::na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale) -> (out, lse)``
+* ``natten_mps::na_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``
+* ``natten_mps::attention_forward(q, k, v, is_causal, scale) -> (out, lse)``  (dense; Lq may differ from Lk)
+* ``natten_mps::attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backend
+from .backends import metal, pure
+
+
+def _lse_dtype(dtype):
+    return pure.lse_dtype(dtype)
+
+
+@torch.library.custom_op("natten_mps::na_forward", mutates_args=())
+def na_forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+               dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
+    if backend.use_metal(q, metal.na_forward_supported(q, v)):
+        return metal.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+    return pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+
+
+@na_forward.register_fake
+def _na_forward_fake(q, k, v, kernel_size, stride, dilation, is_causal, scale):
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    return out, q.new_empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("natten_mps::na_backward", mutates_args=())
+def na_backward(dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
+                scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    backend.use_metal(q, False)
+    return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
+
+
+@na_backward.register_fake
+def _na_backward_fake(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _na_setup_context(ctx, inputs, output):
+    q, k, v, kernel_size, stride, dilation, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = (kernel_size, stride, dilation, is_causal, scale)
+
+
+def _na_backward_rule(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dout = torch.zeros_like(out) if dout is None else dout
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv = na_backward(dout.contiguous(), dlse.contiguous(), q, k, v, out, lse, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None
+
+
+na_forward.register_autograd(_na_backward_rule, setup_context=_na_setup_context)
+
+
+@torch.library.custom_op("natten_mps::attention_forward", mutates_args=())
+def attention_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+    same_length = q.shape[1] == k.shape[1]
+    if backend.use_metal(q, same_length and metal.na_forward_supported(q, v)):
+        L = q.shape[1]
+        return metal.na_forward(q, k, v, [L], [1], [1], [is_causal], scale)
+    return pure.attention_forward(q, k, v, is_causal, scale)
+
+
+@attention_forward.register_fake
+def _attention_forward_fake(q, k, v, is_causal, scale):
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    return out, q.new_empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("natten_mps::attention_backward", mutates_args=())
+def attention_backward(dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                       is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    backend.use_metal(q, False)
+    return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
+
+
+@attention_backward.register_fake
+def _attention_backward_fake(dout, dlse, q, k, v, out, lse, is_causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attn_setup_context(ctx, inputs, output):
+    q, k, v, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = (is_causal, scale)
+
+
+def _attn_backward_rule(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dout = torch.zeros_like(out) if dout is None else dout
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv = attention_backward(dout.contiguous(), dlse.contiguous(), q, k, v, out, lse, *ctx.params)
+    return dq, dk, dv, None, None
+
+
+attention_forward.register_autograd(_attn_backward_rule, setup_context=_attn_setup_context)
