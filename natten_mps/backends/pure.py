@@ -12,7 +12,7 @@ Algorithm (one generic N-d routine):
   along an axis, the union of the windows of a tile is an interval of at most ``U`` keys per axis
   (``U`` ~ ``T + K``); every tile gathers those keys (``index_select``), does one dense batched
   matmul of its ``G * prod(T)`` queries against its ``prod(U)`` keys, masks the keys outside each
-  query's exact window (an additive ``-inf`` bias built per axis, never an O(L^2) mask) and takes a
+  query's exact window (a ``-inf`` fill built per axis, never an O(L^2) mask) and takes a
   softmax with its log-sum-exp.
 * Tiles are processed in chunks along the first axis so peak memory is bounded by a budget, not by
   the input size (never O(L^2) or O(L * K^d * D)).
@@ -150,8 +150,11 @@ def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, idx: Sequence[torch.Ten
     dst.view(N, -1, C).index_add_(1, lin, grad.reshape(N, -1, C))
 
 
-def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optional[torch.Tensor]:
-    """Additive mask ``[tiles, G*prod(T), prod(U)]``: 0 inside each query's window, -inf outside."""
+def _outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
+    """Bool mask ``[tiles, G*prod(T), prod(U)]``: True where a key is outside the query's window.
+
+    Applied with ``masked_fill`` (not an additive bias) so a NaN key outside a window cannot leak in.
+    """
     if all(p.full for p in plans):
         return None
     rank = len(plans)
@@ -166,8 +169,7 @@ def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optiona
     rows = math.prod(a.shape[1] for a in per_axis)
     cols = math.prod(a.shape[2] for a in per_axis)
     allowed = allowed.reshape(tiles, 1, rows, cols).expand(tiles, G, rows, cols).reshape(tiles, G * rows, cols)
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return bias.masked_fill_(~allowed, float("-inf"))
+    return ~allowed
 
 
 def _pad_to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], first_dim: int) -> torch.Tensor:
@@ -203,9 +205,9 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
         qt = _tile_rows(qp[:, :, t0 * T0:t1 * T0], plans, t1 - t0)
         kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
         s = torch.matmul(qt, kt.transpose(-1, -2))
-        bias = _bias(plans, t0, t1, G, s.dtype)
-        if bias is not None:
-            s.add_(bias)
+        outside = _outside(plans, t0, t1, G)
+        if outside is not None:
+            s.masked_fill_(outside, float("-inf"))
         m = torch.logsumexp(s, dim=-1, keepdim=True)
         p = s.sub_(m).exp_()
         o = torch.matmul(p, vt)
@@ -237,9 +239,9 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
         qt = _tile_rows(qp[:, :, rows], plans, n0)
         kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
         s = torch.matmul(qt, kt.transpose(-1, -2))
-        bias = _bias(plans, t0, t1, G, s.dtype)
-        if bias is not None:
-            s.add_(bias)
+        outside = _outside(plans, t0, t1, G)
+        if outside is not None:
+            s.masked_fill_(outside, float("-inf"))
         p = s.sub_(_tile_rows(lsep[:, :, rows], plans, n0)).exp_()
         dot = _tile_rows(dop[:, :, rows], plans, n0)
         _scatter_keys(dv, torch.matmul(p.transpose(-1, -2), dot), idx)

@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# Tolerances per dtype for comparisons against the float64 reference (absolute, on unit-scale data).
+TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+GRAD_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.2e-1}
+
+
+@pytest.fixture
+def emulate():
+    """Run the public ops through their Metal code path on CPU, with the emulator."""
+    import natten_mps
+    natten_mps.set_emulation(True)
+    yield
+    natten_mps.set_emulation(False)
+
+
+@pytest.fixture(autouse=True)
+def _reset_backend():
+    import natten_mps
+    yield
+    natten_mps.set_backend("auto")
+    natten_mps.set_emulation(False)

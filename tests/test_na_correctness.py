@@ -1,0 +1,195 @@
+"""Randomized sweeps against the float64 brute-force reference: forward, LSE and gradients.
+
+Each configuration runs on the pure-PyTorch path and on the Metal path (CPU emulator executing
+shaders/natten/na_forward.metal), with outputs poisoned before the kernel writes them.
+"""
+import random
+
+import pytest
+import torch
+
+import natten_mps
+from conftest import GRAD_TOL, TOL
+from reference import reference_na
+
+FNS = {1: natten_mps.na1d, 2: natten_mps.na2d, 3: natten_mps.na3d}
+
+
+def random_config(rng: random.Random, rank: int):
+    spatial, ks, st, dil, causal = [], [], [], [], []
+    for _ in range(rank):
+        k = rng.choice([2, 3, 4, 5] if rank < 3 else [2, 3])
+        d = rng.choice([1, 1, 2]) if rank < 3 else rng.choice([1, 2])
+        n = k * d + rng.choice([0, 0, 1, 3, 6]) if rank < 3 else k * d + rng.choice([0, 1, 2])
+        ks.append(k)
+        dil.append(d)
+        spatial.append(n)
+        st.append(rng.randint(1, k))
+        causal.append(rng.random() < 0.3)
+    heads_kv = rng.choice([1, 2])
+    heads = heads_kv * rng.choice([1, 2])
+    dim = rng.choice([4, 8])
+    dim_v = rng.choice([dim, 6])
+    extra = rng.choice([0, 0, 1, 3])
+    return dict(spatial=tuple(spatial), kernel_size=tuple(ks), stride=tuple(st), dilation=tuple(dil),
+                is_causal=tuple(causal), heads=heads, heads_kv=heads_kv, dim=dim, dim_v=dim_v, extra=extra,
+                batch=rng.choice([1, 2]))
+
+
+def make_inputs(cfg, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    B, S = cfg["batch"], cfg["spatial"]
+    q = torch.randn(B, *S, cfg["heads"], cfg["dim"], generator=g).to(dtype)
+    k = torch.randn(B, *S, cfg["heads_kv"], cfg["dim"], generator=g).to(dtype)
+    v = torch.randn(B, *S, cfg["heads_kv"], cfg["dim_v"], generator=g).to(dtype)
+    ak = av = None
+    if cfg["extra"]:
+        ak = torch.randn(B, cfg["extra"], cfg["heads_kv"], cfg["dim"], generator=g).to(dtype)
+        av = torch.randn(B, cfg["extra"], cfg["heads_kv"], cfg["dim_v"], generator=g).to(dtype)
+    return q, k, v, ak, av
+
+
+def run_case(cfg, dtype, seed, check_grad):
+    q, k, v, ak, av = make_inputs(cfg, dtype, seed)
+    tensors = [t for t in (q, k, v, ak, av) if t is not None]
+    for t in tensors:
+        t.requires_grad_(check_grad)
+    fn = FNS[len(cfg["spatial"])]
+    out, lse = fn(q, k, v, cfg["kernel_size"], stride=cfg["stride"], dilation=cfg["dilation"],
+                  is_causal=cfg["is_causal"], additional_keys=ak, additional_values=av, return_lse=True)
+    assert out.dtype == dtype and out.shape == q.shape[:-1] + (cfg["dim_v"],)
+    assert lse.shape == q.shape[:-1]
+    ref = [t.detach().double().requires_grad_(check_grad) for t in tensors]
+    rq, rk, rv = ref[:3]
+    rak, rav = (ref[3], ref[4]) if ak is not None else (None, None)
+    ro, rl = reference_na(rq, rk, rv, cfg["kernel_size"], cfg["stride"], cfg["dilation"], cfg["is_causal"],
+                          add_k=rak, add_v=rav)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double(), ro, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: out {m}")
+    torch.testing.assert_close(lse.double(), rl, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: lse {m}")
+    if not check_grad:
+        return
+    g = torch.Generator().manual_seed(seed + 1)
+    w_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    w_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    ((out.double() * w_out).sum() + (lse.double() * w_lse).sum()).backward()
+    ((ro * w_out).sum() + (rl * w_lse).sum()).backward()
+    gtol = GRAD_TOL[dtype]
+    for name, t, r in zip(("q", "k", "v", "add_k", "add_v"), tensors, ref):
+        torch.testing.assert_close(t.grad.double(), r.grad, atol=gtol, rtol=gtol,
+                                   msg=lambda m: f"{cfg}: grad {name} {m}")
+
+
+CASES = [(rank, i) for rank in (1, 2, 3) for i in range(12 if rank < 3 else 8)]
+
+
+@pytest.mark.parametrize("rank,i", CASES)
+def test_pure_matches_reference_float32(rank, i):
+    natten_mps.set_backend("pure")
+    cfg = random_config(random.Random(1000 * rank + i), rank)
+    run_case(cfg, torch.float32, seed=i, check_grad=True)
+    assert natten_mps.last_backend() == "pure"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_pure_dtypes(rank, dtype):
+    natten_mps.set_backend("pure")
+    cfg = random_config(random.Random(77 + rank), rank)
+    run_case(cfg, dtype, seed=rank, check_grad=True)
+
+
+@pytest.mark.parametrize("rank,i", [(r, i) for r in (1, 2, 3) for i in range(5)])
+def test_metal_kernel_matches_reference_float32(emulate, rank, i):
+    natten_mps.set_backend("metal")
+    cfg = random_config(random.Random(5000 * rank + i), rank)
+    run_case(cfg, torch.float32, seed=i, check_grad=(i % 2 == 0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_metal_kernel_dtypes(emulate, rank, dtype):
+    natten_mps.set_backend("metal")
+    cfg = random_config(random.Random(900 + rank), rank)
+    run_case(cfg, dtype, seed=rank, check_grad=False)
+
+
+def test_auto_backend_picks_metal_under_emulation(emulate):
+    q = torch.randn(1, 10, 2, 4)
+    natten_mps.na1d(q, q, q, 3)
+    assert natten_mps.last_backend() == "metal"
+    natten_mps.set_emulation(False)
+    natten_mps.na1d(q, q, q, 3)
+    assert natten_mps.last_backend() == "pure"
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_sizes_equal_to_kernel_and_fmha_fast_path(path):
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(3)
+    for spatial in [(7,), (4, 5), (3, 3, 2)]:
+        q = torch.randn(2, *spatial, 2, 8, generator=g)
+        k = torch.randn(2, *spatial, 1, 8, generator=g)
+        v = torch.randn(2, *spatial, 1, 8, generator=g)
+        out, lse = FNS[len(spatial)](q, k, v, spatial, return_lse=True)
+        ro, rl = reference_na(q, k, v, spatial, (1,) * len(spatial), (1,) * len(spatial), (False,) * len(spatial))
+        torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(lse.double(), rl, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_dense_attention(path):
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 9, 4, 8, generator=g, requires_grad=True)
+    k = torch.randn(2, 9, 2, 8, generator=g, requires_grad=True)
+    v = torch.randn(2, 9, 2, 6, generator=g, requires_grad=True)
+    for causal in (False, True):
+        out, lse = natten_mps.attention(q, k, v, is_causal=causal, return_lse=True)
+        ro, rl = reference_na(q.detach(), k.detach(), v.detach(), (9,), (1,), (1,), (causal,))
+        torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(lse.double(), rl, atol=2e-5, rtol=2e-5)
+    # cross attention (different key length)
+    kc, vc = torch.randn(2, 5, 2, 8, generator=g), torch.randn(2, 5, 2, 6, generator=g)
+    out = natten_mps.attention(q, kc, vc)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.double(), kc.double().repeat_interleave(2, 2)) * 8 ** -0.5
+    ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vc.double().repeat_interleave(2, 2))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+def test_merge_attentions_equals_attention_over_union_and_is_differentiable():
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 8, 2, 4, generator=g)
+    k = torch.randn(2, 12, 2, 4, generator=g)
+    v = torch.randn(2, 12, 2, 4, generator=g)
+    o1, l1 = natten_mps.attention(q, k[:, :5], v[:, :5], return_lse=True)
+    o2, l2 = natten_mps.attention(q, k[:, 5:], v[:, 5:], return_lse=True)
+    o1.requires_grad_(True)
+    l1.requires_grad_(True)
+    o2.requires_grad_(True)
+    l2.requires_grad_(True)
+    out, lse = natten_mps.merge_attentions([o1, o2], [l1, l2])
+    full, full_lse = natten_mps.attention(q, k, v, return_lse=True)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, full_lse, atol=1e-5, rtol=1e-5)
+    (out.sum() + lse.sum()).backward()
+    for t in (o1, o2, l1, l2):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_nan_propagates_and_empty_batch(path):
+    natten_mps.set_emulation(path == "metal")
+    q = torch.randn(1, 9, 9, 2, 4)
+    q[0, 4, 4, 1, 0] = float("nan")
+    out = natten_mps.na2d(q, torch.randn_like(q), torch.randn_like(q), 3)
+    assert torch.isnan(out[0, 4, 4, 1]).all()
+    assert not torch.isnan(out[0, 0, 0]).any()
+    k = torch.randn(1, 9, 9, 2, 4)
+    k[0, 0, 0, 0, 0] = float("nan")
+    out = natten_mps.na2d(torch.randn_like(k), k, torch.randn_like(k), 3)
+    assert torch.isnan(out[0, 0, 0, 0]).all() and torch.isnan(out[0, 1, 1, 0]).all()
+    assert not torch.isnan(out[0, 8, 8]).any()
+    e = torch.randn(0, 9, 2, 4)
+    out, lse = natten_mps.na1d(e, e, e, 3, return_lse=True)
+    assert out.shape == (0, 9, 2, 4) and lse.shape == (0, 9, 2)
