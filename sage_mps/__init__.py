@@ -1,0 +1,14 @@
+"""sage_mps: SageAttention-style attention for PyTorch (Metal on Apple Silicon, PyTorch elsewhere).
+
+``sageattn`` follows the ``sageattention`` package's API. K smoothing subtracts the mean key over
+the sequence before the scores are formed: every score of a query row shifts by the same constant
+``scale * q . mean(k)``, so the softmax (and the output) is unchanged while outliers shrink. With
+``return_lse=True`` the LSE is corrected back exactly by adding that constant.
+
+The attention itself runs through ``natten_mps``'s registered ``attention_forward`` op, so it
+trains, compiles and runs on the Metal path under MPS (or the emulator) like the rest.
+"""
+from .core import sageattn
+
+__version__ = "0.1.0"
+__all__ = ["sageattn", "__version__"]

@@ -1,0 +1,62 @@
+"""``sageattn``: argument handling, K smoothing and the exact LSE correction."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from natten_mps import checks, ops
+
+_LAYOUTS = ("HND", "NHD")
+
+
+def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_causal: bool = False,
+             sm_scale: Optional[float] = None, smooth_k: bool = True, return_lse: bool = False, **kwargs):
+    """SageAttention-compatible attention.
+
+    Args:
+        q, k, v: ``[B, H, N, D]`` (``tensor_layout="HND"``) or ``[B, N, H, D]`` (``"NHD"``); K/V may
+            have fewer heads than Q (GQA, ``H % H_kv == 0``).
+        is_causal: causal mask (needs equal query and key lengths).
+        sm_scale: score scale, default ``D ** -0.5``.
+        smooth_k: subtract the mean key over the sequence (exact; reduces outliers).
+        return_lse: also return the log-sum-exp of the (unsmoothed) scores, ``[B, H, N]``, natural log.
+
+    Returns the output in ``q``'s layout and dtype (and the LSE, float32).
+    """
+    if tensor_layout not in _LAYOUTS:
+        raise ValueError(f"tensor_layout must be one of {_LAYOUTS}, got {tensor_layout!r}")
+    unknown = set(kwargs) - {"qk_quant_gran", "pv_accum_dtype"}
+    if unknown:
+        raise TypeError(f"sageattn got unexpected keyword arguments {sorted(unknown)}")
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        checks.check_tensor(t, n)
+        if t.dim() != 4:
+            raise ValueError(f"{n} must be 4-D ({tensor_layout}), got shape {tuple(t.shape)}")
+    checks.check_same((q, k, v), ("q", "k", "v"), "dtype")
+    checks.check_same((q, k, v), ("q", "k", "v"), "device")
+    if tensor_layout == "HND":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree "
+                         f"(layout {tensor_layout})")
+    if q.shape[2] % k.shape[2] != 0:
+        raise ValueError(f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]})")
+    if is_causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"is_causal=True needs equal q and k lengths, got {q.shape[1]} and {k.shape[1]}")
+    scale = checks.check_scale(sm_scale, q.shape[-1])
+    k_mean = None
+    if smooth_k and k.shape[1] > 0:
+        k_mean = k.mean(dim=1, keepdim=True)
+        k = k - k_mean
+    out, lse = ops.attention_forward(q, k, v, bool(is_causal), scale)
+    if tensor_layout == "HND":
+        out = out.transpose(1, 2)
+    if not return_lse:
+        return out
+    if k_mean is not None:
+        G = q.shape[2] // k_mean.shape[2]
+        km = k_mean.repeat_interleave(G, dim=2) if G > 1 else k_mean
+        lse = lse + (q.float() * km.float()).sum(-1) * scale
+    return out, lse.transpose(1, 2)  # [B, H, N] like sageattention

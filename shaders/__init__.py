@@ -1,0 +1,1 @@
+"""Metal shader sources; installed as natten_mps._shaders (see setup.py)."""

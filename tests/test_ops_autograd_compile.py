@@ -1,0 +1,105 @@
+"""The ops train and compile: opcheck, gradcheck, torch.compile(fullgraph=True), checkpointing."""
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import natten_mps
+import sage_mps
+from natten_mps import ops
+
+
+def _na_args(dtype=torch.float32, requires_grad=False):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 5, 2, 4, generator=g, dtype=dtype, requires_grad=requires_grad)
+    k = torch.randn(1, 6, 5, 1, 4, generator=g, dtype=dtype, requires_grad=requires_grad)
+    v = torch.randn(1, 6, 5, 1, 3, generator=g, dtype=dtype, requires_grad=requires_grad)
+    return q, k, v
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_opcheck_every_op(path):
+    natten_mps.set_emulation(path == "metal")
+    q, k, v = _na_args(requires_grad=True)
+    params = ([3, 2], [2, 1], [1, 2], [False, True], 0.5)
+    torch.library.opcheck(ops.na_forward, (q, k, v, *params))
+    out, lse = ops.na_forward(q, k, v, *params)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    torch.library.opcheck(ops.na_backward, (dout, dlse, q.detach(), k.detach(), v.detach(), out.detach(),
+                                            lse.detach(), *params))
+    qa, ka, va = q.flatten(1, 2), k.flatten(1, 2)[:, :7], v.flatten(1, 2)[:, :7]
+    torch.library.opcheck(ops.attention_forward, (qa, ka, va, False, 0.3))
+    o, l = ops.attention_forward(qa, ka, va, False, 0.3)
+    torch.library.opcheck(ops.attention_backward, (torch.randn_like(o), torch.randn_like(l), qa.detach(),
+                                                   ka.detach(), va.detach(), o.detach(), l.detach(), False, 0.3))
+
+
+def test_gradcheck_float64():
+    natten_mps.set_backend("pure")
+    q, k, v = _na_args(torch.float64, requires_grad=True)
+    ak = torch.randn(1, 2, 1, 4, dtype=torch.float64, requires_grad=True)
+    av = torch.randn(1, 2, 1, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(q, k, v, ak, av):
+        out, lse = natten_mps.na2d(q, k, v, (3, 2), stride=(2, 1), dilation=(1, 2), is_causal=(False, True),
+                                   additional_keys=ak, additional_values=av, return_lse=True)
+        return out, lse
+
+    assert torch.autograd.gradcheck(f, (q, k, v, ak, av), eps=1e-6, atol=1e-6)
+    qa = torch.randn(1, 5, 2, 4, dtype=torch.float64, requires_grad=True)
+    ka = torch.randn(1, 5, 1, 4, dtype=torch.float64, requires_grad=True)
+    va = torch.randn(1, 5, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: natten_mps.attention(a, b, c, is_causal=True, return_lse=True),
+                                    (qa, ka, va), eps=1e-6, atol=1e-6)
+
+
+class TinyModel(torch.nn.Module):
+    """Calls na2d, na1d with additional KV, merge_attentions and sageattn."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 3 * 8)
+
+    def forward(self, x):  # x [B, H, W, 8]
+        B, Hh, W, C = x.shape
+        q, k, v = self.proj(x).reshape(B, Hh, W, 3, 2, 4).unbind(3)
+        y2 = natten_mps.na2d(q, k, v, 3, dilation=(1, 2))
+        q1, k1, v1 = (t.reshape(B, Hh * W, 2, 4) for t in (q, k, v))
+        y1, l1 = natten_mps.na1d(q1, k1, v1, 5, is_causal=True, additional_keys=k1[:, :2],
+                                 additional_values=v1[:, :2], return_lse=True)
+        y1b, l1b = natten_mps.na1d(q1, k1, v1, 3, return_lse=True)
+        merged, _ = natten_mps.merge_attentions([y1, y1b], [l1, l1b])
+        sage = sage_mps.sageattn(q1, k1, v1, tensor_layout="NHD")
+        return y2.reshape(B, Hh * W, 2, 4) + merged + sage
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_compile_fullgraph_forward_and_backward(path):
+    natten_mps.set_emulation(path == "metal")
+    torch._dynamo.reset()
+    model = TinyModel()
+    x = torch.randn(2, 6, 8, 8)
+    eager = model(x)
+    eager.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_checkpoint_same_gradients(path):
+    natten_mps.set_emulation(path == "metal")
+    model = TinyModel()
+    x = torch.randn(2, 6, 8, 8, requires_grad=True)
+    model(x).square().sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    model.zero_grad()
+    x.grad = None
+    checkpoint(model, x, use_reentrant=False).square().sum().backward()
+    got = [p.grad for p in model.parameters()] + [x.grad]
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
