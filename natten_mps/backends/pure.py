@@ -150,7 +150,19 @@ def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, idx: Sequence[torch.Ten
     dst.view(N, -1, C).index_add_(1, lin, grad.reshape(N, -1, C))
 
 
+_outside_cache: dict = {}
+
+
 def _outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
+    key = (tuple(plans), t0, t1, G)
+    if key not in _outside_cache:
+        if len(_outside_cache) > 64:
+            _outside_cache.clear()
+        _outside_cache[key] = _build_outside(plans, t0, t1, G)
+    return _outside_cache[key]
+
+
+def _build_outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
     """Bool mask ``[tiles, G*prod(T), prod(U)]``: True where a key is outside the query's window.
 
     Applied with ``masked_fill`` (not an additive bias) so a NaN key outside a window cannot leak in.
@@ -208,11 +220,12 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
         outside = _outside(plans, t0, t1, G)
         if outside is not None:
             s.masked_fill_(outside, float("-inf"))
-        m = torch.logsumexp(s, dim=-1, keepdim=True)
+        m = s.amax(dim=-1, keepdim=True)
         p = s.sub_(m).exp_()
-        o = torch.matmul(p, vt)
+        denom = p.sum(dim=-1, keepdim=True)
+        o = torch.matmul(p, vt).div_(denom)     # normalise the [rows, Dv] output, not [rows, U]
         out[:, :, t0 * T0:t1 * T0] = _untile_rows(o, plans, t1 - t0, G)
-        lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m, plans, t1 - t0, G)
+        lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m.add_(denom.log_()), plans, t1 - t0, G)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
     return out[crop], lse[crop][..., 0]
 
