@@ -35,15 +35,19 @@ from ..semantics import group_length, window_bounds
 _CHUNK_BYTES = int(os.environ.get("NATTEN_MPS_PURE_CHUNK_BYTES", 48 << 20))
 
 
-def default_tile(rank: int, length: int, kernel: int) -> int:
-    """Query tile per axis, from measurements on a 2-core CPU (benchmarks/bench_fallback.py)."""
+def default_tile(rank: int, length: int, kernel: int, axis: int = 0) -> int:
+    """Query tile per axis, from measurements on a 2-core CPU (benchmarks/bench_fallback.py).
+
+    ``NATTEN_MPS_TILE_{rank}D`` overrides it: one int for every axis, or a comma list per axis.
+    """
     env = os.environ.get(f"NATTEN_MPS_TILE_{rank}D")
     if env:
-        t = int(env)
+        parts = [int(x) for x in env.split(",")]
+        t = parts[axis] if len(parts) == rank else parts[0]
     elif rank == 1:
-        t = max(64, 2 * kernel)
+        t = 64
     elif rank == 2:
-        t = 8 if kernel <= 9 else 16
+        t = 8
     else:
         t = 4 if kernel <= 5 else 8
     return max(1, min(t, length))
@@ -54,7 +58,9 @@ class AxisPlan:
     tile: int                 # queries per tile on this axis
     n_tiles: int
     union: int                # keys gathered per tile on this axis
-    key_index: torch.Tensor   # [n_tiles, union] key positions gathered by each tile
+    pad_lo: int               # keys are gathered from the axis padded by pad_lo / pad_hi:
+    pad_hi: int               # tile t reads padded positions [t * tile, t * tile + union)
+    key_index: torch.Tensor   # [n_tiles, union] key positions (unpadded; may fall outside the axis)
     allowed: torch.Tensor     # [n_tiles, tile, union] bool: key u is in the window of query t
     full: bool                # every key allowed for every query (no mask needed)
 
@@ -67,18 +73,21 @@ def _axis_plan(length: int, kernel: int, stride: int, causal: bool, tile: int,
     lo, hi = window_bounds(torch.clamp(q, max=length - 1), length, kernel, stride, causal)
     lo, hi = lo.view(n, tile), hi.view(n, tile)
     first, last = lo.min(dim=1).values, hi.max(dim=1).values
-    union = int((last - first + 1).max())
-    start = torch.clamp(first, max=length - union)
-    key = start[:, None] + torch.arange(union)[None, :]
+    tile_start = torch.arange(n) * tile
+    # Tiles read keys at a uniform step (so the gather is a strided view of the padded axis).
+    pad_lo = max(0, int((tile_start - first).max()))
+    union = int((last - (tile_start - pad_lo) + 1).max())
+    pad_hi = max(0, (n - 1) * tile + union - pad_lo - length)
+    key = (tile_start - pad_lo)[:, None] + torch.arange(union)[None, :]
     allowed = (key[:, None, :] >= lo[:, :, None]) & (key[:, None, :] <= hi[:, :, None])
-    full = bool(allowed.all()) and union == length
-    return AxisPlan(tile, n, union, key.to(device), allowed.to(device), full)
+    full = bool(allowed.all()) and union == length and pad_lo == 0 and pad_hi == 0
+    return AxisPlan(tile, n, union, pad_lo, pad_hi, key.to(device), allowed.to(device), full)
 
 
 def _plans(spatial, kernel_size, stride, causal, device) -> List[AxisPlan]:
     rank = len(spatial)
     return [_axis_plan(spatial[i], kernel_size[i], stride[i], causal[i],
-                       default_tile(rank, spatial[i], kernel_size[i]), device)
+                       default_tile(rank, spatial[i], kernel_size[i], i), device)
             for i in range(rank)]
 
 
@@ -116,18 +125,25 @@ def _key_indices(plans: Sequence[AxisPlan], t0: int, t1: int) -> List[torch.Tens
     return [plans[0].key_index[t0:t1]] + [p.key_index for p in plans[1:]]
 
 
-def _gather_keys(x: torch.Tensor, idx: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[N, *L, C]`` -> ``[N, tiles, prod(U), C]`` keys of each tile."""
-    rank = len(idx)
-    for i, ix in enumerate(idx):
-        x = x.index_select(1 + i, ix.reshape(-1))
-    N, C = x.shape[0], x.shape[-1]
-    shape = [N]
-    for ix in idx:
-        shape += list(ix.shape)
-    x = x.reshape(shape + [C])
-    x = x.permute(0, *[1 + 2 * i for i in range(rank)], *[2 + 2 * i for i in range(rank)], 1 + 2 * rank)
-    return x.reshape(N, math.prod(ix.shape[0] for ix in idx), math.prod(ix.shape[1] for ix in idx), C)
+def _pad_keys(x: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tensor:
+    """``[N, *L, C]`` -> ``[N, *P, C]`` zero-padded so every tile's keys are a strided window."""
+    pads = []
+    for p in reversed(plans):
+        pads += [p.pad_lo, p.pad_hi]
+    return torch.nn.functional.pad(x, [0, 0] + pads) if any(pads) else x
+
+
+def _gather_keys(xp: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> torch.Tensor:
+    """Padded ``[N, *P, C]`` -> ``[N, tiles, prod(U), C]``: the keys of tiles ``t0:t1`` (first axis)."""
+    rank = len(plans)
+    x = xp
+    counts = [t1 - t0] + [p.n_tiles for p in plans[1:]]
+    starts = [t0 * plans[0].tile] + [0] * (rank - 1)
+    for i, (p, c, st) in enumerate(zip(plans, counts, starts)):
+        x = x.narrow(1 + i, st, (c - 1) * p.tile + p.union).unfold(1 + i, p.union, p.tile)
+    # x: [N, n0.., C, U0..]
+    x = x.permute(0, *range(1, rank + 1), *range(rank + 2, 2 * rank + 2), rank + 1)
+    return x.reshape(xp.shape[0], math.prod(counts), math.prod(p.union for p in plans), xp.shape[-1])
 
 
 def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
@@ -143,11 +159,16 @@ def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> to
     return lin.reshape(-1)
 
 
-def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, idx: Sequence[torch.Tensor]) -> None:
-    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[N, tiles, prod(U), C]`` into ``dst`` ``[N, *L, C]``."""
+def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> None:
+    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[N, tiles, prod(U), C]`` into padded ``dst``."""
     N, C = dst.shape[0], dst.shape[-1]
+    idx = [ix + p.pad_lo for ix, p in zip(_key_indices(plans, t0, t1), plans)]
     lin = _linear_key_index(idx, dst.shape[1:-1])
     dst.view(N, -1, C).index_add_(1, lin, grad.reshape(N, -1, C))
+
+
+def _crop_keys(x: torch.Tensor, plans: Sequence[AxisPlan], spatial) -> torch.Tensor:
+    return x[(slice(None),) + tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))]
 
 
 _outside_cache: dict = {}
@@ -160,6 +181,21 @@ def _outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[to
             _outside_cache.clear()
         _outside_cache[key] = _build_outside(plans, t0, t1, G)
     return _outside_cache[key]
+
+
+_bias_cache: dict = {}
+
+
+def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optional[torch.Tensor]:
+    """Additive form of :func:`_outside` (0 inside, -inf outside), for the fused CPU kernel."""
+    key = (tuple(plans), t0, t1, G, dtype)
+    if key not in _bias_cache:
+        if len(_bias_cache) > 64:
+            _bias_cache.clear()
+        outside = _outside(plans, t0, t1, G)
+        _bias_cache[key] = None if outside is None else torch.zeros(
+            outside.shape, dtype=dtype, device=outside.device).masked_fill_(outside, float("-inf"))
+    return _bias_cache[key]
 
 
 def _build_outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
@@ -202,6 +238,47 @@ def _chunks(plans: Sequence[AxisPlan], N: int, G: int, itemsize: int):
         yield t0, min(plans[0].n_tiles, t0 + step)
 
 
+# ---- fused tile kernel (CPU) -----------------------------------------------------------------
+# PyTorch's CPU flash-attention kernel takes an additive mask and returns the LSE; running it on
+# each tile's queries and gathered keys does the masked softmax in one vectorised pass, several
+# times faster than matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims, and
+# an additive mask lets a non-finite key leak into its tile-mates, so it is used only on CPU for
+# finite keys; everything else takes the generic matmul route (which is also what CUDA runs).
+_flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+_USE_FUSED = os.environ.get("NATTEN_MPS_PURE_FUSED", "1") != "0"
+
+
+def _fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return (_USE_FUSED and _flash_fwd is not None and _flash_bwd is not None and q.device.type == "cpu"
+            and q.shape[-1] == v.shape[-1] and bool(torch.isfinite(k.sum())))  # one pass; overflow errs safe
+
+
+def _expand_mask(bias: Optional[torch.Tensor], N: int) -> Optional[torch.Tensor]:
+    return None if bias is None else bias.unsqueeze(0).expand(N, *bias.shape)
+
+
+def _fused_tile_backward(dot, qt, kt, vt, ot, lset, dlset, bias, scale, causal=False):
+    """Tile gradients from the fused kernel; a nonzero LSE gradient rides on an extra channel.
+
+    The kernel forms ``delta = rowsum(dO * O)``; the LSE gradient needs ``delta - dlse``. Appending a
+    zero channel to q, k, v, a one to dO and ``-dlse`` to O leaves the scores and dP unchanged and
+    shifts delta by exactly ``-dlse``.
+    """
+    N = qt.shape[0]
+    if dlset is not None:
+        pad = lambda x, val: torch.cat([x, val], dim=-1)  # noqa: E731
+        zeros_q = qt.new_zeros(qt.shape[:-1] + (1,))
+        zeros_k = kt.new_zeros(kt.shape[:-1] + (1,))
+        qt, kt, vt = pad(qt, zeros_q), pad(kt, zeros_k), pad(vt, zeros_k)
+        dot = pad(dot, torch.ones_like(zeros_q))
+        ot = pad(ot, -dlset.unsqueeze(-1))
+    dq, dk, dv = _flash_bwd(dot, qt, kt, vt, ot, lset, 0.0, causal, attn_mask=_expand_mask(bias, N), scale=scale)
+    if dlset is not None:
+        dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
+    return dq, dk, dv
+
+
 # ---- undilated core ---------------------------------------------------------------------------
 
 def _core_forward(q, k, v, kernel_size, stride, causal, scale):
@@ -209,13 +286,20 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     spatial = tuple(q.shape[2:-1])
     plans = _plans(spatial, kernel_size, stride, causal, q.device)
     T0 = plans[0].tile
-    qp = _pad_to_tiles(q * scale, plans, 2)
+    fused = _fused_ok(q, k, v)
+    qp = _pad_to_tiles(q if fused else q * scale, plans, 2)
     out = torch.empty(qp.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     lse = torch.empty(qp.shape[:-1] + (1,), dtype=q.dtype, device=q.device)
+    kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
     for t0, t1 in _chunks(plans, N, G, q.element_size()):
-        idx = _key_indices(plans, t0, t1)
         qt = _tile_rows(qp[:, :, t0 * T0:t1 * T0], plans, t1 - t0)
-        kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
+        kt, vt = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+        if fused:
+            o, m = _flash_fwd(qt, kt, vt, 0.0, False, attn_mask=_expand_mask(_bias(plans, t0, t1, G, q.dtype), N),
+                              scale=scale)
+            out[:, :, t0 * T0:t1 * T0] = _untile_rows(o, plans, t1 - t0, G)
+            lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m.unsqueeze(-1), plans, t1 - t0, G)
+            continue
         s = torch.matmul(qt, kt.transpose(-1, -2))
         outside = _outside(plans, t0, t1, G)
         if outside is not None:
@@ -235,7 +319,8 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     spatial = tuple(q.shape[2:-1])
     plans = _plans(spatial, kernel_size, stride, causal, q.device)
     T0 = plans[0].tile
-    qp = _pad_to_tiles(q * scale, plans, 2)
+    fused = _fused_ok(q, k, v)
+    qp = _pad_to_tiles(q if fused else q * scale, plans, 2)   # the fused kernel applies the scale itself
     dop = _pad_to_tiles(dout, plans, 2)
     delta = (dout * out).sum(-1, keepdim=True)
     if dlse is not None:
@@ -243,27 +328,40 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     deltap = _pad_to_tiles(delta, plans, 2)
     lsep = _pad_to_tiles(lse.unsqueeze(-1), plans, 2)
     dq = torch.empty_like(qp)
-    dk = torch.zeros_like(k)
-    dv = torch.zeros_like(v)
+    kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
+    dk = torch.zeros_like(kp)
+    dv = torch.zeros_like(vp)
+    if fused:
+        outp = _pad_to_tiles(out, plans, 2)
+        dlsep = None if dlse is None or not bool(dlse.any()) else _pad_to_tiles(dlse.unsqueeze(-1), plans, 2)
     for t0, t1 in _chunks(plans, N, G, q.element_size()):
         rows = slice(t0 * T0, t1 * T0)
-        idx = _key_indices(plans, t0, t1)
         n0 = t1 - t0
         qt = _tile_rows(qp[:, :, rows], plans, n0)
-        kt, vt = _gather_keys(k, idx), _gather_keys(v, idx)
+        kt, vt = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+        if fused:
+            dlset = None if dlsep is None else _tile_rows(dlsep[:, :, rows], plans, n0)[..., 0]
+            dqt, dkt, dvt = _fused_tile_backward(
+                _tile_rows(dop[:, :, rows], plans, n0), qt, kt, vt, _tile_rows(outp[:, :, rows], plans, n0),
+                _tile_rows(lsep[:, :, rows], plans, n0)[..., 0], dlset, _bias(plans, t0, t1, G, q.dtype), scale)
+            dq[:, :, rows] = _untile_rows(dqt, plans, n0, G)
+            _scatter_keys(dk, dkt, plans, t0, t1)
+            _scatter_keys(dv, dvt, plans, t0, t1)
+            continue
         s = torch.matmul(qt, kt.transpose(-1, -2))
         outside = _outside(plans, t0, t1, G)
         if outside is not None:
             s.masked_fill_(outside, float("-inf"))
         p = s.sub_(_tile_rows(lsep[:, :, rows], plans, n0)).exp_()
         dot = _tile_rows(dop[:, :, rows], plans, n0)
-        _scatter_keys(dv, torch.matmul(p.transpose(-1, -2), dot), idx)
+        _scatter_keys(dv, torch.matmul(p.transpose(-1, -2), dot), plans, t0, t1)
         dp = torch.matmul(dot, vt.transpose(-1, -2))
         ds = p.mul_(dp.sub_(_tile_rows(deltap[:, :, rows], plans, n0)))
         dq[:, :, rows] = _untile_rows(torch.matmul(ds, kt), plans, n0, G)
-        _scatter_keys(dk, torch.matmul(ds.transpose(-1, -2), qt), idx)
+        _scatter_keys(dk, torch.matmul(ds.transpose(-1, -2), qt), plans, t0, t1)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
-    return dq[crop] * scale, dk, dv
+    dq = dq[crop] if fused else dq[crop] * scale
+    return dq, _crop_keys(dk, plans, spatial), _crop_keys(dv, plans, spatial)
 
 
 # ---- layout + dilation -------------------------------------------------------------------------
@@ -359,15 +457,37 @@ def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is
 
 # ---- dense attention (FMHA and additional keys/values) ----------------------------------------
 
+def _dense_fused_layout(qi, ki, vi, is_causal):
+    """``[N, G, Lq, D]`` queries, ``[N, Lk, D]`` keys -> flash-kernel layout ``[N, heads, L, D]``.
+
+    Non-causal: the G query heads become extra query rows of one head (K/V are not repeated).
+    Causal: row position matters, so K/V are expanded over the G heads.
+    """
+    N, G, Lq, D = qi.shape
+    if is_causal and G > 1:
+        return qi, ki.unsqueeze(1).expand(N, G, *ki.shape[1:]).contiguous(), \
+            vi.unsqueeze(1).expand(N, G, *vi.shape[1:]).contiguous()
+    if is_causal:
+        return qi, ki.unsqueeze(1), vi.unsqueeze(1)
+    return qi.reshape(N, 1, G * Lq, D), ki.unsqueeze(1), vi.unsqueeze(1)
+
+
 def attention_forward(q, k, v, is_causal: bool, scale: float):
     """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse)."""
     B, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     if B == 0 or Lq == 0 or Lk == 0:
         return (q.new_zeros(B, Lq, H, v.shape[-1]), q.new_full((B, Lq, H), float("-inf"), dtype=lse_dtype(q.dtype)))
-    qi = to_internal(q, Hkv, True) * scale           # [N, G, Lq, D]
+    qi = to_internal(q, Hkv, True)                   # [N, G, Lq, D]
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     N, G = qi.shape[:2]
+    if _fused_ok(qi, ki, vi):
+        qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
+        o, m = _flash_fwd(qf, kf, vf, 0.0, is_causal, scale=scale)
+        o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq)
+        return (from_internal(o, B, Hkv).to(q.dtype).contiguous(),
+                from_internal(m.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype)).contiguous())
+    qi = qi * scale
     out = qi.new_empty(N, G, Lq, vi.shape[-1])
     lse = qi.new_empty(N, G, Lq)
     step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
@@ -389,10 +509,25 @@ def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: fl
     Lk, Hkv = k.shape[1], k.shape[2]
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    qi = to_internal(q, Hkv, True) * scale
+    qi = to_internal(q, Hkv, True)
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     doi, oi = to_internal(dout, Hkv, True), to_internal(out, Hkv, True)
     li = to_internal(lse.unsqueeze(-1), Hkv, True, qi.dtype)
+    if _fused_ok(qi, ki, vi):
+        N, G = qi.shape[:2]
+        qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
+        shape = lambda x: x.reshape(qf.shape[:-1] + (x.shape[-1],))  # noqa: E731
+        dl = None
+        if dlse is not None and bool(dlse.any()):
+            dl = shape(to_internal(dlse.unsqueeze(-1), Hkv, True, qi.dtype))[..., 0]
+        dq, dk, dv = _fused_tile_backward(shape(doi), qf, kf, vf, shape(oi), shape(li)[..., 0], dl, None, scale,
+                                          is_causal)
+        if dk.shape[1] > 1:   # causal: K/V were expanded over the G query heads
+            dk, dv = dk.sum(1, keepdim=True), dv.sum(1, keepdim=True)
+        return (from_internal(dq.reshape(qi.shape), B, Hkv).to(q.dtype).contiguous(),
+                from_internal(dk.reshape(N, 1, Lk, -1), B, Hkv).to(k.dtype).contiguous(),
+                from_internal(dv.reshape(N, 1, Lk, -1), B, Hkv).to(v.dtype).contiguous())
+    qi = qi * scale
     delta = (doi * oi).sum(-1, keepdim=True)
     if dlse is not None:
         delta = delta - to_internal(dlse.unsqueeze(-1), Hkv, True, qi.dtype)
