@@ -148,8 +148,10 @@ def emulator_costs(case: Case) -> Optional[Dict[str, int]]:
         with emulator.counting() as c:
             ours(case, "cpu", backward=False)()
         t = c.total()
+        kernels = {name: {"dispatches": st.dispatches, "threads": st.threads, "bytes_read": st.bytes_read,
+                          "bytes_written": st.bytes_written} for name, st in c.by_kernel().items()}
         return {"dispatches": t.dispatches, "threads": t.threads, "bytes_read": t.bytes_read,
-                "bytes_written": t.bytes_written}
+                "bytes_written": t.bytes_written, "kernels": kernels}
     finally:
         natten_mps.set_emulation(was)
 
@@ -200,13 +202,14 @@ def main(argv=None) -> Dict:
         row = [case.feature, case.label, harness.fmt_ms(t_ours), harness.fmt_ms(t_mlx),
                harness.fmt_ratio(t_ours, t_mlx), harness.fmt_ms(case.published_ms)]
         if show_costs:
-            row += [str(costs["dispatches"]), f"{(costs['bytes_read'] + costs['bytes_written']) / 1e6:.2f} MB"]
+            launched = ", ".join(f"{n} x{k['dispatches']}" for n, k in costs["kernels"].items()) or "none (pure path)"
+            row += [launched, f"{(costs['bytes_read'] + costs['bytes_written']) / 1e6:.2f} MB"]
         rows.append(row)
 
     headers = ["feature", "config", f"this project ({args.device})", "natten-mlx", "mlx/ours",
                "published natten-mps (M-series, ref.)"]
     if show_costs:
-        headers += ["metal dispatches (emu)", "device bytes (emu)"]
+        headers += ["Metal kernels launched (emu)", "device bytes (emu)"]
     print(f"\nbench_new_features: device={args.device}, median of {args.repeats} after {args.warmup} warm-up, "
           f"{'forward+backward' if args.backward else 'forward'}\n")
     harness.print_table(headers, rows, markdown=args.markdown)

@@ -192,7 +192,7 @@ def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optiona
     if key not in _bias_cache:
         if len(_bias_cache) > 64:
             _bias_cache.clear()
-        outside = _outside(plans, t0, t1, G)
+        outside = _build_outside(plans, t0, t1, G)   # not cached: only the additive form is kept
         _bias_cache[key] = None if outside is None else torch.zeros(
             outside.shape, dtype=dtype, device=outside.device).masked_fill_(outside, float("-inf"))
     return _bias_cache[key]
@@ -230,10 +230,19 @@ def _pad_to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], first_dim: int) ->
     return x
 
 
-def _chunks(plans: Sequence[AxisPlan], N: int, G: int, itemsize: int):
-    per_tile0 = N * math.prod(p.n_tiles for p in plans[1:]) * G * math.prod(p.tile for p in plans) \
-        * math.prod(p.union for p in plans) * itemsize
-    step = max(1, _CHUNK_BYTES // max(per_tile0, 1))
+def _chunks(plans: Sequence[AxisPlan], N: int, G: int, itemsize: int, fused: bool, channels: int):
+    """First-axis tile ranges sized so the largest per-chunk buffer stays near the budget.
+
+    That buffer is the score matrix on the matmul route; on the fused route (no score matrix) it
+    is the gathered keys plus values (``channels`` = D + Dv), with a quarter of the budget.
+    """
+    tiles_rest = N * math.prod(p.n_tiles for p in plans[1:])
+    union = math.prod(p.union for p in plans)
+    if fused:
+        per_tile0, budget = tiles_rest * union * channels * itemsize, _CHUNK_BYTES // 4
+    else:
+        per_tile0, budget = tiles_rest * G * math.prod(p.tile for p in plans) * union * itemsize, _CHUNK_BYTES
+    step = max(1, budget // max(per_tile0, 1))
     for t0 in range(0, plans[0].n_tiles, step):
         yield t0, min(plans[0].n_tiles, t0 + step)
 
@@ -291,7 +300,7 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     out = torch.empty(qp.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     lse = torch.empty(qp.shape[:-1] + (1,), dtype=q.dtype, device=q.device)
     kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
-    for t0, t1 in _chunks(plans, N, G, q.element_size()):
+    for t0, t1 in _chunks(plans, N, G, q.element_size(), fused, k.shape[-1] + v.shape[-1]):
         qt = _tile_rows(qp[:, :, t0 * T0:t1 * T0], plans, t1 - t0)
         kt, vt = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
         if fused:
@@ -334,7 +343,7 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     if fused:
         outp = _pad_to_tiles(out, plans, 2)
         dlsep = None if dlse is None or not bool(dlse.any()) else _pad_to_tiles(dlse.unsqueeze(-1), plans, 2)
-    for t0, t1 in _chunks(plans, N, G, q.element_size()):
+    for t0, t1 in _chunks(plans, N, G, q.element_size(), fused, k.shape[-1] + v.shape[-1]):
         rows = slice(t0 * T0, t1 * T0)
         n0 = t1 - t0
         qt = _tile_rows(qp[:, :, rows], plans, n0)
