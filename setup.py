@@ -21,7 +21,7 @@ setup(
     include_package_data=False,
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "setuptools>=64", "wheel"],
+        "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib"],
         "bench": ["matplotlib"],
     },
 )

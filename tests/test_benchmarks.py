@@ -23,3 +23,10 @@ def test_bench_new_features_smoke(tmp_path):
         assert sum(k["dispatches"] for k in r["emulator"]["kernels"].values()) == r["emulator"]["dispatches"]
         assert all(name.startswith("na_forward_") for name in r["emulator"]["kernels"])
     assert any("natten-mlx" in n for n in data["notes"]) or any(r["natten_mlx_ms"] for r in rows)
+
+
+def test_bench_new_features_plot(tmp_path):
+    png = tmp_path / "bars.png"
+    bench_new_features.main(["--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--features", "baseline",
+                             "fmha", "--no-emulator-costs", "--plot", str(png)])
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
