@@ -318,3 +318,20 @@ def test_group_size_limit():
     L = lib("""kernel void noop(device float* x [[buffer(0)]], uint i [[thread_position_in_grid]]) { x[i] = 0.0f; }""")
     with pytest.raises(ValueError, match="exceeds 1024"):
         L.noop(torch.zeros(2048), threads=2048, group_size=2048)
+
+
+def test_launch_argument_rules_of_compile_shader():
+    L = lib("""kernel void cp(device const float* x [[buffer(0)]], device float* y [[buffer(1)]],
+                uint i [[thread_position_in_grid]]) { y[i] = x[i] * 2.0f; }""")
+    x = torch.randn(40)
+    y = torch.full((40,), float("nan"))
+    L.cp(x, y)                                   # threads default to the first tensor's numel
+    assert torch.equal(y, x * 2)
+    assert L.cp.last_stats.threads == 40
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        L.cp(x, y, threads=(40, 1), group_size=8)
+    with pytest.raises(TypeError, match="unsupported argument type list"):
+        L.cp(x, [1, 2], threads=40)
+    with pytest.raises(ValueError, match="contiguous"):
+        L.cp(torch.randn(80)[::2], y, threads=40)
+    assert L.cp.max_threads_per_threadgroup == 1024 and L.cp.thread_execution_width == 32

@@ -404,6 +404,10 @@ class EmulatedKernel:
     def name(self) -> str:
         return self._spec.host_name
 
+    # Same read-only properties as compile_shader's kernel objects.
+    max_threads_per_threadgroup = MAX_THREADS_PER_THREADGROUP
+    thread_execution_width = 32
+
     def _bind(self, args: Sequence[object]) -> Tuple[list, list, list]:
         spec = self._spec
         bound = [p for p in spec.params if p.kind in ("buffer", "scalar")]
@@ -449,7 +453,8 @@ class EmulatedKernel:
                 keep.append(c)
             else:
                 raise TypeError(f"kernel {spec.host_name}: unsupported argument type {type(a).__name__} "
-                                f"for {p.name}")
+                                f"for {p.name} (the emulator binds tensors, ints and floats; pass lists "
+                                "as tensors)")
         return ptrs, sizes, keep
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
@@ -460,6 +465,10 @@ class EmulatedKernel:
                 raise ValueError(f"kernel {self.name}: threads= is required when no tensor is passed")
             threads = tensors[0].numel()
         grid = _as_dims(threads, "threads")
+        if group_size is not None and _ndims(group_size) != _ndims(threads):
+            # compile_shader checks threads and group_size have the same dimensionality
+            raise ValueError(f"kernel {self.name}: threads={threads!r} and group_size={group_size!r} must have "
+                             "the same number of dimensions")
         if group_size is None:
             group_size = min(grid[0], MAX_THREADS_PER_THREADGROUP)
         group = _as_dims(group_size, "group_size")
@@ -486,6 +495,10 @@ class EmulatedKernel:
         if rc != 0:
             cls = _ERROR_KINDS.get(rc, MetalEmulatorError)
             raise cls(f"kernel {self.name} ({self._lib.label}): {err.value.decode(errors='replace')}")
+
+
+def _ndims(v) -> int:
+    return 1 if isinstance(v, int) else len(v)
 
 
 def _as_dims(v, what: str) -> List[int]:

@@ -1,14 +1,18 @@
 """Shared Metal runtime for ``natten_mps`` and ``sage_mps``: shader loading, compiling, launching.
 
 Calling convention (``torch.mps.compile_shader``, as implemented in PyTorch's
-``torch/csrc/mps/Module.cpp`` and mirrored exactly by the emulator):
+``torch/csrc/mps/Module.cpp``, read for torch 2.8-2.13, and mirrored by the emulator):
 
 * ``lib = compile_shader(source)``; ``lib.<kernel>(*args, threads=..., group_size=...)``.
 * Arguments bind in order to ``[[buffer(0)]]``, ``[[buffer(1)]]``, ...: a tensor binds as a ``device``
   buffer starting at its storage offset (we always pass contiguous tensors); a Python ``int`` binds
   as a 64-bit integer (declare ``constant long& n``); a Python ``float`` as a 32-bit ``float``.
 * ``threads`` is the total grid (an int or up to 3 ints), dispatched like ``dispatchThreads``:
-  the last threadgroup of each dimension may be partial. ``group_size`` is the threadgroup size.
+  the last threadgroup of each dimension may be partial; when omitted it is the ``numel`` of the
+  first tensor argument. ``group_size`` is the threadgroup size, with as many dimensions as
+  ``threads`` (default: as many threads as the pipeline allows, capped by the grid).
+* Python lists of ints/floats also bind (as arrays) on MPS; this project does not use them and the
+  emulator rejects them, so geometry travels in small int64 tensors instead.
 
 Shader sources are ``.metal`` files under ``shaders/`` (shipped in the wheel as
 ``natten_mps/_shaders``). A local ``#include "file"`` is inlined before compiling, for both the
