@@ -80,3 +80,28 @@ def test_wheel_ships_shaders_and_both_packages(tmp_path):
 def test_shader_source_inlines_local_includes():
     src = runtime.shader_source("natten/na_forward.metal")
     assert "na_axis_window" in src and '#include "na_window.h"' not in src
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"NATTEN_MPS_EMULATE": "1"}, "metal"),
+    ({"NATTEN_MPS_EMULATE": "1", "NATTEN_MPS_BACKEND": "pure"}, "pure"),
+    ({}, "pure"),
+])
+def test_environment_switches(env, expected):
+    code = ("import torch, natten_mps, sage_mps\n"
+            "q = torch.randn(1, 9, 2, 4)\n"
+            "natten_mps.na1d(q, q, q, 3)\n"
+            "a = natten_mps.last_backend()\n"
+            "sage_mps.sageattn(q, q, q, tensor_layout='NHD')\n"
+            "print(a, natten_mps.last_backend())")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("NATTEN_MPS_")}
+    full_env.update(env, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=full_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expected, expected]
+
+
+def test_bad_backend_environment_variable_is_a_clear_error():
+    env = dict(os.environ, NATTEN_MPS_BACKEND="gpu", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", "import natten_mps"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode != 0 and "NATTEN_MPS_BACKEND must be one of" in out.stderr
