@@ -174,8 +174,8 @@ def main(argv=None) -> Dict:
     try:
         import mlx.core  # noqa: F401
         import natten_mlx  # noqa: F401
-    except Exception:  # noqa: BLE001
-        notes.append("natten-mlx not measured: mlx/natten_mlx are not installed on this machine")
+    except Exception as e:  # noqa: BLE001 - e.g. not installed, or natten-mlx refusing a non-macOS host
+        notes.append(f"natten-mlx not measured: cannot import mlx/natten_mlx ({type(e).__name__}: {e})")
     show_costs = args.device != "mps" and not args.no_emulator_costs
     if show_costs:
         notes.append("emulator columns: Metal kernels this row launches on a Mac, counted by the CPU emulator")
