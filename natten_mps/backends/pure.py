@@ -45,7 +45,7 @@ def default_tile(rank: int, length: int, kernel: int, axis: int = 0) -> int:
         parts = [int(x) for x in env.split(",")]
         t = parts[axis] if len(parts) == rank else parts[0]
     elif rank == 1:
-        t = 64
+        t = 32 if kernel <= 16 else 64
     elif rank == 2:
         t = 8
     else:
@@ -409,6 +409,11 @@ def from_internal(x: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
     return x.reshape(batch, *spatial, heads_kv * G, C)
 
 
+def _public(x: torch.Tensor, batch: int, heads_kv: int, dtype) -> torch.Tensor:
+    """Internal ``[N, G, *L, C]`` -> contiguous public ``[B, *L, H, C]`` in ``dtype``."""
+    return from_internal(x, batch, heads_kv).to(dtype).contiguous()
+
+
 def _dilation_groups(spatial, dilation):
     """Yield the strided slices (over spatial dims) of each dilation group."""
     for combo in itertools.product(*[range(d) for d in dilation]):
@@ -435,9 +440,7 @@ def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
                                  vi[(slice(None),) + sl], kernel_size, stride, is_causal, scale)
             oi[(slice(None), slice(None)) + sl] = o
             li[(slice(None), slice(None)) + sl] = l
-    out = from_internal(oi, B, Hkv).to(q.dtype)
-    lse = from_internal(li.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype))
-    return out.contiguous(), lse.contiguous()
+    return _public(oi, B, Hkv, q.dtype), _public(li.unsqueeze(-1), B, Hkv, lse_dtype(q.dtype))[..., 0]
 
 
 def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
@@ -458,10 +461,8 @@ def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is
             g = _core_backward(doi[qs], None if dli is None else dli[qs], qi[qs], ki[ks], vi[ks], oi[qs],
                                li[qs], kernel_size, stride, is_causal, scale)
             dq[qs], dk[ks], dv[ks] = g
-    dq = from_internal(dq, B, Hkv).to(q.dtype)
-    dk = from_internal(dk.unsqueeze(1), B, Hkv).to(k.dtype)
-    dv = from_internal(dv.unsqueeze(1), B, Hkv).to(v.dtype)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+    return (_public(dq, B, Hkv, q.dtype), _public(dk.unsqueeze(1), B, Hkv, k.dtype),
+            _public(dv.unsqueeze(1), B, Hkv, v.dtype))
 
 
 # ---- dense attention (FMHA and additional keys/values) ----------------------------------------
@@ -481,6 +482,20 @@ def _dense_fused_layout(qi, ki, vi, is_causal):
     return qi.reshape(N, 1, G * Lq, D), ki.unsqueeze(1), vi.unsqueeze(1)
 
 
+def _dense_score_chunks(qi, ki, is_causal: bool):
+    """Yield ``(r0, r1, scores)`` for query rows ``r0:r1`` (matmul route; ``qi`` already scaled)."""
+    N, G, Lq = qi.shape[:3]
+    Lk = ki.shape[1]
+    step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
+    for r0 in range(0, Lq, step):
+        r1 = min(Lq, r0 + step)
+        s = torch.matmul(qi[:, :, r0:r1], ki.unsqueeze(1).transpose(-1, -2))
+        if is_causal:
+            rows = torch.arange(r0, r1, device=qi.device)[:, None]
+            s.masked_fill_(torch.arange(Lk, device=qi.device)[None, :] > rows, float("-inf"))
+        yield r0, r1, s
+
+
 def attention_forward(q, k, v, is_causal: bool, scale: float):
     """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse)."""
     B, Lq, H, _ = q.shape
@@ -493,24 +508,16 @@ def attention_forward(q, k, v, is_causal: bool, scale: float):
     if _fused_ok(qi, ki, vi):
         qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
         o, m = _flash_fwd(qf, kf, vf, 0.0, is_causal, scale=scale)
-        o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq)
-        return (from_internal(o, B, Hkv).to(q.dtype).contiguous(),
-                from_internal(m.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype)).contiguous())
+        o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq, 1)
+        return _public(o, B, Hkv, q.dtype), _public(m, B, Hkv, lse_dtype(q.dtype))[..., 0]
     qi = qi * scale
     out = qi.new_empty(N, G, Lq, vi.shape[-1])
-    lse = qi.new_empty(N, G, Lq)
-    step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
-    for r0 in range(0, Lq, step):
-        r1 = min(Lq, r0 + step)
-        s = torch.matmul(qi[:, :, r0:r1], ki.unsqueeze(1).transpose(-1, -2))
-        if is_causal:
-            rows = torch.arange(r0, r1, device=q.device)[:, None]
-            s.masked_fill_(torch.arange(Lk, device=q.device)[None, :] > rows, float("-inf"))
+    lse = qi.new_empty(N, G, Lq, 1)
+    for r0, r1, s in _dense_score_chunks(qi, ki, is_causal):
         m = torch.logsumexp(s, dim=-1, keepdim=True)
         out[:, :, r0:r1] = torch.matmul(s.sub_(m).exp_(), vi.unsqueeze(1))
-        lse[:, :, r0:r1] = m[..., 0]
-    return (from_internal(out, B, Hkv).to(q.dtype).contiguous(),
-            from_internal(lse.unsqueeze(-1), B, Hkv)[..., 0].to(lse_dtype(q.dtype)).contiguous())
+        lse[:, :, r0:r1] = m
+    return _public(out, B, Hkv, q.dtype), _public(lse, B, Hkv, lse_dtype(q.dtype))[..., 0]
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: float):
@@ -533,9 +540,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: fl
                                           is_causal)
         if dk.shape[1] > 1:   # causal: K/V were expanded over the G query heads
             dk, dv = dk.sum(1, keepdim=True), dv.sum(1, keepdim=True)
-        return (from_internal(dq.reshape(qi.shape), B, Hkv).to(q.dtype).contiguous(),
-                from_internal(dk.reshape(N, 1, Lk, -1), B, Hkv).to(k.dtype).contiguous(),
-                from_internal(dv.reshape(N, 1, Lk, -1), B, Hkv).to(v.dtype).contiguous())
+        return (_public(dq.reshape(qi.shape), B, Hkv, q.dtype), _public(dk.reshape(N, 1, Lk, -1), B, Hkv, k.dtype),
+                _public(dv.reshape(N, 1, Lk, -1), B, Hkv, v.dtype))
     qi = qi * scale
     delta = (doi * oi).sum(-1, keepdim=True)
     if dlse is not None:
@@ -543,19 +549,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: fl
     N, G = qi.shape[:2]
     dq = torch.empty_like(qi)
     dk, dv = torch.zeros_like(ki), torch.zeros_like(vi)
-    step = max(1, _CHUNK_BYTES // max(N * G * Lk * qi.element_size(), 1))
-    for r0 in range(0, Lq, step):
-        r1 = min(Lq, r0 + step)
-        s = torch.matmul(qi[:, :, r0:r1], ki.unsqueeze(1).transpose(-1, -2))
-        if is_causal:
-            rows = torch.arange(r0, r1, device=q.device)[:, None]
-            s.masked_fill_(torch.arange(Lk, device=q.device)[None, :] > rows, float("-inf"))
+    for r0, r1, s in _dense_score_chunks(qi, ki, is_causal):
         p = s.sub_(li[:, :, r0:r1]).exp_()
         do = doi[:, :, r0:r1]
         dv += torch.matmul(p.transpose(-1, -2), do).sum(1)
         ds = p.mul_(torch.matmul(do, vi.unsqueeze(1).transpose(-1, -2)).sub_(delta[:, :, r0:r1]))
         dq[:, :, r0:r1] = torch.matmul(ds, ki.unsqueeze(1))
         dk += torch.matmul(ds.transpose(-1, -2), qi[:, :, r0:r1]).sum(1)
-    return (from_internal(dq * scale, B, Hkv).to(q.dtype).contiguous(),
-            from_internal(dk.unsqueeze(1), B, Hkv).to(k.dtype).contiguous(),
-            from_internal(dv.unsqueeze(1), B, Hkv).to(v.dtype).contiguous())
+    return (_public(dq * scale, B, Hkv, q.dtype), _public(dk.unsqueeze(1), B, Hkv, k.dtype),
+            _public(dv.unsqueeze(1), B, Hkv, v.dtype))
