@@ -331,18 +331,19 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     fused = _fused_ok(q, k, v)
     qp = _pad_to_tiles(q if fused else q * scale, plans, 2)   # the fused kernel applies the scale itself
     dop = _pad_to_tiles(dout, plans, 2)
-    delta = (dout * out).sum(-1, keepdim=True)
-    if dlse is not None:
-        delta = delta - dlse.unsqueeze(-1)
-    deltap = _pad_to_tiles(delta, plans, 2)
     lsep = _pad_to_tiles(lse.unsqueeze(-1), plans, 2)
     dq = torch.empty_like(qp)
     kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
     dk = torch.zeros_like(kp)
     dv = torch.zeros_like(vp)
-    if fused:
+    if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
         outp = _pad_to_tiles(out, plans, 2)
         dlsep = None if dlse is None or not bool(dlse.any()) else _pad_to_tiles(dlse.unsqueeze(-1), plans, 2)
+    else:
+        delta = (dout * out).sum(-1, keepdim=True)
+        if dlse is not None:
+            delta = delta - dlse.unsqueeze(-1)
+        deltap = _pad_to_tiles(delta, plans, 2)
     for t0, t1 in _chunks(plans, N, G, q.element_size(), fused, k.shape[-1] + v.shape[-1]):
         rows = slice(t0 * T0, t1 * T0)
         n0 = t1 - t0
