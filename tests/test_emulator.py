@@ -335,3 +335,44 @@ def test_launch_argument_rules_of_compile_shader():
     with pytest.raises(ValueError, match="contiguous"):
         L.cp(torch.randn(80)[::2], y, threads=40)
     assert L.cp.max_threads_per_threadgroup == 1024 and L.cp.thread_execution_width == 32
+
+
+def test_integer_vectors_shuffles_and_remaining_attributes():
+    L = lib("""
+kernel void misc(device const int* xi [[buffer(0)]], device int* out [[buffer(1)]],
+                 device float* fout [[buffer(2)]],
+                 uint i [[thread_position_in_grid]], uint lane [[thread_index_in_simdgroup]],
+                 uint nsg [[simdgroups_per_threadgroup]], uint width [[threads_per_simdgroup]]) {
+  int4 a = int4(xi[i], 2, 3, 4);
+  uint2 b = uint2(7u, 9u);
+  int4 c = a * 2 + int4(1);
+  half2 h = half2(half(1.5f), half(-2.0f));
+  bfloat2 bf = bfloat2(bfloat(3.0f), bfloat(0.25f));
+  out[8 * i + 0] = c.x + c.w;                       // 2*x + 1 + 9
+  out[8 * i + 1] = int(b.x * b.y);                  // 63
+  out[8 * i + 2] = simd_shuffle_down(xi[i], 1);
+  out[8 * i + 3] = simd_shuffle_up(xi[i], 2);
+  out[8 * i + 4] = simd_prefix_exclusive_sum(xi[i]);
+  out[8 * i + 5] = int(nsg * 100 + width);
+  out[8 * i + 6] = as_type<int>(1.0f);
+  out[8 * i + 7] = select(10, 20, xi[i] > 0);
+  fout[2 * i] = float(h.x * h.y);
+  fout[2 * i + 1] = float(bf.x + bf.y);
+}""")
+    n = 40
+    xi = torch.randint(-5, 6, (n,), dtype=torch.int32)
+    out = torch.full((8 * n,), -999, dtype=torch.int32)
+    fout = torch.full((2 * n,), float("nan"))
+    L.misc(xi, out, fout, threads=n, group_size=n)
+    o = out.view(n, 8)
+    x = xi.tolist()
+    for i in range(n):
+        lo, hi = (i // 32) * 32, min(n, (i // 32) * 32 + 32)
+        assert o[i, 0] == 2 * x[i] + 1 + 9 and o[i, 1] == 63
+        assert o[i, 2] == (x[i + 1] if i + 1 < hi else x[i])     # out-of-range lanes keep their value
+        assert o[i, 3] == (x[i - 2] if i - 2 >= lo else x[i])
+        assert o[i, 4] == sum(x[lo:i])
+        assert o[i, 5] == 2 * 100 + 32
+        assert o[i, 6] == 0x3F800000
+        assert o[i, 7] == (20 if x[i] > 0 else 10)
+    assert torch.all(fout.view(n, 2)[:, 0] == -3.0) and torch.all(fout.view(n, 2)[:, 1] == 3.25)
