@@ -10,10 +10,12 @@ Algorithm (one generic N-d routine):
   undilated problem on a strided view.
 * Queries are cut into tiles of ``T`` positions per axis. Because window starts never decrease
   along an axis, the union of the windows of a tile is an interval of at most ``U`` keys per axis
-  (``U`` ~ ``T + K``); every tile gathers those keys (``index_select``), does one dense batched
-  matmul of its ``G * prod(T)`` queries against its ``prod(U)`` keys, masks the keys outside each
-  query's exact window (a ``-inf`` fill built per axis, never an O(L^2) mask) and takes a
-  softmax with its log-sum-exp.
+  (``U`` ~ ``T + K``). The key axis is zero-padded so every tile's keys are a strided window
+  (``unfold``), gathered with one copy. Each tile's ``G * prod(T)`` queries attend densely to its
+  ``prod(U)`` keys with the keys outside each query's exact window masked (a mask built per axis and
+  cached, never an O(L^2) mask): on CPU through PyTorch's fused flash-attention kernel with an
+  additive mask, elsewhere (CUDA, MPS fallback, or when the fused kernel does not apply) through
+  batched matmuls, ``masked_fill`` and a softmax with its log-sum-exp.
 * Tiles are processed in chunks along the first axis so peak memory is bounded by a budget, not by
   the input size (never O(L^2) or O(L * K^d * D)).
 * Backward recomputes the probabilities from the saved LSE, tile by tile, and scatters key/value
