@@ -38,7 +38,7 @@ _CHUNK_BYTES = int(os.environ.get("NATTEN_MPS_PURE_CHUNK_BYTES", 48 << 20))
 
 
 def default_tile(rank: int, length: int, kernel: int, axis: int = 0) -> int:
-    """Query tile per axis, from measurements on a 2-core CPU (benchmarks/bench_fallback.py).
+    """Query tile per axis, from measurements on a 2-core CPU (``benchmarks/tune_tiles.py``).
 
     ``NATTEN_MPS_TILE_{rank}D`` overrides it: one int for every axis, or a comma list per axis.
     """
@@ -47,11 +47,13 @@ def default_tile(rank: int, length: int, kernel: int, axis: int = 0) -> int:
         parts = [int(x) for x in env.split(",")]
         t = parts[axis] if len(parts) == rank else parts[0]
     elif rank == 1:
-        t = 32 if kernel <= 16 else 64
+        t = 32
     elif rank == 2:
         t = 8
+    elif kernel <= 5:
+        t = 2 if axis == 0 else 4      # (2, 4, 4) beat (4, 4, 4) by ~15% at 16^3 K=3
     else:
-        t = 4 if kernel <= 5 else 8
+        t = 8
     return max(1, min(t, length))
 
 
