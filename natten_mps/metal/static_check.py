@@ -35,38 +35,34 @@ def _line(src: str, pos: int) -> int:
     return src.count("\n", 0, pos) + 1
 
 
+def _closing(src: str, pos: int, open_ch: str, close_ch: str) -> int:
+    """Index of the bracket closing the one at ``pos`` (or the end of the source)."""
+    depth = 0
+    for i in range(pos, len(src)):
+        if src[i] == open_ch:
+            depth += 1
+        elif src[i] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(src)
+
+
 def _functions(src: str):
     """Yield (name, params_text, body_text, start) of function definitions."""
     for m in re.finditer(r"\b([A-Za-z_]\w*)\s*\(", src):
         name = m.group(1)
         if name in ("if", "for", "while", "switch", "return", "sizeof", "defined", "static_assert"):
             continue
-        depth, i = 0, m.end() - 1
-        while i < len(src):
-            if src[i] == "(":
-                depth += 1
-            elif src[i] == ")":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
-        rest = src[i + 1:]
-        after = re.match(r"\s*(const\s*)?\{", rest)
+        i = _closing(src, m.end() - 1, "(", ")")
+        after = re.match(r"\s*(const\s*)?\{", src[i + 1:])
         if not after:
             continue
         prefix = src[max(0, m.start() - 120):m.start()]
         if not re.search(r"[\w>&*]\s*$", prefix):
             continue  # a call, not a definition
-        start = i + 1 + after.end() - 1
-        depth, j = 0, start
-        while j < len(src):
-            if src[j] == "{":
-                depth += 1
-            elif src[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            j += 1
+        start = i + after.end()
+        j = _closing(src, start, "{", "}")
         yield name, src[m.end():i], src[start:j + 1], m.start()
 
 
