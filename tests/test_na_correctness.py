@@ -224,3 +224,22 @@ def test_pure_fused_and_matmul_routes(monkeypatch, fused, rank):
         ((ro * w).sum() + rl.sum()).backward()
         for t, r in zip((q, k, v), ref):
             torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_pure_many_tiles_ragged_and_chunked(monkeypatch, fused, rank):
+    """Small tiles (several per axis, a ragged last one) and a tiny chunk budget, so tiling, padding,
+    per-chunk key windows and the key-gradient scatter all run with many pieces."""
+    from natten_mps.backends import pure
+    monkeypatch.setattr(pure, "_USE_FUSED", fused)
+    monkeypatch.setattr(pure, "_CHUNK_BYTES", 4096)
+    monkeypatch.setenv(f"NATTEN_MPS_TILE_{rank}D", "3")
+    natten_mps.set_backend("pure")
+    rng = random.Random(42 + rank)
+    for i in range(3):
+        cfg = random_config(rng, rank)
+        cfg["spatial"] = tuple(n + 5 for n in cfg["spatial"])   # 2+ tiles of 3 per axis, ragged
+        cfg["batch"], cfg["heads_kv"], cfg["heads"] = 2, 2, 4   # batch and GQA share the kernel's head dim
+        cfg["dim_v"] = cfg["dim"]
+        run_case(cfg, torch.float32, seed=i, check_grad=True)

@@ -95,59 +95,135 @@ def _plans(spatial, kernel_size, stride, causal, device) -> List[AxisPlan]:
             for i in range(rank)]
 
 
-# ---- tiling helpers (rank-generic) -------------------------------------------------------------
+# ---- dtypes ------------------------------------------------------------------------------------
 
-def _tile_rows(x: torch.Tensor, plans: Sequence[AxisPlan], n0: int) -> torch.Tensor:
-    """``[N, G, n0*T0, n1*T1, ..., C]`` -> ``[N, n0*n1*..., G*T0*T1*..., C]``."""
+def lse_dtype(dtype):
+    """LSE is float32 for every input dtype except float64 (kept for gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---- tiles-major layout (rank-generic) ---------------------------------------------------------
+# Public tensors are heads-last ``[B, *L, H, C]`` with ``H = Hkv * G``; the core sees queries as
+# ``[B, *L, Hkv, G, C]`` (a view). Tiles are laid out as ``[tiles, rows, heads, C]``:
+#   tiles = prod(n_i)       query tiles, first axis outermost (the fused kernel's batch dim)
+#   rows  = prod(T_i) * G   a tile's query positions, each with its G query heads
+#   heads = B * Hkv         batch and K/V heads (the kernel's head dim: every head shares one mask)
+# and a tile's keys as ``[tiles, prod(U_i), heads, C]``. Rows and key windows are single strided
+# dims, which is what the fused kernel and batched matmuls take.
+
+def _tile_perm(rank: int) -> List[int]:
+    """``[B, n0, T0, n1, T1, ..., Hkv, G, C]`` -> ``[n0, n1, ..., T0, T1, ..., G, B, Hkv, C]``."""
+    return ([1 + 2 * i for i in range(rank)] + [2 + 2 * i for i in range(rank)]
+            + [2 * rank + 2, 0, 2 * rank + 1, 2 * rank + 3])
+
+
+def _split_tiles(x: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tensor:
+    """View ``[B, *S, Hkv, G, C]`` (``S_i = n_i * T_i``) as ``[B, n0, T0, n1, T1, ..., Hkv, G, C]``."""
+    shape = [x.shape[0]]
+    for p in plans:
+        shape += [p.n_tiles, p.tile]
+    return x.view(shape + list(x.shape[-3:]))
+
+
+def _to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], dtype) -> torch.Tensor:
+    """Public-order ``[B, *L, Hkv, G, C]`` (any strides) -> tiles-major ``[tiles, rows, B*Hkv, C]``.
+
+    Axes are zero-padded to whole tiles. A view when nothing needs padding, casting or reordering
+    (rank 1 with ``B == G == 1``), one copy otherwise.
+    """
     rank = len(plans)
-    N, G, C = x.shape[0], x.shape[1], x.shape[-1]
-    counts = [n0] + [p.n_tiles for p in plans[1:]]
-    shape = [N, G]
-    for c, p in zip(counts, plans):
-        shape += [c, p.tile]
-    x = x.reshape(shape + [C])
-    tile_dims = [2 + 2 * i for i in range(rank)]
-    in_dims = [3 + 2 * i for i in range(rank)]
-    x = x.permute(0, *tile_dims, 1, *in_dims, 2 + 2 * rank)
-    return x.reshape(N, math.prod(counts), G * math.prod(p.tile for p in plans), C)
+    x = x.to(dtype)
+    pads = []
+    for i in reversed(range(rank)):
+        pads += [0, plans[i].n_tiles * plans[i].tile - x.shape[1 + i]]
+    if any(pads):
+        x = torch.nn.functional.pad(x, [0] * 6 + pads)
+    B, Hkv, G, C = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
+    x = _split_tiles(x, plans).permute(_tile_perm(rank))
+    return x.reshape(math.prod(p.n_tiles for p in plans), math.prod(p.tile for p in plans) * G, B * Hkv, C)
 
 
-def _untile_rows(x: torch.Tensor, plans: Sequence[AxisPlan], n0: int, G: int) -> torch.Tensor:
-    """Inverse of :func:`_tile_rows`."""
+def _from_tiles(t: torch.Tensor, plans: Sequence[AxisPlan], B: int, Hkv: int, G: int) -> torch.Tensor:
+    """Inverse of :func:`_to_tiles` for the first-axis tiles of a chunk: ``[c*rest, rows, B*Hkv, C]``
+    -> view ``[B, c, T0, n1, T1, ..., Hkv, G, C]``."""
     rank = len(plans)
-    N, C = x.shape[0], x.shape[-1]
-    counts = [n0] + [p.n_tiles for p in plans[1:]]
-    x = x.reshape([N] + counts + [G] + [p.tile for p in plans] + [C])
-    order = [0, 1 + rank]
-    for i in range(rank):
-        order += [1 + i, 2 + rank + i]
-    x = x.permute(*order, 2 + 2 * rank)
-    return x.reshape([N, G] + [c * p.tile for c, p in zip(counts, plans)] + [C])
+    rest = [p.n_tiles for p in plans[1:]]
+    shape = [t.shape[0] // math.prod(rest)] + rest + [p.tile for p in plans] + [G, B, Hkv, t.shape[-1]]
+    perm = _tile_perm(rank)
+    inverse = sorted(range(len(perm)), key=perm.__getitem__)
+    return t.reshape(shape).permute(inverse)
+
+
+class _Untiler:
+    """Collects per-chunk tiles-major results into a public-order ``[B, *L, Hkv, G, C]`` tensor.
+
+    With a single chunk the result stays a view of the kernel's output (no copy when the layouts
+    agree); with several, each chunk is copied into place as it is produced.
+    """
+
+    def __init__(self, plans, spatial, B, Hkv, G, C, n_chunks, dtype, device):
+        self.plans, self.spatial, self.dims = plans, spatial, (B, Hkv, G)
+        self.buf = None
+        if n_chunks > 1:
+            padded = [p.n_tiles * p.tile for p in plans]
+            self.buf = torch.empty([B] + padded + [Hkv, G, C], dtype=dtype, device=device)
+
+    def add(self, t0: int, t1: int, tiles: torch.Tensor) -> None:
+        piece = _from_tiles(tiles, self.plans, *self.dims)
+        if self.buf is None:
+            B, Hkv, G = self.dims
+            merged = [B] + [p.n_tiles * p.tile for p in self.plans] + [Hkv, G, tiles.shape[-1]]
+            self.buf = piece.reshape(merged)
+        else:
+            _split_tiles(self.buf, self.plans)[:, t0:t1].copy_(piece)
+
+    def result(self) -> torch.Tensor:
+        return self.buf[(slice(None),) + tuple(slice(0, n) for n in self.spatial)]
+
+
+def _pad_keys(x: torch.Tensor, plans: Sequence[AxisPlan], dtype) -> torch.Tensor:
+    """Public ``[B, *L, Hkv, C]`` -> zero-padded ``[*P, B*Hkv, C]`` (``P_i = pad_lo + L_i + pad_hi``)."""
+    rank = len(plans)
+    B, Hkv, C = x.shape[0], x.shape[-2], x.shape[-1]
+    spatial = x.shape[1:1 + rank]
+    padded = [p.pad_lo + n + p.pad_hi for p, n in zip(plans, spatial)]
+    buf = torch.empty(padded + [B, Hkv, C], dtype=dtype, device=x.device)
+    for i, (p, n) in enumerate(zip(plans, spatial)):
+        buf.narrow(i, 0, p.pad_lo).zero_()
+        buf.narrow(i, p.pad_lo + n, p.pad_hi).zero_()
+    buf[tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))].copy_(
+        x.permute(*range(1, rank + 1), 0, rank + 1, rank + 2))
+    return buf.view(padded + [B * Hkv, C])
+
+
+def _crop_keys(buf: torch.Tensor, plans: Sequence[AxisPlan], spatial, B: int, Hkv: int) -> torch.Tensor:
+    """Padded ``[*P, B*Hkv, C]`` -> public-order view ``[B, *L, Hkv, C]``."""
+    rank = len(plans)
+    x = buf[tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))].unflatten(rank, (B, Hkv))
+    return x.permute(rank, *range(rank), rank + 1, rank + 2)
+
+
+def _gather_keys(buf: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> torch.Tensor:
+    """Padded ``[*P, heads, C]`` -> ``[c*rest, prod(U), heads, C]``: the keys of first-axis tiles ``t0:t1``.
+
+    Windows are ``unfold`` views of the padded axes; for rank 1 the result stays a (overlapping)
+    strided view, for higher ranks the final reshape gathers it with one copy.
+    """
+    rank = len(plans)
+    x = buf
+    for i, p in enumerate(plans):
+        first, count = (t0, t1 - t0) if i == 0 else (0, p.n_tiles)
+        x = x.narrow(i, first * p.tile, (count - 1) * p.tile + p.union).unfold(i, p.union, p.tile)
+    x = x.permute(*range(rank), *range(rank + 2, 2 * rank + 2), rank, rank + 1)   # [c, n.., U.., heads, C]
+    return x.reshape(-1, math.prod(p.union for p in plans), buf.shape[-2], buf.shape[-1])
 
 
 def _key_indices(plans: Sequence[AxisPlan], t0: int, t1: int) -> List[torch.Tensor]:
     return [plans[0].key_index[t0:t1]] + [p.key_index for p in plans[1:]]
-
-
-def _pad_keys(x: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tensor:
-    """``[N, *L, C]`` -> ``[N, *P, C]`` zero-padded so every tile's keys are a strided window."""
-    pads = []
-    for p in reversed(plans):
-        pads += [p.pad_lo, p.pad_hi]
-    return torch.nn.functional.pad(x, [0, 0] + pads) if any(pads) else x
-
-
-def _gather_keys(xp: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> torch.Tensor:
-    """Padded ``[N, *P, C]`` -> ``[N, tiles, prod(U), C]``: the keys of tiles ``t0:t1`` (first axis)."""
-    rank = len(plans)
-    x = xp
-    counts = [t1 - t0] + [p.n_tiles for p in plans[1:]]
-    starts = [t0 * plans[0].tile] + [0] * (rank - 1)
-    for i, (p, c, st) in enumerate(zip(plans, counts, starts)):
-        x = x.narrow(1 + i, st, (c - 1) * p.tile + p.union).unfold(1 + i, p.union, p.tile)
-    # x: [N, n0.., C, U0..]
-    x = x.permute(0, *range(1, rank + 1), *range(rank + 2, 2 * rank + 2), rank + 1)
-    return x.reshape(xp.shape[0], math.prod(counts), math.prod(p.union for p in plans), xp.shape[-1])
 
 
 def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
@@ -164,16 +240,13 @@ def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> to
 
 
 def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> None:
-    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[N, tiles, prod(U), C]`` into padded ``dst``."""
-    N, C = dst.shape[0], dst.shape[-1]
+    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[c*rest, prod(U), heads, C]`` into padded ``dst``."""
     idx = [ix + p.pad_lo for ix, p in zip(_key_indices(plans, t0, t1), plans)]
-    lin = _linear_key_index(idx, dst.shape[1:-1])
-    dst.view(N, -1, C).index_add_(1, lin, grad.reshape(N, -1, C))
+    lin = _linear_key_index(idx, dst.shape[:-2])
+    dst.view(-1, dst.shape[-2] * dst.shape[-1]).index_add_(0, lin, grad.reshape(lin.shape[0], -1))
 
 
-def _crop_keys(x: torch.Tensor, plans: Sequence[AxisPlan], spatial) -> torch.Tensor:
-    return x[(slice(None),) + tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))]
-
+# ---- masks -------------------------------------------------------------------------------------
 
 _outside_cache: dict = {}
 
@@ -203,10 +276,8 @@ def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optiona
 
 
 def _build_outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
-    """Bool mask ``[tiles, G*prod(T), prod(U)]``: True where a key is outside the query's window.
-
-    Applied with ``masked_fill`` (not an additive bias) so a NaN key outside a window cannot leak in.
-    """
+    """Bool mask ``[tiles, rows, prod(U)]`` (rows = tile positions x G heads): True where a key is
+    outside the query's window. Built from the per-axis masks, once per shape (cached)."""
     if all(p.full for p in plans):
         return None
     rank = len(plans)
@@ -220,43 +291,43 @@ def _build_outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optio
     tiles = math.prod(a.shape[0] for a in per_axis)
     rows = math.prod(a.shape[1] for a in per_axis)
     cols = math.prod(a.shape[2] for a in per_axis)
-    allowed = allowed.reshape(tiles, 1, rows, cols).expand(tiles, G, rows, cols).reshape(tiles, G * rows, cols)
+    allowed = allowed.reshape(tiles, rows, 1, cols).expand(tiles, rows, G, cols).reshape(tiles, rows * G, cols)
     return ~allowed
 
 
-def _pad_to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], first_dim: int) -> torch.Tensor:
-    pads = []
-    for i in reversed(range(len(plans))):
-        size = x.shape[first_dim + i]
-        pads += [0, plans[i].n_tiles * plans[i].tile - size]
-    if any(pads):
-        x = torch.nn.functional.pad(x, [0, 0] * (x.dim() - first_dim - len(plans)) + pads)
-    return x
+def _head_mask(mask: Optional[torch.Tensor], heads: int) -> Optional[torch.Tensor]:
+    """``[tiles, rows, U]`` -> ``[tiles, heads, rows, U]`` without copying (every head shares it)."""
+    return None if mask is None else mask.unsqueeze(1).expand(mask.shape[0], heads, *mask.shape[1:])
 
 
-def _chunks(plans: Sequence[AxisPlan], N: int, G: int, itemsize: int, fused: bool, channels: int):
-    """First-axis tile ranges sized so the largest per-chunk buffer stays near the budget.
+def _chunks(plans: Sequence[AxisPlan], heads: int, G: int, itemsize: int, fused: bool, channels: int):
+    """First-axis tile ranges sized so the per-chunk buffers stay near the budget.
 
-    That buffer is the score matrix on the matmul route; on the fused route (no score matrix) it
-    is the gathered keys plus values (``channels`` = D + Dv), with a quarter of the budget.
+    Matmul route: the score matrix. Fused route: the mask plus, for rank > 1, the gathered keys and
+    values (``channels = D + Dv``; rank-1 windows are views), with a quarter of the budget.
     """
-    tiles_rest = N * math.prod(p.n_tiles for p in plans[1:])
+    rest = math.prod(p.n_tiles for p in plans[1:])
     union = math.prod(p.union for p in plans)
+    rows = G * math.prod(p.tile for p in plans)
     if fused:
-        per_tile0, budget = tiles_rest * union * channels * itemsize, _CHUNK_BYTES // 4
+        gathered = rest * union * heads * channels * itemsize if len(plans) > 1 else 0
+        per_tile0, budget = gathered + rest * rows * union * itemsize, _CHUNK_BYTES // 4
     else:
-        per_tile0, budget = tiles_rest * G * math.prod(p.tile for p in plans) * union * itemsize, _CHUNK_BYTES
+        per_tile0, budget = rest * heads * rows * union * itemsize, _CHUNK_BYTES
     step = max(1, budget // max(per_tile0, 1))
-    for t0 in range(0, plans[0].n_tiles, step):
-        yield t0, min(plans[0].n_tiles, t0 + step)
+    return [(t0, min(plans[0].n_tiles, t0 + step)) for t0 in range(0, plans[0].n_tiles, step)]
 
 
-# ---- fused tile kernel (CPU) -----------------------------------------------------------------
-# PyTorch's CPU flash-attention kernel takes an additive mask and returns the LSE; running it on
-# each tile's queries and gathered keys does the masked softmax in one vectorised pass, several
-# times faster than matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims, and
-# an additive mask lets a non-finite key leak into its tile-mates, so it is used only on CPU for
-# finite keys; everything else takes the generic matmul route (which is also what CUDA runs).
+# ---- per-chunk kernels -------------------------------------------------------------------------
+# Every chunk kernel takes tiles-major tensors (queries ``[c, rows, heads, D]``, keys ``[c, U, heads,
+# C]``, LSE/delta ``[c, rows, heads]``) and returns the kernel convention: outputs and gradients as
+# ``[c, heads, rows|U, C]`` and the LSE as ``[c, heads, rows]``.
+#
+# On CPU, PyTorch's flash-attention kernel takes an additive mask and returns the LSE; running it
+# on each chunk's tiles does the masked softmax in one vectorised pass, several times faster than
+# matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims, and an additive mask
+# lets a non-finite key leak into its tile-mates, so it is used only on CPU for finite keys;
+# everything else takes the matmul route (which is also what CUDA runs).
 _flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _USE_FUSED = os.environ.get("NATTEN_MPS_PURE_FUSED", "1") != "0"
@@ -267,18 +338,18 @@ def _fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and q.shape[-1] == v.shape[-1] and bool(torch.isfinite(k.sum())))  # one pass; overflow errs safe
 
 
-def _expand_mask(bias: Optional[torch.Tensor], N: int) -> Optional[torch.Tensor]:
-    return None if bias is None else bias.unsqueeze(0).expand(N, *bias.shape)
+def _heads_major(*xs):
+    return [x.transpose(1, 2) for x in xs]
 
 
-def _fused_tile_backward(dot, qt, kt, vt, ot, lset, dlset, bias, scale, causal=False):
-    """Tile gradients from the fused kernel; a nonzero LSE gradient rides on an extra channel.
+def _fused_tile_backward(dot, qt, kt, vt, ot, lset, dlset, mask, scale, causal=False):
+    """Gradients from the fused kernel (kernel layout ``[batch, heads, rows, C]``); a nonzero LSE
+    gradient rides on an extra channel.
 
     The kernel forms ``delta = rowsum(dO * O)``; the LSE gradient needs ``delta - dlse``. Appending a
     zero channel to q, k, v, a one to dO and ``-dlse`` to O leaves the scores and dP unchanged and
     shifts delta by exactly ``-dlse``.
     """
-    N = qt.shape[0]
     if dlset is not None:
         pad = lambda x, val: torch.cat([x, val], dim=-1)  # noqa: E731
         zeros_q = qt.new_zeros(qt.shape[:-1] + (1,))
@@ -286,108 +357,178 @@ def _fused_tile_backward(dot, qt, kt, vt, ot, lset, dlset, bias, scale, causal=F
         qt, kt, vt = pad(qt, zeros_q), pad(kt, zeros_k), pad(vt, zeros_k)
         dot = pad(dot, torch.ones_like(zeros_q))
         ot = pad(ot, -dlset.unsqueeze(-1))
-    dq, dk, dv = _flash_bwd(dot, qt, kt, vt, ot, lset, 0.0, causal, attn_mask=_expand_mask(bias, N), scale=scale)
+    dq, dk, dv = _flash_bwd(dot, qt, kt, vt, ot, lset, 0.0, causal, attn_mask=mask, scale=scale)
     if dlset is not None:
         dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
     return dq, dk, dv
 
 
-# ---- undilated core ---------------------------------------------------------------------------
+def _matmul_forward(qc, kc, vc, outside):
+    """Masked softmax attention by batched matmuls; ``qc`` is pre-scaled."""
+    q, k, v = _heads_major(qc, kc, vc)
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if outside is not None:
+        s.masked_fill_(outside.unsqueeze(1), float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    p = s.sub_(m).exp_()
+    denom = p.sum(dim=-1, keepdim=True)
+    o = torch.matmul(p, v).div_(denom)     # normalise the [rows, Dv] output, not [rows, U]
+    return o, m.add_(denom.log_())[..., 0]
+
+
+def _matmul_backward(doc, qc, kc, vc, lsec, deltac, outside, scale):
+    """Gradients of :func:`_matmul_forward` from the saved LSE (``qc`` pre-scaled)."""
+    do, q, k, v = _heads_major(doc, qc, kc, vc)
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if outside is not None:
+        s.masked_fill_(outside.unsqueeze(1), float("-inf"))
+    p = s.sub_(lsec.transpose(1, 2).unsqueeze(-1)).exp_()
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    ds = p.mul_(torch.matmul(do, v.transpose(-1, -2)).sub_(deltac.transpose(1, 2).unsqueeze(-1)))
+    return torch.matmul(ds, k).mul_(scale), torch.matmul(ds.transpose(-1, -2), q), dv
+
+
+# ---- undilated core ----------------------------------------------------------------------------
 
 def _core_forward(q, k, v, kernel_size, stride, causal, scale):
-    N, G = q.shape[:2]
-    spatial = tuple(q.shape[2:-1])
+    """``q`` ``[B, *L, Hkv, G, D]``, ``k``/``v`` ``[B, *L, Hkv, D|Dv]`` (public order, any strides).
+
+    Returns ``out`` ``[B, *L, Hkv, G, Dv]`` and ``lse`` ``[B, *L, Hkv, G]`` in the compute dtype,
+    as views where no copy was needed.
+    """
+    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
+    spatial = tuple(q.shape[1:-3])
     plans = _plans(spatial, kernel_size, stride, causal, q.device)
-    T0 = plans[0].tile
+    dtype = _compute_dtype(q.dtype)
     fused = _fused_ok(q, k, v)
-    qp = _pad_to_tiles(q if fused else q * scale, plans, 2)
-    out = torch.empty(qp.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-    lse = torch.empty(qp.shape[:-1] + (1,), dtype=q.dtype, device=q.device)
-    kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
-    for t0, t1 in _chunks(plans, N, G, q.element_size(), fused, k.shape[-1] + v.shape[-1]):
-        qt = _tile_rows(qp[:, :, t0 * T0:t1 * T0], plans, t1 - t0)
-        kt, vt = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+    heads, rest = B * Hkv, math.prod(p.n_tiles for p in plans[1:])
+    qt = _to_tiles(q, plans, dtype)
+    if not fused:
+        qt = qt * scale
+    kp, vp = _pad_keys(k, plans, dtype), _pad_keys(v, plans, dtype)
+    chunks = _chunks(plans, heads, G, qt.element_size(), fused, k.shape[-1] + v.shape[-1])
+    out = _Untiler(plans, spatial, B, Hkv, G, v.shape[-1], len(chunks), dtype, q.device)
+    lse = _Untiler(plans, spatial, B, Hkv, G, 1, len(chunks), dtype, q.device)
+    for t0, t1 in chunks:
+        qc = qt[t0 * rest:t1 * rest]
+        kc, vc = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
         if fused:
-            o, m = _flash_fwd(qt, kt, vt, 0.0, False, attn_mask=_expand_mask(_bias(plans, t0, t1, G, q.dtype), N),
-                              scale=scale)
-            out[:, :, t0 * T0:t1 * T0] = _untile_rows(o, plans, t1 - t0, G)
-            lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m.unsqueeze(-1), plans, t1 - t0, G)
-            continue
-        s = torch.matmul(qt, kt.transpose(-1, -2))
-        outside = _outside(plans, t0, t1, G)
-        if outside is not None:
-            s.masked_fill_(outside, float("-inf"))
-        m = s.amax(dim=-1, keepdim=True)
-        p = s.sub_(m).exp_()
-        denom = p.sum(dim=-1, keepdim=True)
-        o = torch.matmul(p, vt).div_(denom)     # normalise the [rows, Dv] output, not [rows, U]
-        out[:, :, t0 * T0:t1 * T0] = _untile_rows(o, plans, t1 - t0, G)
-        lse[:, :, t0 * T0:t1 * T0] = _untile_rows(m.add_(denom.log_()), plans, t1 - t0, G)
-    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
-    return out[crop], lse[crop][..., 0]
+            o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale,
+                              attn_mask=_head_mask(_bias(plans, t0, t1, G, dtype), heads))
+        else:
+            o, m = _matmul_forward(qc, kc, vc, _outside(plans, t0, t1, G))
+        out.add(t0, t1, o.transpose(1, 2))
+        lse.add(t0, t1, m.transpose(1, 2).unsqueeze(-1))
+    return out.result(), lse.result()[..., 0]
 
 
 def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale):
-    N, G = q.shape[:2]
-    spatial = tuple(q.shape[2:-1])
+    """Gradients of :func:`_core_forward` (same layouts; ``lse``/``dlse`` ``[B, *L, Hkv, G]``,
+    ``dlse`` None when zero). Returns public-order ``dq, dk, dv`` in the compute dtype."""
+    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
+    spatial = tuple(q.shape[1:-3])
     plans = _plans(spatial, kernel_size, stride, causal, q.device)
-    T0 = plans[0].tile
+    dtype = _compute_dtype(q.dtype)
     fused = _fused_ok(q, k, v)
-    qp = _pad_to_tiles(q if fused else q * scale, plans, 2)   # the fused kernel applies the scale itself
-    dop = _pad_to_tiles(dout, plans, 2)
-    lsep = _pad_to_tiles(lse.unsqueeze(-1), plans, 2)
-    dq = torch.empty_like(qp)
-    kp, vp = _pad_keys(k, plans), _pad_keys(v, plans)
-    dk = torch.zeros_like(kp)
-    dv = torch.zeros_like(vp)
+    heads, rest = B * Hkv, math.prod(p.n_tiles for p in plans[1:])
+    qt, dot = _to_tiles(q, plans, dtype), _to_tiles(dout, plans, dtype)
+    lset = _to_tiles(lse.unsqueeze(-1), plans, dtype)[..., 0]
     if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
-        outp = _pad_to_tiles(out, plans, 2)
-        dlsep = None if dlse is None or not bool(dlse.any()) else _pad_to_tiles(dlse.unsqueeze(-1), plans, 2)
+        ot = _to_tiles(out, plans, dtype)
+        dlset = None if dlse is None else _to_tiles(dlse.unsqueeze(-1), plans, dtype)[..., 0]
     else:
-        delta = (dout * out).sum(-1, keepdim=True)
+        qt = qt * scale
+        delta = (dout.to(dtype) * out.to(dtype)).sum(-1)
         if dlse is not None:
-            delta = delta - dlse.unsqueeze(-1)
-        deltap = _pad_to_tiles(delta, plans, 2)
-    for t0, t1 in _chunks(plans, N, G, q.element_size(), fused, k.shape[-1] + v.shape[-1]):
-        rows = slice(t0 * T0, t1 * T0)
-        n0 = t1 - t0
-        qt = _tile_rows(qp[:, :, rows], plans, n0)
-        kt, vt = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+            delta = delta - dlse.to(dtype)
+        deltat = _to_tiles(delta.unsqueeze(-1), plans, dtype)[..., 0]
+    kp, vp = _pad_keys(k, plans, dtype), _pad_keys(v, plans, dtype)
+    dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
+    chunks = _chunks(plans, heads, G, qt.element_size(), fused, k.shape[-1] + v.shape[-1])
+    dq = _Untiler(plans, spatial, B, Hkv, G, q.shape[-1], len(chunks), dtype, q.device)
+    for t0, t1 in chunks:
+        rows = slice(t0 * rest, t1 * rest)
+        kc, vc = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
         if fused:
-            dlset = None if dlsep is None else _tile_rows(dlsep[:, :, rows], plans, n0)[..., 0]
-            dqt, dkt, dvt = _fused_tile_backward(
-                _tile_rows(dop[:, :, rows], plans, n0), qt, kt, vt, _tile_rows(outp[:, :, rows], plans, n0),
-                _tile_rows(lsep[:, :, rows], plans, n0)[..., 0], dlset, _bias(plans, t0, t1, G, q.dtype), scale)
-            dq[:, :, rows] = _untile_rows(dqt, plans, n0, G)
-            _scatter_keys(dk, dkt, plans, t0, t1)
-            _scatter_keys(dv, dvt, plans, t0, t1)
-            continue
-        s = torch.matmul(qt, kt.transpose(-1, -2))
-        outside = _outside(plans, t0, t1, G)
-        if outside is not None:
-            s.masked_fill_(outside, float("-inf"))
-        p = s.sub_(_tile_rows(lsep[:, :, rows], plans, n0)).exp_()
-        dot = _tile_rows(dop[:, :, rows], plans, n0)
-        _scatter_keys(dv, torch.matmul(p.transpose(-1, -2), dot), plans, t0, t1)
-        dp = torch.matmul(dot, vt.transpose(-1, -2))
-        ds = p.mul_(dp.sub_(_tile_rows(deltap[:, :, rows], plans, n0)))
-        dq[:, :, rows] = _untile_rows(torch.matmul(ds, kt), plans, n0, G)
-        _scatter_keys(dk, torch.matmul(ds.transpose(-1, -2), qt), plans, t0, t1)
-    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
-    dq = dq[crop] if fused else dq[crop] * scale
-    return dq, _crop_keys(dk, plans, spatial), _crop_keys(dv, plans, spatial)
+            dqc, dkc, dvc = _fused_tile_backward(
+                *_heads_major(dot[rows], qt[rows], kc, vc, ot[rows], lset[rows]),
+                None if dlset is None else dlset[rows].transpose(1, 2),
+                _head_mask(_bias(plans, t0, t1, G, dtype), heads), scale)
+        else:
+            dqc, dkc, dvc = _matmul_backward(dot[rows], qt[rows], kc, vc, lset[rows], deltat[rows],
+                                             _outside(plans, t0, t1, G), scale)
+        dq.add(t0, t1, dqc.transpose(1, 2))
+        _scatter_keys(dkp, dkc.transpose(1, 2), plans, t0, t1)
+        _scatter_keys(dvp, dvc.transpose(1, 2), plans, t0, t1)
+    return dq.result(), _crop_keys(dkp, plans, spatial, B, Hkv), _crop_keys(dvp, plans, spatial, B, Hkv)
 
 
-# ---- layout + dilation -------------------------------------------------------------------------
+# ---- public entry points: GQA view, dilation groups, dtype -------------------------------------
 
-def lse_dtype(dtype):
-    """LSE is float32 for every input dtype except float64 (kept for gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _dilation_groups(spatial, dilation):
+    """Yield the strided slices (over spatial dims) of each dilation group."""
+    for combo in itertools.product(*[range(d) for d in dilation]):
+        yield tuple(slice(g, None, d) for g, d in zip(combo, dilation))
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _materialize(x: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """A public-order result (maybe a strided view) as a contiguous tensor of ``shape`` in ``dtype``."""
+    if x.dtype == dtype and x.is_contiguous():
+        return x.view(shape)
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x).view(shape)
 
+
+def _run_groups(core, dilation, spatial, inputs, results):
+    """Run ``core`` on every dilation group (each an undilated problem on strided views of
+    ``inputs``) and write its results into the matching slices of the ``results`` views."""
+    for sl in _dilation_groups(spatial, dilation):
+        index = (slice(None),) + sl
+        for dst, src in zip(results, core(*[None if x is None else x[index] for x in inputs])):
+            dst[index] = src
+
+
+def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
+    """Neighborhood attention forward. ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D(v)]``.
+
+    Returns ``out`` ``[B, *L, H, Dv]`` (input dtype) and ``lse`` ``[B, *L, H]`` (float32, natural log).
+    """
+    Hkv = k.shape[-2]
+    G = q.shape[-2] // Hkv
+    out_shape, lse_shape = q.shape[:-1] + (v.shape[-1],), q.shape[:-1]
+    if q.numel() == 0:
+        return q.new_empty(out_shape), q.new_empty(lse_shape, dtype=lse_dtype(q.dtype))
+    qg = q.unflatten(-2, (Hkv, G))
+    core = functools.partial(_core_forward, kernel_size=kernel_size, stride=stride, causal=is_causal, scale=scale)
+    if all(d == 1 for d in dilation):
+        o, l = core(qg, k, v)
+        return _materialize(o, out_shape, q.dtype), _materialize(l, lse_shape, lse_dtype(q.dtype))
+    out, lse = q.new_empty(out_shape), q.new_empty(lse_shape, dtype=lse_dtype(q.dtype))
+    _run_groups(core, dilation, q.shape[1:-2], (qg, k, v),
+                (out.unflatten(-2, (Hkv, G)), lse.unflatten(-1, (Hkv, G))))
+    return out, lse
+
+
+def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    """Gradients of :func:`na_forward` w.r.t. ``q, k, v`` given those of ``out`` and ``lse``."""
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    Hkv = k.shape[-2]
+    G = q.shape[-2] // Hkv
+    heads = lambda x: x.unflatten(-2, (Hkv, G))   # noqa: E731  [.., H, C] -> [.., Hkv, G, C]
+    rows = lambda x: x.unflatten(-1, (Hkv, G))    # noqa: E731  [.., H] -> [.., Hkv, G]
+    dlse = None if dlse is None or not bool(dlse.any()) else rows(dlse)
+    inputs = (heads(dout), dlse, heads(q), k, v, heads(out), rows(lse))
+    core = functools.partial(_core_backward, kernel_size=kernel_size, stride=stride, causal=is_causal, scale=scale)
+    if all(d == 1 for d in dilation):
+        dq, dk, dv = core(*inputs)
+        return (_materialize(dq, q.shape, q.dtype), _materialize(dk, k.shape, k.dtype),
+                _materialize(dv, v.shape, v.dtype))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _run_groups(core, dilation, q.shape[1:-2], inputs, (heads(dq), dk, dv))
+    return dq, dk, dv
+
+
+# ---- layout for dense attention ----------------------------------------------------------------
 
 def to_internal(x: torch.Tensor, heads_kv: int, is_query: bool, dtype=None) -> torch.Tensor:
     """``[B, *L, H, C]`` -> ``[B*Hkv, G, *L, C]`` (query) or ``[B*Hkv, *L, C]`` (key/value)."""
@@ -417,58 +558,6 @@ def from_internal(x: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
 def _public(x: torch.Tensor, batch: int, heads_kv: int, dtype) -> torch.Tensor:
     """Internal ``[N, G, *L, C]`` -> contiguous public ``[B, *L, H, C]`` in ``dtype``."""
     return from_internal(x, batch, heads_kv).to(dtype).contiguous()
-
-
-def _dilation_groups(spatial, dilation):
-    """Yield the strided slices (over spatial dims) of each dilation group."""
-    for combo in itertools.product(*[range(d) for d in dilation]):
-        yield tuple(slice(g, None, d) for g, d in zip(combo, dilation))
-
-
-def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    """Neighborhood attention forward. ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D(v)]``.
-
-    Returns ``out`` ``[B, *L, H, Dv]`` (input dtype) and ``lse`` ``[B, *L, H]`` (float32, natural log).
-    """
-    B, Hkv = q.shape[0], k.shape[-2]
-    qi, ki, vi = to_internal(q, Hkv, True), to_internal(k, Hkv, False), to_internal(v, Hkv, False)
-    if B == 0 or qi.numel() == 0:
-        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
-        return out, q.new_empty(q.shape[:-1], dtype=lse_dtype(q.dtype))
-    if all(d == 1 for d in dilation):
-        oi, li = _core_forward(qi, ki, vi, kernel_size, stride, is_causal, scale)
-    else:
-        oi = qi.new_empty(qi.shape[:-1] + (vi.shape[-1],))
-        li = qi.new_empty(qi.shape[:-1])
-        for sl in _dilation_groups(q.shape[1:-2], dilation):
-            o, l = _core_forward(qi[(slice(None), slice(None)) + sl], ki[(slice(None),) + sl],
-                                 vi[(slice(None),) + sl], kernel_size, stride, is_causal, scale)
-            oi[(slice(None), slice(None)) + sl] = o
-            li[(slice(None), slice(None)) + sl] = l
-    return _public(oi, B, Hkv, q.dtype), _public(li.unsqueeze(-1), B, Hkv, lse_dtype(q.dtype))[..., 0]
-
-
-def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
-    """Gradients of :func:`na_forward` w.r.t. ``q, k, v`` given those of ``out`` and ``lse``."""
-    B, Hkv = q.shape[0], k.shape[-2]
-    if q.numel() == 0 or k.numel() == 0:
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    qi, ki, vi = to_internal(q, Hkv, True), to_internal(k, Hkv, False), to_internal(v, Hkv, False)
-    doi, oi = to_internal(dout, Hkv, True), to_internal(out, Hkv, True)
-    li = to_internal(lse.unsqueeze(-1), Hkv, True, qi.dtype)[..., 0]
-    dli = None if dlse is None else to_internal(dlse.unsqueeze(-1), Hkv, True, qi.dtype)[..., 0]
-    if all(d == 1 for d in dilation):
-        dq, dk, dv = _core_backward(doi, dli, qi, ki, vi, oi, li, kernel_size, stride, is_causal, scale)
-    else:
-        dq, dk, dv = torch.empty_like(qi), torch.empty_like(ki), torch.empty_like(vi)
-        for sl in _dilation_groups(q.shape[1:-2], dilation):
-            qs, ks = (slice(None), slice(None)) + sl, (slice(None),) + sl
-            g = _core_backward(doi[qs], None if dli is None else dli[qs], qi[qs], ki[ks], vi[ks], oi[qs],
-                               li[qs], kernel_size, stride, is_causal, scale)
-            dq[qs], dk[ks], dv[ks] = g
-    return (_public(dq, B, Hkv, q.dtype), _public(dk.unsqueeze(1), B, Hkv, k.dtype),
-            _public(dv.unsqueeze(1), B, Hkv, v.dtype))
-
 
 # ---- dense attention (FMHA and additional keys/values) ----------------------------------------
 
