@@ -4,8 +4,12 @@ Peers: natten-mps's pure backend (installed in its own folder, since it shares o
 ``pip install --no-deps --target DIR natten-mps`` then ``--natten-mps-path DIR``), upstream ``natten``
 (its CPU/flex path) and dense SDPA with a boolean neighbourhood mask. A missing peer is a note.
 
-    python benchmarks/bench_fallback.py [--device cpu|cuda] [--repeats 10] [--warmup 2] [--json out.json]
-        [--natten-mps-path DIR] [--configs 1d 2d32 ...] [--no-backward] [--memory]
+    python benchmarks/bench_fallback.py [--device cpu|cuda] [--repeats 20] [--warmup 3] [--json out.json]
+        [--natten-mps-path DIR] [--configs 1d 2d32 ...] [--no-backward] [--no-upstream] [--memory]
+
+Each peer runs in a worker process of its own (so its imports and allocations do not touch ours),
+and all contenders are timed in alternating rounds of a few calls: a slow phase of a shared
+machine then slows every column alike, and the ratios stay meaningful. Medians are printed.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import warnings
 import os
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -54,13 +58,6 @@ def runner(call, cfg, device, backward):
     return run
 
 
-def ours(cfg, device, backward):
-    import natten_mps
-    natten_mps.set_backend("pure")
-    fn = na_fn(natten_mps, len(cfg["spatial"]))
-    return runner(lambda q, k, v: fn(q, k, v, cfg["kernel"]), cfg, device, backward)
-
-
 def upstream(cfg, device, backward):
     try:
         import natten
@@ -89,29 +86,83 @@ def masked_sdpa(cfg, device, backward):
     return runner(call, cfg, device, backward)
 
 
-def peer_natten_mps(path, names, device, repeats, warmup, backward) -> Dict[str, Optional[float]]:
-    """Time natten-mps's pure backend in a subprocess whose path holds only that package."""
-    code = f"""
-import json, sys
-sys.path = [{path!r}] + [p for p in sys.path if p not in ('', {os.path.dirname(HERE)!r})]
-sys.path.insert(1, {HERE!r})
-import torch, harness, natten_mps
-assert natten_mps.__file__.startswith({path!r}), natten_mps.__file__
-natten_mps.set_backend("pure")
-import bench_fallback as bf
-res = {{}}
-for name in {names!r}:
-    cfg = bf.CONFIGS[name]
-    fn = getattr(natten_mps, "na%dd" % len(cfg["spatial"]))
-    run = bf.runner(lambda q, k, v: fn(q, k, v, cfg["kernel"]), cfg, {device!r}, {backward!r})
-    res[name] = harness.time_ms(run, {device!r}, {warmup}, {repeats})
-print("RESULT" + json.dumps(res))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT"):
-            return json.loads(line[6:])
-    raise RuntimeError(proc.stderr[-2000:])
+def build_runner(kind: str, name: str, device: str, backward: bool):
+    """The call timed for contender ``kind`` on config ``name``; None when that contender is absent."""
+    cfg = CONFIGS[name]
+    if kind in ("ours", "natten-mps"):    # the process's sys.path decides which natten_mps this is
+        import natten_mps
+        natten_mps.set_backend("pure")
+        fn = na_fn(natten_mps, len(cfg["spatial"]))
+        return runner(lambda q, k, v: fn(q, k, v, cfg["kernel"]), cfg, device, backward)
+    if kind == "upstream":
+        return upstream(cfg, device, backward)
+    return masked_sdpa(cfg, device, backward)
+
+
+def worker_main(kind: str, device: str) -> None:
+    """Serve timing requests (JSON lines on stdin: config, backward, n, warmup) for one contender."""
+    warnings.filterwarnings("ignore")
+    runners = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        key = (req["config"], req["backward"])
+        try:
+            if key not in runners:
+                run = build_runner(kind, key[0], device, key[1])
+                if run is None:
+                    raise ModuleNotFoundError(f"{kind} is not installed")
+                for _ in range(req["warmup"]):
+                    run()
+                runners[key] = run
+            reply = {"samples": harness.sample_ms(runners[key], device, req["n"])}
+        except Exception as e:  # noqa: BLE001 - sent back as the contender's error
+            reply = {"error": f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]}
+        print(json.dumps(reply), flush=True)
+
+
+class Worker:
+    """A contender timed in its own process; ``natten_mps_path`` puts that natten_mps first on its path."""
+
+    def __init__(self, kind: str, device: str, natten_mps_path: Optional[str] = None):
+        root = os.path.dirname(HERE)
+        if natten_mps_path:   # that folder first, and not this repository (same import name)
+            setup = (f"sys.path = [{natten_mps_path!r}, {HERE!r}] + [p for p in sys.path if p not in ('', {root!r})]\n"
+                     f"import natten_mps\nassert natten_mps.__file__.startswith({natten_mps_path!r}), natten_mps.__file__")
+        else:
+            setup = f"sys.path[:0] = [{HERE!r}, {root!r}]"
+        code = f"import sys\n{setup}\nimport bench_fallback as bf\nbf.worker_main({kind!r}, {device!r})\n"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=HERE)
+
+    def sampler(self, name: str, backward: bool, warmup: int):
+        def sample(n: int) -> List[float]:
+            self.proc.stdin.write(json.dumps({"config": name, "backward": backward, "n": n, "warmup": warmup}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            if not line:
+                raise harness.ContenderError((self.proc.stderr.read().strip().splitlines() or ["worker died"])[-1])
+            reply = json.loads(line)
+            if "error" in reply:
+                raise harness.ContenderError(reply["error"])
+            return reply["samples"]
+        return sample
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def local_sampler(run, device: str, warmup: int):
+    state = {"warm": False}
+
+    def sample(n: int) -> List[float]:
+        if not state["warm"]:
+            for _ in range(warmup):
+                run()
+            state["warm"] = True
+        return harness.sample_ms(run, device, n)
+    return sample
 
 
 def peak_extra_memory(name: str) -> Dict[str, float]:
@@ -151,11 +202,15 @@ print("RESULT", peak[0] - base - out.numel() * out.element_size(), 4 * q.numel()
     raise RuntimeError(proc.stderr[-2000:])
 
 
+COLUMNS = [("ours", "this project"), ("natten-mps", "natten-mps pure"), ("upstream", "natten (upstream)"),
+           ("sdpa", "masked SDPA")]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--natten-mps-path", default=os.environ.get("NATTEN_MPS_PEER_PATH"))
     ap.add_argument("--no-backward", action="store_true")
@@ -165,49 +220,39 @@ def main(argv=None):
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     notes, results = [], {}
-    modes = [False] if args.no_backward else [False, True]
-    for backward in modes:
-        peer = {}
-        if args.natten_mps_path:
-            try:
-                peer = peer_natten_mps(args.natten_mps_path, args.configs, args.device, args.repeats,
-                                       args.warmup, backward)
-            except Exception as e:  # noqa: BLE001
-                notes.append(f"natten-mps peer failed: {str(e).strip().splitlines()[-1]}")
-        elif not backward:
-            notes.append("natten-mps (pure) not measured: pass --natten-mps-path DIR (see docstring)")
-        rows = []
-        # All of ours first: the peers' large allocations (upstream natten materialises full score
-        # matrices) leave the allocator in a state that would otherwise slow whatever runs next.
-        t_ours_all = {name: harness.time_ms(ours(CONFIGS[name], args.device, backward), args.device, args.warmup,
-                                            args.repeats) for name in args.configs}
-        for name in args.configs:
-            cfg = CONFIGS[name]
-            t_ours = t_ours_all[name]
-            up = None if args.no_upstream else upstream(cfg, args.device, backward)
-            t_up = None
-            if up is not None:
-                try:
-                    t_up = harness.time_ms(up, args.device, args.warmup, args.repeats)
-                except Exception as e:  # noqa: BLE001 - a peer lacking a feature is a note
-                    notes.append(f"upstream natten, {'forward+backward' if backward else 'forward'}: "
-                                 f"{type(e).__name__}: {str(e).splitlines()[0]}")
-            if up is None and not backward and not args.no_upstream:
-                notes.append("upstream natten not installed")
-            t_sdpa = harness.time_ms(masked_sdpa(cfg, args.device, backward), args.device, args.warmup, args.repeats)
-            t_peer = peer.get(name)
-            na_peers = [t for t in (t_peer, t_up) if t]
-            best_peer = min(na_peers) if na_peers else None
-            results[f"{name}{'_fwdbwd' if backward else '_fwd'}"] = dict(
-                config=cfg["label"], backward=backward, ours_ms=t_ours, natten_mps_pure_ms=t_peer,
-                natten_upstream_ms=t_up, masked_sdpa_ms=t_sdpa)
-            rows.append([cfg["label"], harness.fmt_ms(t_ours), harness.fmt_ms(t_peer), harness.fmt_ms(t_up),
-                         harness.fmt_ms(t_sdpa), harness.fmt_ratio(t_ours, best_peer),
-                         harness.fmt_ratio(t_ours, t_sdpa)])
-        print(f"\nbench_fallback ({'forward+backward' if backward else 'forward'}), device={args.device}, "
-              f"median of {args.repeats}, float32\n")
-        harness.print_table(["config", "this project", "natten-mps pure", "natten (upstream)", "masked SDPA",
-                             "speedup vs best NA peer", "speedup vs SDPA"], rows)
+    workers = {"sdpa": Worker("sdpa", args.device)}
+    if args.natten_mps_path:
+        workers["natten-mps"] = Worker("natten-mps", args.device, args.natten_mps_path)
+    else:
+        notes.append("natten-mps (pure) not measured: pass --natten-mps-path DIR (see docstring)")
+    if not args.no_upstream:
+        workers["upstream"] = Worker("upstream", args.device)
+    try:
+        for backward in ([False] if args.no_backward else [False, True]):
+            mode = "forward+backward" if backward else "forward"
+            rows = []
+            for name in args.configs:
+                cfg = CONFIGS[name]
+                samplers = {"ours": local_sampler(build_runner("ours", name, args.device, backward), args.device,
+                                                  args.warmup)}
+                samplers.update({kind: w.sampler(name, backward, args.warmup) for kind, w in workers.items()})
+                t, errors = harness.interleaved_medians(samplers, args.repeats)
+                for kind, err in errors.items():
+                    label = dict(COLUMNS)[kind]
+                    notes.append(f"{label}, {mode}: {err}" if "not installed" not in err else f"{label} not installed")
+                best_peer = min((t[k] for k in ("natten-mps", "upstream") if t.get(k)), default=None)
+                results[f"{name}{'_fwdbwd' if backward else '_fwd'}"] = dict(
+                    config=cfg["label"], backward=backward, ours_ms=t["ours"], natten_mps_pure_ms=t.get("natten-mps"),
+                    natten_upstream_ms=t.get("upstream"), masked_sdpa_ms=t.get("sdpa"))
+                rows.append([cfg["label"]] + [harness.fmt_ms(t.get(k)) for k, _ in COLUMNS]
+                            + [harness.fmt_ratio(t["ours"], best_peer), harness.fmt_ratio(t["ours"], t.get("sdpa"))])
+            print(f"\nbench_fallback ({mode}), device={args.device}, median of {args.repeats} "
+                  f"(interleaved rounds), float32\n")
+            harness.print_table(["config"] + [label for _, label in COLUMNS]
+                                + ["speedup vs best NA peer", "speedup vs SDPA"], rows)
+    finally:
+        for w in workers.values():
+            w.close()
     if args.memory:
         mem = peak_extra_memory("2d128")
         results["memory_2d128"] = mem

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -24,20 +24,57 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_ms(fn: Callable[[], object], device: str, warmup: int = 5, repeats: int = 30,
-            sync: Optional[Callable[[], None]] = None) -> float:
-    """Median wall time of ``fn`` in milliseconds, synchronising the device before each clock read."""
+def sample_ms(fn: Callable[[], object], device: str, n: int,
+              sync: Optional[Callable[[], None]] = None) -> List[float]:
+    """``n`` wall times of ``fn`` in milliseconds, synchronising the device before each clock read."""
     sync = sync or (lambda: synchronize(device))
-    for _ in range(warmup):
-        fn()
     sync()
     samples = []
-    for _ in range(repeats):
+    for _ in range(n):
         t0 = time.perf_counter()
         fn()
         sync()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return samples
+
+
+def time_ms(fn: Callable[[], object], device: str, warmup: int = 5, repeats: int = 30,
+            sync: Optional[Callable[[], None]] = None) -> float:
+    """Median wall time of ``fn`` in milliseconds after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(sample_ms(fn, device, repeats, sync))
+
+
+class ContenderError(RuntimeError):
+    """A contender's failure whose message is already formatted (e.g. relayed from a worker process)."""
+
+
+def interleaved_medians(samplers: Dict[str, Callable[[int], List[float]]], repeats: int, per_round: int = 5
+                        ) -> Tuple[Dict[str, Optional[float]], Dict[str, str]]:
+    """Median per contender, sampled in alternating rounds of ``per_round`` calls.
+
+    A slow phase of a shared machine then hits every contender alike, so the ratios between them
+    hold even when the absolute times drift. ``samplers[name](n)`` returns ``n`` times in ms (already
+    warmed up). Returns ``(medians, errors)``: a sampler that raises is dropped, its median is None
+    and ``errors[name]`` holds the first line of its message.
+    """
+    samples: Dict[str, List[float]] = {name: [] for name in samplers}
+    errors: Dict[str, str] = {}
+    done = 0
+    while done < repeats:
+        n = min(per_round, repeats - done)
+        for name, sampler in samplers.items():
+            if name in errors:
+                continue
+            try:
+                samples[name] += sampler(n)
+            except Exception as e:  # noqa: BLE001 - reported to the caller
+                errors[name] = str(e) if isinstance(e, ContenderError) else \
+                    f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
+        done += n
+    medians = {name: statistics.median(s) if s and name not in errors else None for name, s in samples.items()}
+    return medians, errors
 
 
 def fmt_ms(v: Optional[float]) -> str:

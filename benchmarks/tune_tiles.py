@@ -28,7 +28,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args(argv)
     import natten_mps
-    from natten_mps.backends import pure
+    from natten_mps.backends import tiling
     natten_mps.set_backend("pure")
     tiles = dict(DEFAULT_TILES)
     for spec in args.tiles:
@@ -44,14 +44,12 @@ def main(argv=None):
         for _ in range(2):
             for t in tiles[rank]:
                 os.environ[f"NATTEN_MPS_TILE_{rank}D"] = t
-                pure._axis_plan.cache_clear()
-                pure._outside_cache.clear()
-                pure._bias_cache.clear()
+                tiling.clear_caches()
                 ms = harness.time_ms(lambda: fn(q, k, v, cfg["kernel"]), "cpu", 3, args.repeats)
                 best[t] = min(best.get(t, float("inf")), ms)
         os.environ.pop(f"NATTEN_MPS_TILE_{rank}D", None)
-        pure._axis_plan.cache_clear()
-        default = [pure.default_tile(rank, n, cfg["kernel"], i) for i, n in enumerate(cfg["spatial"])]
+        tiling.clear_caches()
+        default = [tiling.default_tile(rank, n, cfg["kernel"], i) for i, n in enumerate(cfg["spatial"])]
         winner = min(best, key=best.get)
         rows.append([cfg["label"], "  ".join(f"{t}: {ms:.2f}" for t, ms in best.items()), winner,
                      ",".join(map(str, default))])

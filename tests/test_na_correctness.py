@@ -195,6 +195,27 @@ def test_nan_propagates_and_empty_batch(path):
     assert out.shape == (0, 9, 2, 4) and lse.shape == (0, 9, 2)
 
 
+@pytest.mark.parametrize("bad", ["key", "value"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_input_stays_in_its_batch_and_head(bad, value):
+    """Rank-1 tiles of one batch read key windows that run into the neighbouring batch (masked).
+    A non-finite key or value there must not reach another batch or head; a key must reach exactly
+    the queries whose window holds it. (A value may also reach its tile-mates on the matmul route,
+    a documented limit; finite inputs are exact everywhere.)"""
+    natten_mps.set_backend("pure")
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 64, 2, 8, generator=g) for _ in range(3))
+    (k if bad == "key" else v)[1, 0, 0, 3] = value   # batch 1, position 0 (next to batch 0's end), head 0
+    out = natten_mps.na1d(q, k, v, 7)
+    ro, _ = reference_na(q.double(), k.double(), v.double(), (7,), (1,), (1,), (False,))
+    clean = torch.ones(2, 64, 2, dtype=torch.bool)
+    clean[1, :, 0] = bad == "key"
+    clean[1, :4, 0] = False              # the queries whose window (the first 7 keys) holds position 0
+    torch.testing.assert_close(out[clean].double(), ro[clean], atol=2e-5, rtol=2e-5)
+    assert not torch.isfinite(ro[1, :4, 0]).all()     # the reference is non-finite there, and so are we
+    torch.testing.assert_close(out[1, :4, 0].double(), ro[1, :4, 0], atol=2e-5, rtol=2e-5, equal_nan=True)
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_pure_fused_and_matmul_routes(monkeypatch, fused, rank):

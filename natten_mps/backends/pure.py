@@ -1,101 +1,35 @@
 """Device-agnostic blocked neighborhood attention in plain PyTorch (CPU, CUDA, MPS fallback).
 
-Layout inside this module: ``q`` is ``[N, G, *L, D]`` and ``k``/``v`` are ``[N, *L, D]`` where
-``N = batch * heads_kv`` and ``G = heads // heads_kv`` (GQA query heads ride along as extra query
-rows, so K/V are never repeated), ``L`` is the spatial shape of one dilation group.
-
-Algorithm (one generic N-d routine):
+Algorithm (one generic N-d routine, :func:`_core_forward` / :func:`_core_backward`):
 
 * Dilation is removed by regrouping: each of the ``prod(dilation)`` interleaved groups is an
-  undilated problem on a strided view.
+  undilated problem on a strided view of the public tensors.
 * Queries are cut into tiles of ``T`` positions per axis. Because window starts never decrease
   along an axis, the union of the windows of a tile is an interval of at most ``U`` keys per axis
-  (``U`` ~ ``T + K``). The key axis is zero-padded so every tile's keys are a strided window
-  (``unfold``), gathered with one copy. Each tile's ``G * prod(T)`` queries attend densely to its
-  ``prod(U)`` keys with the keys outside each query's exact window masked (a mask built per axis and
-  cached, never an O(L^2) mask): on CPU through PyTorch's fused flash-attention kernel with an
-  additive mask, elsewhere (CUDA, MPS fallback, or when the fused kernel does not apply) through
-  batched matmuls, ``masked_fill`` and a softmax with its log-sum-exp.
-* Tiles are processed in chunks along the first axis so peak memory is bounded by a budget, not by
-  the input size (never O(L^2) or O(L * K^d * D)).
-* Backward recomputes the probabilities from the saved LSE, tile by tile, and scatters key/value
+  (``U`` ~ ``T + K``). Each tile's ``G * prod(T)`` queries attend densely to its ``prod(U)`` keys,
+  with the keys outside each query's exact window masked (a mask built per axis and cached, never
+  an O(L^2) mask). How tiles, key windows and masks are laid out for the batched kernel is a
+  *tiling* (:mod:`.tiling`): rank 1 on the fused route keeps the public memory layout and reads
+  key windows as strided views; otherwise tiles are gathered with one copy.
+* On CPU every chunk of tiles runs through PyTorch's fused flash-attention kernel with an additive
+  mask; elsewhere (CUDA, MPS fallback, unequal head dims, non-finite inputs) through batched
+  matmuls, ``masked_fill`` and a softmax with its log-sum-exp.
+* Tiles are processed in chunks so peak memory is bounded by a budget, not by the input size.
+* Backward recomputes the probabilities from the saved LSE, chunk by chunk, and scatters key/value
   gradients back with ``index_add_``.
 """
 from __future__ import annotations
 
 import functools
 import itertools
-import math
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..semantics import group_length, window_bounds
+from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
 _CHUNK_BYTES = int(os.environ.get("NATTEN_MPS_PURE_CHUNK_BYTES", 48 << 20))
 
-
-def default_tile(rank: int, length: int, kernel: int, axis: int = 0) -> int:
-    """Query tile per axis, from measurements on a 2-core CPU (``benchmarks/tune_tiles.py``).
-
-    ``NATTEN_MPS_TILE_{rank}D`` overrides it: one int for every axis, or a comma list per axis.
-    """
-    env = os.environ.get(f"NATTEN_MPS_TILE_{rank}D")
-    if env:
-        parts = [int(x) for x in env.split(",")]
-        t = parts[axis] if len(parts) == rank else parts[0]
-    elif rank == 1:
-        t = 32
-    elif rank == 2:
-        t = 8
-    elif kernel <= 5:
-        t = 2 if axis == 0 else 4      # (2, 4, 4) beat (4, 4, 4) by ~15% at 16^3 K=3
-    else:
-        t = 8
-    return max(1, min(t, length))
-
-
-@dataclass(frozen=True)
-class AxisPlan:
-    tile: int                 # queries per tile on this axis
-    n_tiles: int
-    union: int                # keys gathered per tile on this axis
-    pad_lo: int               # keys are gathered from the axis padded by pad_lo / pad_hi:
-    pad_hi: int               # tile t reads padded positions [t * tile, t * tile + union)
-    key_index: torch.Tensor   # [n_tiles, union] key positions (unpadded; may fall outside the axis)
-    allowed: torch.Tensor     # [n_tiles, tile, union] bool: key u is in the window of query t
-    full: bool                # every key allowed for every query (no mask needed)
-
-
-@functools.lru_cache(maxsize=256)
-def _axis_plan(length: int, kernel: int, stride: int, causal: bool, tile: int,
-               device: torch.device) -> AxisPlan:
-    n = math.ceil(length / tile)
-    q = torch.arange(n * tile)
-    lo, hi = window_bounds(torch.clamp(q, max=length - 1), length, kernel, stride, causal)
-    lo, hi = lo.view(n, tile), hi.view(n, tile)
-    first, last = lo.min(dim=1).values, hi.max(dim=1).values
-    tile_start = torch.arange(n) * tile
-    # Tiles read keys at a uniform step (so the gather is a strided view of the padded axis).
-    pad_lo = max(0, int((tile_start - first).max()))
-    union = int((last - (tile_start - pad_lo) + 1).max())
-    pad_hi = max(0, (n - 1) * tile + union - pad_lo - length)
-    key = (tile_start - pad_lo)[:, None] + torch.arange(union)[None, :]
-    allowed = (key[:, None, :] >= lo[:, :, None]) & (key[:, None, :] <= hi[:, :, None])
-    full = bool(allowed.all()) and union == length and pad_lo == 0 and pad_hi == 0
-    return AxisPlan(tile, n, union, pad_lo, pad_hi, key.to(device), allowed.to(device), full)
-
-
-def _plans(spatial, kernel_size, stride, causal, device) -> List[AxisPlan]:
-    rank = len(spatial)
-    return [_axis_plan(spatial[i], kernel_size[i], stride[i], causal[i],
-                       default_tile(rank, spatial[i], kernel_size[i], i), device)
-            for i in range(rank)]
-
-
-# ---- dtypes ------------------------------------------------------------------------------------
 
 def lse_dtype(dtype):
     """LSE is float32 for every input dtype except float64 (kept for gradcheck)."""
@@ -106,218 +40,6 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ---- tiles-major layout (rank-generic) ---------------------------------------------------------
-# Public tensors are heads-last ``[B, *L, H, C]`` with ``H = Hkv * G``; the core sees queries as
-# ``[B, *L, Hkv, G, C]`` (a view). Tiles are laid out as ``[tiles, rows, heads, C]``:
-#   tiles = prod(n_i)       query tiles, first axis outermost (the fused kernel's batch dim)
-#   rows  = prod(T_i) * G   a tile's query positions, each with its G query heads
-#   heads = B * Hkv         batch and K/V heads (the kernel's head dim: every head shares one mask)
-# and a tile's keys as ``[tiles, prod(U_i), heads, C]``. Rows and key windows are single strided
-# dims, which is what the fused kernel and batched matmuls take.
-
-def _tile_perm(rank: int) -> List[int]:
-    """``[B, n0, T0, n1, T1, ..., Hkv, G, C]`` -> ``[n0, n1, ..., T0, T1, ..., G, B, Hkv, C]``."""
-    return ([1 + 2 * i for i in range(rank)] + [2 + 2 * i for i in range(rank)]
-            + [2 * rank + 2, 0, 2 * rank + 1, 2 * rank + 3])
-
-
-def _split_tiles(x: torch.Tensor, plans: Sequence[AxisPlan]) -> torch.Tensor:
-    """View ``[B, *S, Hkv, G, C]`` (``S_i = n_i * T_i``) as ``[B, n0, T0, n1, T1, ..., Hkv, G, C]``."""
-    shape = [x.shape[0]]
-    for p in plans:
-        shape += [p.n_tiles, p.tile]
-    return x.view(shape + list(x.shape[-3:]))
-
-
-def _to_tiles(x: torch.Tensor, plans: Sequence[AxisPlan], dtype) -> torch.Tensor:
-    """Public-order ``[B, *L, Hkv, G, C]`` (any strides) -> tiles-major ``[tiles, rows, B*Hkv, C]``.
-
-    Axes are zero-padded to whole tiles. A view when nothing needs padding, casting or reordering
-    (rank 1 with ``B == G == 1``), one copy otherwise.
-    """
-    rank = len(plans)
-    x = x.to(dtype)
-    pads = []
-    for i in reversed(range(rank)):
-        pads += [0, plans[i].n_tiles * plans[i].tile - x.shape[1 + i]]
-    if any(pads):
-        x = torch.nn.functional.pad(x, [0] * 6 + pads)
-    B, Hkv, G, C = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
-    x = _split_tiles(x, plans).permute(_tile_perm(rank))
-    return x.reshape(math.prod(p.n_tiles for p in plans), math.prod(p.tile for p in plans) * G, B * Hkv, C)
-
-
-def _from_tiles(t: torch.Tensor, plans: Sequence[AxisPlan], B: int, Hkv: int, G: int) -> torch.Tensor:
-    """Inverse of :func:`_to_tiles` for the first-axis tiles of a chunk: ``[c*rest, rows, B*Hkv, C]``
-    -> view ``[B, c, T0, n1, T1, ..., Hkv, G, C]``."""
-    rank = len(plans)
-    rest = [p.n_tiles for p in plans[1:]]
-    shape = [t.shape[0] // math.prod(rest)] + rest + [p.tile for p in plans] + [G, B, Hkv, t.shape[-1]]
-    perm = _tile_perm(rank)
-    inverse = sorted(range(len(perm)), key=perm.__getitem__)
-    return t.reshape(shape).permute(inverse)
-
-
-class _Untiler:
-    """Collects per-chunk tiles-major results into a public-order ``[B, *L, Hkv, G, C]`` tensor.
-
-    With a single chunk the result stays a view of the kernel's output (no copy when the layouts
-    agree); with several, each chunk is copied into place as it is produced.
-    """
-
-    def __init__(self, plans, spatial, B, Hkv, G, C, n_chunks, dtype, device):
-        self.plans, self.spatial, self.dims = plans, spatial, (B, Hkv, G)
-        self.buf = None
-        if n_chunks > 1:
-            padded = [p.n_tiles * p.tile for p in plans]
-            self.buf = torch.empty([B] + padded + [Hkv, G, C], dtype=dtype, device=device)
-
-    def add(self, t0: int, t1: int, tiles: torch.Tensor) -> None:
-        piece = _from_tiles(tiles, self.plans, *self.dims)
-        if self.buf is None:
-            B, Hkv, G = self.dims
-            merged = [B] + [p.n_tiles * p.tile for p in self.plans] + [Hkv, G, tiles.shape[-1]]
-            self.buf = piece.reshape(merged)
-        else:
-            _split_tiles(self.buf, self.plans)[:, t0:t1].copy_(piece)
-
-    def result(self) -> torch.Tensor:
-        return self.buf[(slice(None),) + tuple(slice(0, n) for n in self.spatial)]
-
-
-def _pad_keys(x: torch.Tensor, plans: Sequence[AxisPlan], dtype) -> torch.Tensor:
-    """Public ``[B, *L, Hkv, C]`` -> zero-padded ``[*P, B*Hkv, C]`` (``P_i = pad_lo + L_i + pad_hi``)."""
-    rank = len(plans)
-    B, Hkv, C = x.shape[0], x.shape[-2], x.shape[-1]
-    spatial = x.shape[1:1 + rank]
-    padded = [p.pad_lo + n + p.pad_hi for p, n in zip(plans, spatial)]
-    buf = torch.empty(padded + [B, Hkv, C], dtype=dtype, device=x.device)
-    for i, (p, n) in enumerate(zip(plans, spatial)):
-        buf.narrow(i, 0, p.pad_lo).zero_()
-        buf.narrow(i, p.pad_lo + n, p.pad_hi).zero_()
-    buf[tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))].copy_(
-        x.permute(*range(1, rank + 1), 0, rank + 1, rank + 2))
-    return buf.view(padded + [B * Hkv, C])
-
-
-def _crop_keys(buf: torch.Tensor, plans: Sequence[AxisPlan], spatial, B: int, Hkv: int) -> torch.Tensor:
-    """Padded ``[*P, B*Hkv, C]`` -> public-order view ``[B, *L, Hkv, C]``."""
-    rank = len(plans)
-    x = buf[tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(plans, spatial))].unflatten(rank, (B, Hkv))
-    return x.permute(rank, *range(rank), rank + 1, rank + 2)
-
-
-def _gather_keys(buf: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> torch.Tensor:
-    """Padded ``[*P, heads, C]`` -> ``[c*rest, prod(U), heads, C]``: the keys of first-axis tiles ``t0:t1``.
-
-    Windows are ``unfold`` views of the padded axes; for rank 1 the result stays a (overlapping)
-    strided view, for higher ranks the final reshape gathers it with one copy.
-    """
-    rank = len(plans)
-    x = buf
-    for i, p in enumerate(plans):
-        first, count = (t0, t1 - t0) if i == 0 else (0, p.n_tiles)
-        x = x.narrow(i, first * p.tile, (count - 1) * p.tile + p.union).unfold(i, p.union, p.tile)
-    x = x.permute(*range(rank), *range(rank + 2, 2 * rank + 2), rank, rank + 1)   # [c, n.., U.., heads, C]
-    return x.reshape(-1, math.prod(p.union for p in plans), buf.shape[-2], buf.shape[-1])
-
-
-def _key_indices(plans: Sequence[AxisPlan], t0: int, t1: int) -> List[torch.Tensor]:
-    return [plans[0].key_index[t0:t1]] + [p.key_index for p in plans[1:]]
-
-
-def _linear_key_index(idx: Sequence[torch.Tensor], spatial: Sequence[int]) -> torch.Tensor:
-    """Flat key position of every gathered key, in the ``[tiles, prod(U)]`` order."""
-    rank = len(idx)
-    lin = None
-    for i, ix in enumerate(idx):
-        stride = math.prod(spatial[i + 1:])
-        shape = [1] * (2 * rank)
-        shape[i], shape[rank + i] = ix.shape[0], ix.shape[1]
-        term = (ix * stride).reshape(shape)
-        lin = term if lin is None else lin + term
-    return lin.reshape(-1)
-
-
-def _scatter_keys(dst: torch.Tensor, grad: torch.Tensor, plans: Sequence[AxisPlan], t0: int, t1: int) -> None:
-    """Adjoint of :func:`_gather_keys`: add ``grad`` ``[c*rest, prod(U), heads, C]`` into padded ``dst``."""
-    idx = [ix + p.pad_lo for ix, p in zip(_key_indices(plans, t0, t1), plans)]
-    lin = _linear_key_index(idx, dst.shape[:-2])
-    dst.view(-1, dst.shape[-2] * dst.shape[-1]).index_add_(0, lin, grad.reshape(lin.shape[0], -1))
-
-
-# ---- masks -------------------------------------------------------------------------------------
-
-_outside_cache: dict = {}
-
-
-def _outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
-    key = (tuple(plans), t0, t1, G)
-    if key not in _outside_cache:
-        if len(_outside_cache) > 64:
-            _outside_cache.clear()
-        _outside_cache[key] = _build_outside(plans, t0, t1, G)
-    return _outside_cache[key]
-
-
-_bias_cache: dict = {}
-
-
-def _bias(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, dtype) -> Optional[torch.Tensor]:
-    """Additive form of :func:`_outside` (0 inside, -inf outside), for the fused CPU kernel."""
-    key = (tuple(plans), t0, t1, G, dtype)
-    if key not in _bias_cache:
-        if len(_bias_cache) > 64:
-            _bias_cache.clear()
-        outside = _build_outside(plans, t0, t1, G)   # not cached: only the additive form is kept
-        _bias_cache[key] = None if outside is None else torch.zeros(
-            outside.shape, dtype=dtype, device=outside.device).masked_fill_(outside, float("-inf"))
-    return _bias_cache[key]
-
-
-def _build_outside(plans: Sequence[AxisPlan], t0: int, t1: int, G: int) -> Optional[torch.Tensor]:
-    """Bool mask ``[tiles, rows, prod(U)]`` (rows = tile positions x G heads): True where a key is
-    outside the query's window. Built from the per-axis masks, once per shape (cached)."""
-    if all(p.full for p in plans):
-        return None
-    rank = len(plans)
-    allowed = None
-    per_axis = [plans[0].allowed[t0:t1]] + [p.allowed for p in plans[1:]]
-    for i, a in enumerate(per_axis):
-        shape = [1] * (3 * rank)
-        shape[i], shape[rank + i], shape[2 * rank + i] = a.shape
-        a = a.reshape(shape)
-        allowed = a if allowed is None else allowed & a
-    tiles = math.prod(a.shape[0] for a in per_axis)
-    rows = math.prod(a.shape[1] for a in per_axis)
-    cols = math.prod(a.shape[2] for a in per_axis)
-    allowed = allowed.reshape(tiles, rows, 1, cols).expand(tiles, rows, G, cols).reshape(tiles, rows * G, cols)
-    return ~allowed
-
-
-def _head_mask(mask: Optional[torch.Tensor], heads: int) -> Optional[torch.Tensor]:
-    """``[tiles, rows, U]`` -> ``[tiles, heads, rows, U]`` without copying (every head shares it)."""
-    return None if mask is None else mask.unsqueeze(1).expand(mask.shape[0], heads, *mask.shape[1:])
-
-
-def _chunks(plans: Sequence[AxisPlan], heads: int, G: int, itemsize: int, fused: bool, channels: int):
-    """First-axis tile ranges sized so the per-chunk buffers stay near the budget.
-
-    Matmul route: the score matrix. Fused route: the mask plus, for rank > 1, the gathered keys and
-    values (``channels = D + Dv``; rank-1 windows are views), with a quarter of the budget.
-    """
-    rest = math.prod(p.n_tiles for p in plans[1:])
-    union = math.prod(p.union for p in plans)
-    rows = G * math.prod(p.tile for p in plans)
-    if fused:
-        gathered = rest * union * heads * channels * itemsize if len(plans) > 1 else 0
-        per_tile0, budget = gathered + rest * rows * union * itemsize, _CHUNK_BYTES // 4
-    else:
-        per_tile0, budget = rest * heads * rows * union * itemsize, _CHUNK_BYTES
-    step = max(1, budget // max(per_tile0, 1))
-    return [(t0, min(plans[0].n_tiles, t0 + step)) for t0 in range(0, plans[0].n_tiles, step)]
-
-
 # ---- per-chunk kernels -------------------------------------------------------------------------
 # Every chunk kernel takes tiles-major tensors (queries ``[c, rows, heads, D]``, keys ``[c, U, heads,
 # C]``, LSE/delta ``[c, rows, heads]``) and returns the kernel convention: outputs and gradients as
@@ -326,7 +48,7 @@ def _chunks(plans: Sequence[AxisPlan], heads: int, G: int, itemsize: int, fused:
 # On CPU, PyTorch's flash-attention kernel takes an additive mask and returns the LSE; running it
 # on each chunk's tiles does the masked softmax in one vectorised pass, several times faster than
 # matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims, and an additive mask
-# lets a non-finite key leak into its tile-mates, so it is used only on CPU for finite keys;
+# lets a non-finite key or value leak into its tile-mates, so it is used only on CPU for finite inputs;
 # everything else takes the matmul route (which is also what CUDA runs).
 _flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
@@ -334,8 +56,14 @@ _USE_FUSED = os.environ.get("NATTEN_MPS_PURE_FUSED", "1") != "0"
 
 
 def _fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """CPU, equal head dims, finite keys and values (a sum overflowing to inf errs on the safe side)."""
     return (_USE_FUSED and _flash_fwd is not None and _flash_bwd is not None and q.device.type == "cpu"
-            and q.shape[-1] == v.shape[-1] and bool(torch.isfinite(k.sum())))  # one pass; overflow errs safe
+            and q.shape[-1] == v.shape[-1] and bool(torch.isfinite(k.sum() + v.sum())))
+
+
+def _head_mask(mask, heads: int):
+    """``[tiles, rows, U]`` -> ``[tiles, heads, rows, U]`` without copying (every head shares it)."""
+    return None if mask is None else mask.unsqueeze(1).expand(mask.shape[0], heads, *mask.shape[1:])
 
 
 def _heads_major(*xs):
@@ -390,77 +118,78 @@ def _matmul_backward(doc, qc, kc, vc, lsec, deltac, outside, scale):
 
 # ---- undilated core ----------------------------------------------------------------------------
 
+def _setup(q, k, v, kernel_size, stride, causal):
+    """Route, tiling and chunks of one undilated problem (public-order views, see _core_forward)."""
+    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
+    spatial = tuple(q.shape[1:-3])
+    plans = plans_for(spatial, kernel_size, stride, causal, q.device)
+    fused = _fused_ok(q, k, v)
+    tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
+    dtype = _compute_dtype(q.dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    chunks = tiling.chunks(_CHUNK_BYTES, itemsize, fused, k.shape[-1] + v.shape[-1])
+    return tiling, fused, chunks, dtype
+
+
 def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     """``q`` ``[B, *L, Hkv, G, D]``, ``k``/``v`` ``[B, *L, Hkv, D|Dv]`` (public order, any strides).
 
     Returns ``out`` ``[B, *L, Hkv, G, Dv]`` and ``lse`` ``[B, *L, Hkv, G]`` in the compute dtype,
     as views where no copy was needed.
     """
-    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
-    spatial = tuple(q.shape[1:-3])
-    plans = _plans(spatial, kernel_size, stride, causal, q.device)
-    dtype = _compute_dtype(q.dtype)
-    fused = _fused_ok(q, k, v)
-    heads, rest = B * Hkv, math.prod(p.n_tiles for p in plans[1:])
-    qt = _to_tiles(q, plans, dtype)
+    tiling, fused, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal)
+    qt = tiling.queries(q, dtype)
     if not fused:
         qt = qt * scale
-    kp, vp = _pad_keys(k, plans, dtype), _pad_keys(v, plans, dtype)
-    chunks = _chunks(plans, heads, G, qt.element_size(), fused, k.shape[-1] + v.shape[-1])
-    out = _Untiler(plans, spatial, B, Hkv, G, v.shape[-1], len(chunks), dtype, q.device)
-    lse = _Untiler(plans, spatial, B, Hkv, G, 1, len(chunks), dtype, q.device)
-    for t0, t1 in chunks:
-        qc = qt[t0 * rest:t1 * rest]
-        kc, vc = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+    kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
+    out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
+    lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
+    for j0, j1 in chunks:
+        qc = qt[j0 * tiling.rest:j1 * tiling.rest]
+        kc, vc = tiling.key_windows(kb, j0, j1), tiling.key_windows(vb, j0, j1)
         if fused:
             o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale,
-                              attn_mask=_head_mask(_bias(plans, t0, t1, G, dtype), heads))
+                              attn_mask=_head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads))
         else:
-            o, m = _matmul_forward(qc, kc, vc, _outside(plans, t0, t1, G))
-        out.add(t0, t1, o.transpose(1, 2))
-        lse.add(t0, t1, m.transpose(1, 2).unsqueeze(-1))
+            o, m = _matmul_forward(qc, kc, vc, tiling.mask(j0, j1, False, dtype))
+        out.add(j0, j1, o.transpose(1, 2))
+        lse.add(j0, j1, m.transpose(1, 2).unsqueeze(-1))
     return out.result(), lse.result()[..., 0]
 
 
 def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale):
     """Gradients of :func:`_core_forward` (same layouts; ``lse``/``dlse`` ``[B, *L, Hkv, G]``,
     ``dlse`` None when zero). Returns public-order ``dq, dk, dv`` in the compute dtype."""
-    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
-    spatial = tuple(q.shape[1:-3])
-    plans = _plans(spatial, kernel_size, stride, causal, q.device)
-    dtype = _compute_dtype(q.dtype)
-    fused = _fused_ok(q, k, v)
-    heads, rest = B * Hkv, math.prod(p.n_tiles for p in plans[1:])
-    qt, dot = _to_tiles(q, plans, dtype), _to_tiles(dout, plans, dtype)
-    lset = _to_tiles(lse.unsqueeze(-1), plans, dtype)[..., 0]
+    tiling, fused, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal)
+    qt, dot = tiling.queries(q, dtype), tiling.queries(dout, dtype)
+    lset = tiling.queries(lse.unsqueeze(-1), dtype)[..., 0]
     if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
-        ot = _to_tiles(out, plans, dtype)
-        dlset = None if dlse is None else _to_tiles(dlse.unsqueeze(-1), plans, dtype)[..., 0]
+        ot = tiling.queries(out, dtype)
+        dlset = None if dlse is None else tiling.queries(dlse.unsqueeze(-1), dtype)[..., 0]
     else:
         qt = qt * scale
         delta = (dout.to(dtype) * out.to(dtype)).sum(-1)
         if dlse is not None:
             delta = delta - dlse.to(dtype)
-        deltat = _to_tiles(delta.unsqueeze(-1), plans, dtype)[..., 0]
-    kp, vp = _pad_keys(k, plans, dtype), _pad_keys(v, plans, dtype)
-    dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
-    chunks = _chunks(plans, heads, G, qt.element_size(), fused, k.shape[-1] + v.shape[-1])
-    dq = _Untiler(plans, spatial, B, Hkv, G, q.shape[-1], len(chunks), dtype, q.device)
-    for t0, t1 in chunks:
-        rows = slice(t0 * rest, t1 * rest)
-        kc, vc = _gather_keys(kp, plans, t0, t1), _gather_keys(vp, plans, t0, t1)
+        deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
+    kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
+    dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+    dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
+    for j0, j1 in chunks:
+        rows = slice(j0 * tiling.rest, j1 * tiling.rest)
+        kc, vc = tiling.key_windows(kb, j0, j1), tiling.key_windows(vb, j0, j1)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(
                 *_heads_major(dot[rows], qt[rows], kc, vc, ot[rows], lset[rows]),
                 None if dlset is None else dlset[rows].transpose(1, 2),
-                _head_mask(_bias(plans, t0, t1, G, dtype), heads), scale)
+                _head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads), scale)
         else:
             dqc, dkc, dvc = _matmul_backward(dot[rows], qt[rows], kc, vc, lset[rows], deltat[rows],
-                                             _outside(plans, t0, t1, G), scale)
-        dq.add(t0, t1, dqc.transpose(1, 2))
-        _scatter_keys(dkp, dkc.transpose(1, 2), plans, t0, t1)
-        _scatter_keys(dvp, dvc.transpose(1, 2), plans, t0, t1)
-    return dq.result(), _crop_keys(dkp, plans, spatial, B, Hkv), _crop_keys(dvp, plans, spatial, B, Hkv)
+                                             tiling.mask(j0, j1, False, dtype), scale)
+        dq.add(j0, j1, dqc.transpose(1, 2))
+        tiling.scatter_keys(dkb, dkc.transpose(1, 2), j0, j1)
+        tiling.scatter_keys(dvb, dvc.transpose(1, 2), j0, j1)
+    return dq.result(), tiling.crop_keys(dkb), tiling.crop_keys(dvb)
 
 
 # ---- public entry points: GQA view, dilation groups, dtype -------------------------------------
