@@ -8,13 +8,13 @@ beyond what the backward op needs (saved inputs, output and LSE).
 Ops (all tensors heads-last):
 
 * ``natten_mps::na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale) -> (out, lse)``
-* ``natten_mps::na_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``
+* ``natten_mps::na_backward(dout, dlse?, q, k, v, out, lse, ...) -> (dq, dk, dv)``  (``dlse`` None: zero)
 * ``natten_mps::attention_forward(q, k, v, is_causal, scale) -> (out, lse)``  (dense; Lq may differ from Lk)
-* ``natten_mps::attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
+* ``natten_mps::attention_backward(dout, dlse?, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ def _na_forward_fake(q, k, v, kernel_size, stride, dilation, is_causal, scale):
 
 
 @torch.library.custom_op("natten_mps::na_backward", mutates_args=())
-def na_backward(dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+def na_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                 kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
                 scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     backend.use_metal(q, False)
@@ -64,8 +64,8 @@ def _na_setup_context(ctx, inputs, output):
 def _na_backward_rule(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
-    dlse = torch.zeros_like(lse) if dlse is None else dlse
-    dq, dk, dv = na_backward(dout.contiguous(), dlse.contiguous(), q, k, v, out, lse, *ctx.params)
+    dlse = None if dlse is None else dlse.contiguous()
+    dq, dk, dv = na_backward(dout.contiguous(), dlse, q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -88,7 +88,7 @@ def _attention_forward_fake(q, k, v, is_causal, scale):
 
 
 @torch.library.custom_op("natten_mps::attention_backward", mutates_args=())
-def attention_backward(dout: Tensor, dlse: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     backend.use_metal(q, False)
     return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
@@ -109,8 +109,8 @@ def _attn_setup_context(ctx, inputs, output):
 def _attn_backward_rule(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
-    dlse = torch.zeros_like(lse) if dlse is None else dlse
-    dq, dk, dv = attention_backward(dout.contiguous(), dlse.contiguous(), q, k, v, out, lse, *ctx.params)
+    dlse = None if dlse is None else dlse.contiguous()
+    dq, dk, dv = attention_backward(dout.contiguous(), dlse, q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None
 
 

@@ -24,13 +24,19 @@ def test_opcheck_every_op(path):
     torch.library.opcheck(ops.na_forward, (q, k, v, *params))
     out, lse = ops.na_forward(q, k, v, *params)
     dout, dlse = torch.randn_like(out), torch.randn_like(lse)
-    torch.library.opcheck(ops.na_backward, (dout, dlse, q.detach(), k.detach(), v.detach(), out.detach(),
-                                            lse.detach(), *params))
+    for g_lse in (dlse, None):   # the LSE gradient is optional (None: the loss does not use the LSE)
+        torch.library.opcheck(ops.na_backward, (dout, g_lse, q.detach(), k.detach(), v.detach(), out.detach(),
+                                                lse.detach(), *params))
+    dq, _, _ = ops.na_backward(dout, None, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), *params)
+    dq0, _, _ = ops.na_backward(dout, torch.zeros_like(lse), q.detach(), k.detach(), v.detach(), out.detach(),
+                                lse.detach(), *params)
+    torch.testing.assert_close(dq, dq0)
     qa, ka, va = q.flatten(1, 2), k.flatten(1, 2)[:, :7], v.flatten(1, 2)[:, :7]
     torch.library.opcheck(ops.attention_forward, (qa, ka, va, False, 0.3))
     o, l = ops.attention_forward(qa, ka, va, False, 0.3)
-    torch.library.opcheck(ops.attention_backward, (torch.randn_like(o), torch.randn_like(l), qa.detach(),
-                                                   ka.detach(), va.detach(), o.detach(), l.detach(), False, 0.3))
+    for g_lse in (torch.randn_like(l), None):
+        torch.library.opcheck(ops.attention_backward, (torch.randn_like(o), g_lse, qa.detach(), ka.detach(),
+                                                       va.detach(), o.detach(), l.detach(), False, 0.3))
 
 
 def test_gradcheck_float64():

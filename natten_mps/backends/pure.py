@@ -126,8 +126,7 @@ def _setup(q, k, v, kernel_size, stride, causal):
     fused = _fused_ok(q, k, v)
     tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
     dtype = _compute_dtype(q.dtype)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    chunks = tiling.chunks(_CHUNK_BYTES, itemsize, fused, k.shape[-1] + v.shape[-1])
+    chunks = tiling.chunks(_CHUNK_BYTES, dtype.itemsize, fused, k.shape[-1] + v.shape[-1])
     return tiling, fused, chunks, dtype
 
 

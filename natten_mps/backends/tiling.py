@@ -280,7 +280,8 @@ class BatchMajor1D(TilesMajor):
         p = plans[0]
         self.S = p.n_tiles * p.tile
         self.outer, self.heads = B * p.n_tiles, Hkv
-        self.n_rows = max((self.outer - 1) * p.tile + p.union, p.pad_lo + B * self.S)
+        self.segments = math.ceil(p.union / p.tile)          # a window spans this many tile-rows
+        self.n_rows = (self.outer + self.segments) * p.tile     # >= (outer-1)*T + U and >= pad_lo + B*S
 
     def split(self, x):   # [B, S, Hkv, G, C] -> [B*n, T, Hkv, G, C]
         return x.view(self.outer, self.plans[0].tile, *x.shape[-3:])
@@ -317,10 +318,14 @@ class BatchMajor1D(TilesMajor):
         return x.permute(0, 3, 1, 2)                                     # [c, U, Hkv, C]
 
     def scatter_keys(self, buf, grad, j0, j1):
-        p = self.plans[0]
-        rows = (torch.arange(j0, j1, device=buf.device)[:, None] * p.tile
-                + torch.arange(p.union, device=buf.device)[None, :]).reshape(-1)
-        buf.view(buf.shape[0], -1).index_add_(0, rows, grad.reshape(rows.shape[0], -1))
+        """Window ``j`` covers buffer rows ``[j*T, j*T + U)``: its ``s``-th block of ``T`` keys lands
+        on tile-row ``j + s``, so each block of every window is added with one strided ``add_``."""
+        T, U = self.plans[0].tile, self.plans[0].union
+        rows = buf.view(-1, T, buf.shape[-2] * buf.shape[-1])
+        g = grad.reshape(grad.shape[0], U, -1)
+        for s in range(self.segments):
+            w = min(T, U - s * T)
+            rows[j0 + s:j1 + s, :w] += g[:, s * T:s * T + w]
 
     def mask(self, j0, j1, additive, dtype):
         n = self.plans[0].n_tiles
