@@ -28,7 +28,11 @@ import torch
 
 from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
+# Per-chunk memory budgets: the matmul route's score matrices, and the fused route's working set
+# (mask + gathered windows), which is kept cache-sized: 4 MiB ran 12-25% faster than 12 MiB on the
+# 2-D and 3-D benchmark configurations and the same on 1-D (2-core CPU).
 _CHUNK_BYTES = int(os.environ.get("NATTEN_MPS_PURE_CHUNK_BYTES", 48 << 20))
+_FUSED_WORKING_SET = 4 << 20
 
 
 def lse_dtype(dtype):
@@ -126,7 +130,8 @@ def _setup(q, k, v, kernel_size, stride, causal):
     fused = _fused_ok(q, k, v)
     tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
     dtype = _compute_dtype(q.dtype)
-    chunks = tiling.chunks(_CHUNK_BYTES, dtype.itemsize, fused, k.shape[-1] + v.shape[-1])
+    budget = min(_CHUNK_BYTES, _FUSED_WORKING_SET) if fused else _CHUNK_BYTES
+    chunks = tiling.chunks(budget, dtype.itemsize, fused, k.shape[-1] + v.shape[-1])
     return tiling, fused, chunks, dtype
 
 
@@ -141,11 +146,12 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     if not fused:
         qt = qt * scale
     kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
+    ks, vs = tiling.window_scratch(kb, chunks), tiling.window_scratch(vb, chunks)
     out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
     lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
     for j0, j1 in chunks:
         qc = qt[j0 * tiling.rest:j1 * tiling.rest]
-        kc, vc = tiling.key_windows(kb, j0, j1), tiling.key_windows(vb, j0, j1)
+        kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
         if fused:
             o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale,
                               attn_mask=_head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads))
@@ -173,10 +179,11 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
         deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
     kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
     dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+    ks, vs = tiling.window_scratch(kb, chunks), tiling.window_scratch(vb, chunks)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for j0, j1 in chunks:
         rows = slice(j0 * tiling.rest, j1 * tiling.rest)
-        kc, vc = tiling.key_windows(kb, j0, j1), tiling.key_windows(vb, j0, j1)
+        kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(
                 *_heads_major(dot[rows], qt[rows], kc, vc, ot[rows], lset[rows]),

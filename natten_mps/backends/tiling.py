@@ -226,38 +226,62 @@ class TilesMajor:
         x = buf[self._interior()].unflatten(r, (self.B, self.Hkv))
         return x.permute(r, *range(r), r + 1, r + 2)
 
-    def key_windows(self, buf: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
-        """Buffer -> ``[c*rest, prod(U), heads, C]``, the keys of chunk ``j0:j1``."""
-        r = self.rank
-        x = buf
-        for i, p in enumerate(self.plans):
-            first, count = (j0, j1 - j0) if i == 0 else (0, p.n_tiles)
-            x = x.narrow(i, first * p.tile, (count - 1) * p.tile + p.union).unfold(i, p.union, p.tile)
-        x = x.permute(*range(r), *range(r + 2, 2 * r + 2), r, r + 1)      # [c, n.., U.., heads, C]
-        return x.reshape(-1, self.union, buf.shape[-2], buf.shape[-1])
+    def _window_rows(self, j0: int, j1: int, device) -> torch.Tensor:
+        """Buffer row (flattened ``*P``) of every key of every window of chunk ``j0:j1``, in the
+        ``[c*rest, prod(U)]`` order. Cached per shape."""
+        def build():
+            r = self.rank
+            sizes = [p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial)]
+            lin = None
+            for i, p in enumerate(self.plans):
+                ix = p.key_index[j0:j1] if i == 0 else p.key_index
+                shape = [1] * (2 * r)
+                shape[i], shape[r + i] = ix.shape
+                term = ((ix + p.pad_lo) * math.prod(sizes[i + 1:])).reshape(shape)
+                lin = term if lin is None else lin + term
+            return lin.reshape(-1).to(device)
+        return _cached((self.plans, "rows", j0, j1, device), build)
+
+    def window_scratch(self, buf: torch.Tensor, chunks: Sequence[Tuple[int, int]]) -> Optional[torch.Tensor]:
+        """A reusable output for :meth:`key_windows` of every chunk (None for rank 1: windows are views)."""
+        if self.rank == 1:
+            return None
+        most = max(j1 - j0 for j0, j1 in chunks) * self.rest * self.union
+        return torch.empty(most, buf.shape[-2] * buf.shape[-1], dtype=buf.dtype, device=buf.device)
+
+    def key_windows(self, buf: torch.Tensor, j0: int, j1: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Buffer -> ``[c*rest, prod(U), heads, C]``, the keys of chunk ``j0:j1``.
+
+        Rank 1: an overlapping ``unfold`` view of the padded axis. Higher ranks: one row gather
+        (``index_select``) into ``scratch`` when given.
+        """
+        heads, C = buf.shape[-2], buf.shape[-1]
+        if self.rank == 1:
+            p = self.plans[0]
+            x = buf.narrow(0, j0 * p.tile, (j1 - j0 - 1) * p.tile + p.union).unfold(0, p.union, p.tile)
+            return x.permute(0, 3, 1, 2)                                  # [c, U, heads, C]
+        rows = self._window_rows(j0, j1, buf.device)
+        flat = buf.view(-1, heads * C)
+        if scratch is None:
+            out = flat.index_select(0, rows)
+        else:
+            out = torch.index_select(flat, 0, rows, out=scratch[:rows.shape[0]])
+        return out.view(-1, self.union, heads, C)
 
     def scatter_keys(self, buf: torch.Tensor, grad: torch.Tensor, j0: int, j1: int) -> None:
         """Adjoint of :meth:`key_windows`: add ``grad`` ``[c*rest, prod(U), heads, C]`` into ``buf``."""
-        lin = None
-        sizes = buf.shape[:self.rank]
-        for i, p in enumerate(self.plans):
-            ix = p.key_index[j0:j1] if i == 0 else p.key_index
-            shape = [1] * (2 * self.rank)
-            shape[i], shape[self.rank + i] = ix.shape
-            term = ((ix + p.pad_lo) * math.prod(sizes[i + 1:])).reshape(shape)
-            lin = term if lin is None else lin + term
-        lin = lin.reshape(-1)
-        buf.view(-1, buf.shape[-2] * buf.shape[-1]).index_add_(0, lin, grad.reshape(lin.shape[0], -1))
+        rows = self._window_rows(j0, j1, buf.device)
+        buf.view(-1, buf.shape[-2] * buf.shape[-1]).index_add_(0, rows, grad.reshape(rows.shape[0], -1))
 
     def mask(self, j0: int, j1: int, additive: bool, dtype) -> Optional[torch.Tensor]:
         return tile_mask(self.plans, j0, j1, self.G, additive, dtype)
 
     def chunks(self, budget: int, itemsize: int, fused: bool, channels: int) -> List[Tuple[int, int]]:
-        """Matmul route: the score matrix. Fused route: the mask plus gathered keys and values
-        (``channels = D + Dv``) for rank > 1, with a quarter of the budget."""
+        """Per first-axis tile, the matmul route holds the score matrix; the fused route the mask
+        plus, for rank > 1, the gathered keys and values (``channels = D + Dv``)."""
         if fused:
             gathered = self.union * self.heads * channels * itemsize if self.rank > 1 else 0
-            per, budget = self.rest * (gathered + self.rows * self.union * itemsize), budget // 4
+            per = self.rest * (gathered + self.rows * self.union * itemsize)
         else:
             per = self.rest * self.heads * self.rows * self.union * itemsize
         step = max(1, budget // max(per, 1))
@@ -312,11 +336,6 @@ class BatchMajor1D(TilesMajor):
         p = self.plans[0]
         return buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, -1)[:, :self.spatial[0]]
 
-    def key_windows(self, buf, j0, j1):
-        p = self.plans[0]
-        x = buf.narrow(0, j0 * p.tile, (j1 - j0 - 1) * p.tile + p.union).unfold(0, p.union, p.tile)
-        return x.permute(0, 3, 1, 2)                                     # [c, U, Hkv, C]
-
     def scatter_keys(self, buf, grad, j0, j1):
         """Window ``j`` covers buffer rows ``[j*T, j*T + U)``: its ``s``-th block of ``T`` keys lands
         on tile-row ``j + s``, so each block of every window is added with one strided ``add_``."""
@@ -337,11 +356,11 @@ class BatchMajor1D(TilesMajor):
             lambda: one.repeat((j1 - j0) // n, 1, 1))
 
     def chunks(self, budget, itemsize, fused, channels):
-        """Whole batches per chunk when one batch's mask fits a quarter of the budget, else tile
-        ranges within a batch."""
+        """Whole batches per chunk when one batch's mask fits the budget, else tile ranges within
+        a batch."""
         n = self.plans[0].n_tiles
         per_tile = self.rows * self.union * itemsize
-        step = max(1, (budget // 4) // max(per_tile, 1))
+        step = max(1, budget // max(per_tile, 1))
         if step >= n:
             step -= step % n
             return [(j, min(self.outer, j + step)) for j in range(0, self.outer, step)]
