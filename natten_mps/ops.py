@@ -57,6 +57,7 @@ def _na_backward_fake(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilati
 def _na_setup_context(ctx, inputs, output):
     q, k, v, kernel_size, stride, dilation, is_causal, scale = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)   # an unused output's gradient arrives as None
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.params = (kernel_size, stride, dilation, is_causal, scale)
 
@@ -102,6 +103,7 @@ def _attention_backward_fake(dout, dlse, q, k, v, out, lse, is_causal, scale):
 def _attn_setup_context(ctx, inputs, output):
     q, k, v, is_causal, scale = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)   # an unused output's gradient arrives as None
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.params = (is_causal, scale)
 

@@ -214,6 +214,14 @@ def test_non_finite_input_stays_in_its_batch_and_head(bad, value):
     torch.testing.assert_close(out[clean].double(), ro[clean], atol=2e-5, rtol=2e-5)
     assert not torch.isfinite(ro[1, :4, 0]).all()     # the reference is non-finite there, and so are we
     torch.testing.assert_close(out[1, :4, 0].double(), ro[1, :4, 0], atol=2e-5, rtol=2e-5, equal_nan=True)
+    # backward: a loss on batch 0 only; its gradients must be exact (nothing leaks back from batch 1)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    refs = [t.double().requires_grad_() for t in (q, k, v)]
+    w = torch.randn(64, 2, 8, generator=g, dtype=torch.float64)
+    (natten_mps.na1d(*leaves, 7)[0].double() * w).sum().backward()
+    (reference_na(*refs, (7,), (1,), (1,), (False,))[0][0] * w).sum().backward()
+    for t, r in zip(leaves, refs):
+        torch.testing.assert_close(t.grad[0].double(), r.grad[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -51,18 +51,30 @@ def _compute_dtype(dtype):
 #
 # On CPU, PyTorch's flash-attention kernel takes an additive mask and returns the LSE; running it
 # on each chunk's tiles does the masked softmax in one vectorised pass, several times faster than
-# matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims, and an additive mask
-# lets a non-finite key or value leak into its tile-mates, so it is used only on CPU for finite inputs;
-# everything else takes the matmul route (which is also what CUDA runs).
+# matmul + mask + softmax as separate ops. It needs equal Q/K/V head dims. A masked entry enters it
+# as ``0 * value`` (and ``score + -inf``), so a non-finite key, value or output gradient outside a
+# window would leak into its tile-mates; but such a leak always leaves a non-finite result (NaN from
+# 0 * inf, 0 * NaN or inf - inf), so a finite result is exact. The core therefore runs the fused
+# route first and redoes a problem on the matmul route only when its result is not finite (which a
+# non-finite input inside a window legitimately causes too). Elsewhere (CUDA, MPS fallback,
+# unequal head dims) the matmul route runs directly; it applies masks with ``masked_fill``.
 _flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _USE_FUSED = os.environ.get("NATTEN_MPS_PURE_FUSED", "1") != "0"
 
 
-def _fused_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """CPU, equal head dims, finite keys and values (a sum overflowing to inf errs on the safe side)."""
+def _fused_route(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """The fused kernel applies: CPU, equal head dims (and not switched off)."""
     return (_USE_FUSED and _flash_fwd is not None and _flash_bwd is not None and q.device.type == "cpu"
-            and q.shape[-1] == v.shape[-1] and bool(torch.isfinite(k.sum() + v.sum())))
+            and q.shape[-1] == v.shape[-1])
+
+
+def _all_finite(*xs: torch.Tensor) -> bool:
+    """One reduction per tensor; a sum overflowing to inf errs on the safe side."""
+    total = xs[0].sum()
+    for x in xs[1:]:
+        total = total + x.sum()
+    return bool(torch.isfinite(total))
 
 
 def _head_mask(mask, heads: int):
@@ -122,17 +134,21 @@ def _matmul_backward(doc, qc, kc, vc, lsec, deltac, outside, scale):
 
 # ---- undilated core ----------------------------------------------------------------------------
 
-def _setup(q, k, v, kernel_size, stride, causal):
-    """Route, tiling and chunks of one undilated problem (public-order views, see _core_forward)."""
+def _setup(q, k, v, kernel_size, stride, causal, fused):
+    """Tiling, chunks and compute dtype of one undilated problem (public-order views)."""
     B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
     spatial = tuple(q.shape[1:-3])
     plans = plans_for(spatial, kernel_size, stride, causal, q.device)
-    fused = _fused_ok(q, k, v)
     tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
     dtype = _compute_dtype(q.dtype)
     budget = min(_CHUNK_BYTES, _FUSED_WORKING_SET) if fused else _CHUNK_BYTES
     chunks = tiling.chunks(budget, dtype.itemsize, fused, k.shape[-1] + v.shape[-1])
-    return tiling, fused, chunks, dtype
+    return tiling, chunks, dtype
+
+
+def _rows(x: torch.Tensor, tiling, j0: int, j1: int, chunks) -> torch.Tensor:
+    """The tiles-major rows of chunk ``j0:j1`` (the tensor itself for a single chunk)."""
+    return x if len(chunks) == 1 else x[j0 * tiling.rest:j1 * tiling.rest]
 
 
 def _core_forward(q, k, v, kernel_size, stride, causal, scale):
@@ -141,7 +157,15 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     Returns ``out`` ``[B, *L, Hkv, G, Dv]`` and ``lse`` ``[B, *L, Hkv, G]`` in the compute dtype,
     as views where no copy was needed.
     """
-    tiling, fused, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal)
+    if _fused_route(q, v):
+        out, lse = _tiled_forward(q, k, v, kernel_size, stride, causal, scale, True)
+        if _all_finite(out, lse):
+            return out, lse
+    return _tiled_forward(q, k, v, kernel_size, stride, causal, scale, False)
+
+
+def _tiled_forward(q, k, v, kernel_size, stride, causal, scale, fused):
+    tiling, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal, fused)
     qt = tiling.queries(q, dtype)
     if not fused:
         qt = qt * scale
@@ -150,7 +174,7 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
     lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
     for j0, j1 in chunks:
-        qc = qt[j0 * tiling.rest:j1 * tiling.rest]
+        qc = _rows(qt, tiling, j0, j1, chunks)
         kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
         if fused:
             o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale,
@@ -165,7 +189,16 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
 def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale):
     """Gradients of :func:`_core_forward` (same layouts; ``lse``/``dlse`` ``[B, *L, Hkv, G]``,
     ``dlse`` None when zero). Returns public-order ``dq, dk, dv`` in the compute dtype."""
-    tiling, fused, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal)
+    args = (dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale)
+    if _fused_route(q, v):
+        dq, dk, dv = _tiled_backward(*args, True)
+        if _all_finite(dq):      # a leak through a masked entry always reaches some query's gradient
+            return dq, dk, dv
+    return _tiled_backward(*args, False)
+
+
+def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale, fused):
+    tiling, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal, fused)
     qt, dot = tiling.queries(q, dtype), tiling.queries(dout, dtype)
     lset = tiling.queries(lse.unsqueeze(-1), dtype)[..., 0]
     if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
@@ -182,15 +215,15 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     ks, vs = tiling.window_scratch(kb, chunks), tiling.window_scratch(vb, chunks)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for j0, j1 in chunks:
-        rows = slice(j0 * tiling.rest, j1 * tiling.rest)
+        rows = functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
         kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(
-                *_heads_major(dot[rows], qt[rows], kc, vc, ot[rows], lset[rows]),
-                None if dlset is None else dlset[rows].transpose(1, 2),
+                *_heads_major(rows(dot), rows(qt), kc, vc, rows(ot), rows(lset)),
+                None if dlset is None else rows(dlset).transpose(1, 2),
                 _head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads), scale)
         else:
-            dqc, dkc, dvc = _matmul_backward(dot[rows], qt[rows], kc, vc, lset[rows], deltat[rows],
+            dqc, dkc, dvc = _matmul_backward(rows(dot), rows(qt), kc, vc, rows(lset), rows(deltat),
                                              tiling.mask(j0, j1, False, dtype), scale)
         dq.add(j0, j1, dqc.transpose(1, 2))
         tiling.scatter_keys(dkb, dkc.transpose(1, 2), j0, j1)
@@ -296,6 +329,11 @@ def _public(x: torch.Tensor, batch: int, heads_kv: int, dtype) -> torch.Tensor:
 
 # ---- dense attention (FMHA and additional keys/values) ----------------------------------------
 
+def _dense_fused_ok(q, k, v, is_causal: bool) -> bool:
+    """Non-causal: no entry is masked, so nothing can leak. Causal: finite keys and values."""
+    return _fused_route(q, v) and (not is_causal or _all_finite(k, v))
+
+
 def _dense_fused_layout(qi, ki, vi, is_causal):
     """``[N, G, Lq, D]`` queries, ``[N, Lk, D]`` keys -> flash-kernel layout ``[N, heads, L, D]``.
 
@@ -334,7 +372,7 @@ def attention_forward(q, k, v, is_causal: bool, scale: float):
     qi = to_internal(q, Hkv, True)                   # [N, G, Lq, D]
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     N, G = qi.shape[:2]
-    if _fused_ok(qi, ki, vi):
+    if _dense_fused_ok(qi, ki, vi, is_causal):
         qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
         o, m = _flash_fwd(qf, kf, vf, 0.0, is_causal, scale=scale)
         o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq, 1)
@@ -358,7 +396,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, is_causal: bool, scale: fl
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     doi, oi = to_internal(dout, Hkv, True), to_internal(out, Hkv, True)
     li = to_internal(lse.unsqueeze(-1), Hkv, True, qi.dtype)
-    if _fused_ok(qi, ki, vi):
+    if _dense_fused_ok(qi, ki, vi, is_causal):
         N, G = qi.shape[:2]
         qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
         shape = lambda x: x.reshape(qf.shape[:-1] + (x.shape[-1],))  # noqa: E731
