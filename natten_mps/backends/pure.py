@@ -26,6 +26,7 @@ import os
 
 import torch
 
+from . import workspace
 from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
 # Per-chunk memory budgets: the matmul route's score matrices, and the fused route's working set
@@ -146,6 +147,15 @@ def _setup(q, k, v, kernel_size, stride, causal, fused):
     return tiling, chunks, dtype
 
 
+def _key_value_windows_storage(tiling, k, v, dtype, chunks):
+    """Padded key/value buffers and gathered-window scratch, from this thread's workspace (they
+    never outlive the call)."""
+    slot = lambda name: functools.partial(workspace.take, name)  # noqa: E731
+    kb, vb = tiling.key_buffer(k, dtype, slot("keys")), tiling.key_buffer(v, dtype, slot("values"))
+    return (kb, vb, tiling.window_scratch(kb, chunks, slot("key windows")),
+            tiling.window_scratch(vb, chunks, slot("value windows")))
+
+
 def _rows(x: torch.Tensor, tiling, j0: int, j1: int, chunks) -> torch.Tensor:
     """The tiles-major rows of chunk ``j0:j1`` (the tensor itself for a single chunk)."""
     return x if len(chunks) == 1 else x[j0 * tiling.rest:j1 * tiling.rest]
@@ -169,8 +179,7 @@ def _tiled_forward(q, k, v, kernel_size, stride, causal, scale, fused):
     qt = tiling.queries(q, dtype)
     if not fused:
         qt = qt * scale
-    kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
-    ks, vs = tiling.window_scratch(kb, chunks), tiling.window_scratch(vb, chunks)
+    kb, vb, ks, vs = _key_value_windows_storage(tiling, k, v, dtype, chunks)
     out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
     lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
     for j0, j1 in chunks:
@@ -210,9 +219,8 @@ def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, 
         if dlse is not None:
             delta = delta - dlse.to(dtype)
         deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
-    kb, vb = tiling.key_buffer(k, dtype), tiling.key_buffer(v, dtype)
-    dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
-    ks, vs = tiling.window_scratch(kb, chunks), tiling.window_scratch(vb, chunks)
+    kb, vb, ks, vs = _key_value_windows_storage(tiling, k, v, dtype, chunks)
+    dkb, dvb = torch.zeros(kb.shape, dtype=dtype, device=k.device), torch.zeros(vb.shape, dtype=dtype, device=v.device)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for j0, j1 in chunks:
         rows = functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)

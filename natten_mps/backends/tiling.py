@@ -206,11 +206,12 @@ class TilesMajor:
         return t.reshape(shape).permute(_inverse(self._perm()))
 
     # keys
-    def key_buffer(self, x: torch.Tensor, dtype) -> torch.Tensor:
-        """Public ``[B, *L, Hkv, C]`` -> zero-margined ``[*P, B*Hkv, C]``."""
+    def key_buffer(self, x: torch.Tensor, dtype, alloc=torch.empty) -> torch.Tensor:
+        """Public ``[B, *L, Hkv, C]`` -> zero-margined ``[*P, B*Hkv, C]`` in memory from
+        ``alloc(shape, dtype, device)``."""
         r = self.rank
         P = [p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial)]
-        buf = torch.empty(P + [self.B, self.Hkv, x.shape[-1]], dtype=dtype, device=x.device)
+        buf = alloc(P + [self.B, self.Hkv, x.shape[-1]], dtype, x.device)
         for i, (p, n) in enumerate(zip(self.plans, self.spatial)):
             buf.narrow(i, 0, p.pad_lo).zero_()
             buf.narrow(i, p.pad_lo + n, p.pad_hi).zero_()
@@ -242,12 +243,13 @@ class TilesMajor:
             return lin.reshape(-1).to(device)
         return _cached((self.plans, "rows", j0, j1, device), build)
 
-    def window_scratch(self, buf: torch.Tensor, chunks: Sequence[Tuple[int, int]]) -> Optional[torch.Tensor]:
+    def window_scratch(self, buf: torch.Tensor, chunks: Sequence[Tuple[int, int]],
+                       alloc=torch.empty) -> Optional[torch.Tensor]:
         """A reusable output for :meth:`key_windows` of every chunk (None for rank 1: windows are views)."""
         if self.rank == 1:
             return None
         most = max(j1 - j0 for j0, j1 in chunks) * self.rest * self.union
-        return torch.empty(most, buf.shape[-2] * buf.shape[-1], dtype=buf.dtype, device=buf.device)
+        return alloc([most, buf.shape[-2] * buf.shape[-1]], buf.dtype, buf.device)
 
     def key_windows(self, buf: torch.Tensor, j0: int, j1: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Buffer -> ``[c*rest, prod(U), heads, C]``, the keys of chunk ``j0:j1``.
@@ -320,9 +322,9 @@ class BatchMajor1D(TilesMajor):
     def from_tiles(self, t):
         return t.reshape(t.shape[0], self.plans[0].tile, self.G, self.Hkv, t.shape[-1]).transpose(2, 3)
 
-    def key_buffer(self, x, dtype):
+    def key_buffer(self, x, dtype, alloc=torch.empty):
         p, L = self.plans[0], self.spatial[0]
-        buf = torch.empty(self.n_rows, self.Hkv, x.shape[-1], dtype=dtype, device=x.device)
+        buf = alloc([self.n_rows, self.Hkv, x.shape[-1]], dtype, x.device)
         data = buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, -1)
         if self.S == L:
             buf[:p.pad_lo].zero_()
