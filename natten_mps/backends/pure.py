@@ -137,14 +137,19 @@ def _matmul_backward(doc, qc, kc, vc, lsec, deltac, outside, scale):
 
 def _setup(q, k, v, kernel_size, stride, causal, fused):
     """Tiling, chunks and compute dtype of one undilated problem (public-order views)."""
-    B, Hkv, G = q.shape[0], q.shape[-3], q.shape[-2]
-    spatial = tuple(q.shape[1:-3])
-    plans = plans_for(spatial, kernel_size, stride, causal, q.device)
-    tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
-    dtype = _compute_dtype(q.dtype)
+    rank = q.dim() - 4
     budget = min(_CHUNK_BYTES, _FUSED_WORKING_SET) if fused else _CHUNK_BYTES
-    chunks = tiling.chunks(budget, dtype.itemsize, fused, k.shape[-1] + v.shape[-1])
-    return tiling, chunks, dtype
+    return _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], tuple(kernel_size),
+                      tuple(stride), tuple(causal), fused, q.dtype, q.device, k.shape[-1] + v.shape[-1], budget,
+                      os.environ.get(f"NATTEN_MPS_TILE_{rank}D"))
+
+
+@functools.lru_cache(maxsize=256)
+def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, dtype, device, channels, budget, tile_env):
+    plans = plans_for(spatial, kernel_size, stride, causal, device)
+    tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
+    dtype = _compute_dtype(dtype)
+    return tiling, tiling.chunks(budget, dtype.itemsize, fused, channels), dtype
 
 
 def _key_value_windows_storage(tiling, k, v, dtype, chunks):
@@ -220,7 +225,7 @@ def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, 
             delta = delta - dlse.to(dtype)
         deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
     kb, vb, ks, vs = _key_value_windows_storage(tiling, k, v, dtype, chunks)
-    dkb, dvb = torch.zeros(kb.shape, dtype=dtype, device=k.device), torch.zeros(vb.shape, dtype=dtype, device=v.device)
+    dkb, dvb = tiling.key_grad_buffer(kb, chunks), tiling.key_grad_buffer(vb, chunks)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for j0, j1 in chunks:
         rows = functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)

@@ -95,7 +95,7 @@ def plans_for(spatial, kernel_size, stride, causal, device) -> Tuple[AxisPlan, .
 
 
 def clear_caches() -> None:
-    """Forget cached plans and masks (after changing ``NATTEN_MPS_TILE_*``)."""
+    """Forget cached plans and masks."""
     _axis_plan.cache_clear()
     _mask_cache.clear()
 
@@ -270,6 +270,10 @@ class TilesMajor:
             out = torch.index_select(flat, 0, rows, out=scratch[:rows.shape[0]])
         return out.view(-1, self.union, heads, C)
 
+    def key_grad_buffer(self, buf: torch.Tensor, chunks: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        """A buffer shaped like ``buf`` for :meth:`scatter_keys` of every chunk (zeros)."""
+        return torch.zeros(buf.shape, dtype=buf.dtype, device=buf.device)
+
     def scatter_keys(self, buf: torch.Tensor, grad: torch.Tensor, j0: int, j1: int) -> None:
         """Adjoint of :meth:`key_windows`: add ``grad`` ``[c*rest, prod(U), heads, C]`` into ``buf``."""
         rows = self._window_rows(j0, j1, buf.device)
@@ -338,15 +342,29 @@ class BatchMajor1D(TilesMajor):
         p = self.plans[0]
         return buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, -1)[:, :self.spatial[0]]
 
+    def key_grad_buffer(self, buf, chunks):
+        """With one chunk, the first blocks of the windows tile rows ``[0, outer*T)`` exactly once
+        and are copied in (see :meth:`scatter_keys`), so only the rows past them start at zero."""
+        if len(chunks) > 1:
+            return torch.zeros(buf.shape, dtype=buf.dtype, device=buf.device)
+        out = torch.empty(buf.shape, dtype=buf.dtype, device=buf.device)
+        out[self.outer * self.plans[0].tile:].zero_()
+        return out
+
     def scatter_keys(self, buf, grad, j0, j1):
         """Window ``j`` covers buffer rows ``[j*T, j*T + U)``: its ``s``-th block of ``T`` keys lands
-        on tile-row ``j + s``, so each block of every window is added with one strided ``add_``."""
+        on tile-row ``j + s``, so each block of every window is added with one strided ``add_``
+        (the first block copied instead when one chunk covers every tile)."""
         T, U = self.plans[0].tile, self.plans[0].union
         rows = buf.view(-1, T, buf.shape[-2] * buf.shape[-1])
         g = grad.reshape(grad.shape[0], U, -1)
         for s in range(self.segments):
             w = min(T, U - s * T)
-            rows[j0 + s:j1 + s, :w] += g[:, s * T:s * T + w]
+            dst, src = rows[j0 + s:j1 + s, :w], g[:, s * T:s * T + w]
+            if s == 0 and j1 - j0 == self.outer:
+                dst.copy_(src)
+            else:
+                dst += src
 
     def mask(self, j0, j1, additive, dtype):
         n = self.plans[0].n_tiles
