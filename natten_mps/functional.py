@@ -33,14 +33,14 @@ def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilati
     if is_full_attention(spatial, ks, causal):
         # FMHA fast path: the window is the whole input.
         flat = lambda t: t.reshape(B, -1, t.shape[-2], t.shape[-1])  # noqa: E731
-        out, lse = ops.attention_forward(flat(query), flat(key), flat(value), False, scale)
+        out, lse = ops.dense_attention(flat(query), flat(key), flat(value), False, scale)
         out = out.reshape(query.shape[:-1] + (value.shape[-1],))
         lse = lse.reshape(query.shape[:-1])
     else:
-        out, lse = ops.na_forward(query, key, value, list(ks), list(st), list(dil), list(causal), scale)
+        out, lse = ops.neighborhood_attention(query, key, value, list(ks), list(st), list(dil), list(causal), scale)
     if additional_keys is not None:
         q_flat = query.reshape(B, -1, heads, query.shape[-1])
-        extra_out, extra_lse = ops.attention_forward(q_flat, additional_keys, additional_values, False, scale)
+        extra_out, extra_lse = ops.dense_attention(q_flat, additional_keys, additional_values, False, scale)
         out, lse = merge_attentions(
             [out, extra_out.reshape(out.shape)], [lse, extra_lse.reshape(lse.shape)])
     return (out, lse) if return_lse else out
@@ -111,7 +111,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
     if is_causal and query.shape[1] != key.shape[1]:
         raise ValueError(f"is_causal=True needs equal query and key lengths, got {query.shape[1]} and {key.shape[1]}")
     scale = checks.check_scale(scale, query.shape[-1])
-    out, lse = ops.attention_forward(query, key, value, is_causal, scale)
+    out, lse = ops.dense_attention(query, key, value, is_causal, scale)
     return (out, lse) if return_lse else out
 
 

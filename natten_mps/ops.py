@@ -27,12 +27,34 @@ def _lse_dtype(dtype):
     return pure.lse_dtype(dtype)
 
 
-@torch.library.custom_op("natten_mps::na_forward", mutates_args=())
-def na_forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
-               dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
+def _na_forward_impl(q, k, v, kernel_size, stride, dilation, is_causal, scale):
     if backend.use_metal(q, metal.na_forward_supported(q, v)):
         return metal.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+
+
+def _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    backend.use_metal(q, False)
+    return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
+
+
+def _attention_forward_impl(q, k, v, is_causal, scale):
+    same_length = q.shape[1] == k.shape[1]
+    if backend.use_metal(q, same_length and metal.na_forward_supported(q, v)):
+        L = q.shape[1]
+        return metal.na_forward(q, k, v, [L], [1], [1], [is_causal], scale)
+    return pure.attention_forward(q, k, v, is_causal, scale)
+
+
+def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
+    backend.use_metal(q, False)
+    return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
+
+
+@torch.library.custom_op("natten_mps::na_forward", mutates_args=())
+def na_forward(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+               dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
+    return _na_forward_impl(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 @na_forward.register_fake
@@ -45,8 +67,7 @@ def _na_forward_fake(q, k, v, kernel_size, stride, dilation, is_causal, scale):
 def na_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                 kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
                 scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    backend.use_metal(q, False)
-    return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
+    return _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
 
 
 @na_backward.register_fake
@@ -75,11 +96,7 @@ na_forward.register_autograd(_na_backward_rule, setup_context=_na_setup_context)
 
 @torch.library.custom_op("natten_mps::attention_forward", mutates_args=())
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
-    same_length = q.shape[1] == k.shape[1]
-    if backend.use_metal(q, same_length and metal.na_forward_supported(q, v)):
-        L = q.shape[1]
-        return metal.na_forward(q, k, v, [L], [1], [1], [is_causal], scale)
-    return pure.attention_forward(q, k, v, is_causal, scale)
+    return _attention_forward_impl(q, k, v, is_causal, scale)
 
 
 @attention_forward.register_fake
@@ -91,8 +108,7 @@ def _attention_forward_fake(q, k, v, is_causal, scale):
 @torch.library.custom_op("natten_mps::attention_backward", mutates_args=())
 def attention_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
-    backend.use_metal(q, False)
-    return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
+    return _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale)
 
 
 @attention_backward.register_fake
@@ -117,3 +133,57 @@ def _attn_backward_rule(ctx, dout, dlse):
 
 
 attention_forward.register_autograd(_attn_backward_rule, setup_context=_attn_setup_context)
+
+
+# ---- entry points for the public API ------------------------------------------------------------
+# In plain eager mode the public functions reach the same implementations through a lighter
+# ``torch.autograd.Function``: PyTorch's custom-op wrappers (schema default filling, dynamo guards,
+# re-dispatch) cost ~0.1 ms per forward+backward, which is a tenth of a small 1-D problem. Under
+# ``torch.compile``/tracing, with tensor subclasses (fake, functional) or an active dispatch mode,
+# the registered ops above are called, so graphs hold one opaque op and the fake kernels apply.
+
+def _eager(*tensors: Tensor) -> bool:
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or \
+            torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None or \
+            torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None:
+        return False
+    return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
+
+
+class _EagerOp(torch.autograd.Function):
+    """``forward(impl, backward_impl, n_tensors, *args)``: ``args[:n_tensors]`` are q, k, v and the
+    rest the op's non-tensor arguments; same saved tensors and gradients as the registered op."""
+
+    @staticmethod
+    def forward(ctx, impl, backward_impl, n_tensors, *args):
+        out, lse = impl(*args)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*args[:n_tensors], out, lse)
+        ctx.backward_impl, ctx.params, ctx.n_args = backward_impl, args[n_tensors:], len(args)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        dlse = None if dlse is None else dlse.contiguous()
+        dq, dk, dv = ctx.backward_impl(dout, dlse, q, k, v, out, lse, *ctx.params)
+        return (None, None, None, dq, dk, dv) + (None,) * (ctx.n_args - 3)
+
+
+def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+                           dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::na_forward`` with its autograd, as the public API calls it."""
+    args = (q, k, v, kernel_size, stride, dilation, is_causal, scale)
+    if _eager(q, k, v):
+        return _EagerOp.apply(_na_forward_impl, _na_backward_impl, 3, *args)
+    return na_forward(*args)
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
+    if _eager(q, k, v):
+        return _EagerOp.apply(_attention_forward_impl, _attention_backward_impl, 3, q, k, v, is_causal, scale)
+    return attention_forward(q, k, v, is_causal, scale)

@@ -50,7 +50,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     if smooth_k and k.shape[1] > 0:
         k_mean = k.mean(dim=1, keepdim=True)
         k = k - k_mean
-    out, lse = ops.attention_forward(q, k, v, bool(is_causal), scale)
+    out, lse = ops.dense_attention(q, k, v, bool(is_causal), scale)
     if tensor_layout == "HND":
         out = out.transpose(1, 2)
     if not return_lse:
