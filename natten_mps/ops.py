@@ -1,9 +1,11 @@
 """The op registry: ``torch.library`` custom ops with fake (meta) kernels and registered autograd.
 
-Public functions call these ops; each op picks its device implementation (``backends.metal`` or
-``backends.pure``) through :mod:`natten_mps.backend`. Being opaque custom ops, they compile under
-``torch.compile(fullgraph=True)`` without graph breaks and recompute nothing under checkpointing
-beyond what the backward op needs (saved inputs, output and LSE).
+Each op picks its device implementation (``backends.metal`` or ``backends.pure``) through
+:mod:`natten_mps.backend`. Being opaque custom ops, they compile under ``torch.compile(fullgraph=True)``
+without graph breaks and recompute nothing under checkpointing beyond what the backward op needs
+(saved inputs, output and LSE). Public functions call :func:`neighborhood_attention` and
+:func:`dense_attention` (end of this module): the registered ops under compile/tracing, and in
+plain eager mode the same implementations behind a lighter ``autograd.Function``.
 
 Ops (all tensors heads-last):
 
