@@ -99,8 +99,10 @@ def build_runner(kind: str, name: str, device: str, backward: bool):
     return masked_sdpa(cfg, device, backward)
 
 
-def worker_main(kind: str, device: str) -> None:
-    """Serve timing requests (JSON lines on stdin: config, backward, n, warmup) for one contender."""
+def worker_main(kind: str, device: str, max_call_s: float = float("inf")) -> None:
+    """Serve timing requests (JSON lines on stdin: config, backward, n, warmup) for one contender.
+
+    A contender whose first call on a config takes longer than ``max_call_s`` is skipped there."""
     warnings.filterwarnings("ignore")
     runners = {}
     for line in sys.stdin:
@@ -111,7 +113,10 @@ def worker_main(kind: str, device: str) -> None:
                 run = build_runner(kind, key[0], device, key[1])
                 if run is None:
                     raise ModuleNotFoundError(f"{kind} is not installed")
-                for _ in range(req["warmup"]):
+                first = harness.sample_ms(run, device, 1)[0] / 1e3
+                if first > max_call_s:
+                    raise TimeoutError(f"skipped: one call took {first:.3g} s (limit --max-call-s {max_call_s:g})")
+                for _ in range(req["warmup"] - 1):
                     run()
                 runners[key] = run
             reply = {"samples": harness.sample_ms(runners[key], device, req["n"])}
@@ -123,14 +128,16 @@ def worker_main(kind: str, device: str) -> None:
 class Worker:
     """A contender timed in its own process; ``natten_mps_path`` puts that natten_mps first on its path."""
 
-    def __init__(self, kind: str, device: str, natten_mps_path: Optional[str] = None):
+    def __init__(self, kind: str, device: str, natten_mps_path: Optional[str] = None,
+                 max_call_s: float = float("inf")):
         root = os.path.dirname(HERE)
         if natten_mps_path:   # that folder first, and not this repository (same import name)
             setup = (f"sys.path = [{natten_mps_path!r}, {HERE!r}] + [p for p in sys.path if p not in ('', {root!r})]\n"
                      f"import natten_mps\nassert natten_mps.__file__.startswith({natten_mps_path!r}), natten_mps.__file__")
         else:
             setup = f"sys.path[:0] = [{HERE!r}, {root!r}]"
-        code = f"import sys\n{setup}\nimport bench_fallback as bf\nbf.worker_main({kind!r}, {device!r})\n"
+        code = (f"import sys\n{setup}\nimport bench_fallback as bf\n"
+                f"bf.worker_main({kind!r}, {device!r}, {float(max_call_s)!r})\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=HERE)
 
@@ -216,17 +223,19 @@ def main(argv=None):
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--no-upstream", action="store_true", help="skip upstream natten (slow on large inputs)")
     ap.add_argument("--memory", action="store_true", help="measure peak extra memory of the 2D 128x128 forward")
+    ap.add_argument("--max-call-s", type=float, default=30.0,
+                    help="skip a peer on a config where one call takes longer than this (seconds)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-    notes, results = [], {}
-    workers = {"sdpa": Worker("sdpa", args.device)}
+    notes, results, failures = [], {}, {}
+    workers = {"sdpa": Worker("sdpa", args.device, max_call_s=args.max_call_s)}
     if args.natten_mps_path:
-        workers["natten-mps"] = Worker("natten-mps", args.device, args.natten_mps_path)
+        workers["natten-mps"] = Worker("natten-mps", args.device, args.natten_mps_path, args.max_call_s)
     else:
         notes.append("natten-mps (pure) not measured: pass --natten-mps-path DIR (see docstring)")
     if not args.no_upstream:
-        workers["upstream"] = Worker("upstream", args.device)
+        workers["upstream"] = Worker("upstream", args.device, max_call_s=args.max_call_s)
     try:
         for backward in ([False] if args.no_backward else [False, True]):
             mode = "forward+backward" if backward else "forward"
@@ -238,8 +247,7 @@ def main(argv=None):
                 samplers.update({kind: w.sampler(name, backward, args.warmup) for kind, w in workers.items()})
                 t, errors = harness.interleaved_medians(samplers, args.repeats)
                 for kind, err in errors.items():
-                    label = dict(COLUMNS)[kind]
-                    notes.append(f"{label}, {mode}: {err}" if "not installed" not in err else f"{label} not installed")
+                    failures.setdefault((dict(COLUMNS)[kind], mode, err), []).append(name)
                 best_peer = min((t[k] for k in ("natten-mps", "upstream") if t.get(k)), default=None)
                 results[f"{name}{'_fwdbwd' if backward else '_fwd'}"] = dict(
                     config=cfg["label"], backward=backward, ours_ms=t["ours"], natten_mps_pure_ms=t.get("natten-mps"),
@@ -258,6 +266,8 @@ def main(argv=None):
         results["memory_2d128"] = mem
         print(f"\n2D 128x128 K=13 forward: peak extra memory {mem['extra_bytes'] / 2**20:.1f} MiB = "
               f"{mem['extra_bytes'] / mem['io_bytes']:.2f}x the size of q, k, v and out")
+    for (label, mode, err), names in failures.items():
+        notes.append(f"{label} not installed" if "not installed" in err else f"{label}, {mode} ({', '.join(names)}): {err}")
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
     if args.json:

@@ -1,4 +1,4 @@
-"""Smoke test: the feature benchmark runs with one repeat on tiny sizes and reports every feature row."""
+"""Smoke tests of the benchmark scripts: they run with one or two repeats and report every row."""
 import json
 import os
 import sys
@@ -30,3 +30,22 @@ def test_bench_new_features_plot(tmp_path):
     bench_new_features.main(["--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--features", "baseline",
                              "fmha", "--no-emulator-costs", "--plot", str(png)])
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_fallback_smoke(tmp_path):
+    """Ours in process, masked SDPA in its worker, interleaved; a missing peer is a note, a peer
+    slower than --max-call-s is skipped with a note."""
+    import bench_fallback
+    path = tmp_path / "fallback.json"
+    bench_fallback.main(["--configs", "1d", "--repeats", "2", "--warmup", "1", "--no-upstream", "--device", "cpu",
+                         "--json", str(path)])
+    payload = json.loads(path.read_text())
+    fwd, both = payload["results"]["1d_fwd"], payload["results"]["1d_fwdbwd"]
+    for row in (fwd, both):
+        assert row["ours_ms"] > 0 and row["masked_sdpa_ms"] > 0 and row["natten_mps_pure_ms"] is None
+    assert any("natten-mps (pure) not measured" in n for n in payload["notes"])
+    bench_fallback.main(["--configs", "1d", "--repeats", "1", "--warmup", "1", "--no-upstream", "--no-backward",
+                         "--device", "cpu", "--max-call-s", "1e-9", "--json", str(path)])
+    payload = json.loads(path.read_text())
+    assert payload["results"]["1d_fwd"]["masked_sdpa_ms"] is None
+    assert any("masked SDPA" in n and "skipped" in n for n in payload["notes"])
