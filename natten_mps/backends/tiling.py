@@ -164,8 +164,8 @@ class TilesMajor:
 
     Queries ``[tiles, rows, B*Hkv, C]`` are gathered with one copy (a view for rank 1 with
     ``B == G == 1``). Keys are zero-padded per axis into ``[*P, B*Hkv, C]`` (``P_i = pad_lo + L_i +
-    pad_hi``); a tile's window is an ``unfold`` view of it, gathered with one copy for rank > 1.
-    Chunks run over the first axis's tiles.
+    pad_hi``); a tile's window is an ``unfold`` view of it for rank 1, and for rank > 1 a row gather
+    (``index_select`` of ``B*Hkv*C``-long rows). Chunks run over the first axis's tiles.
     """
 
     def __init__(self, plans: Sequence[AxisPlan], spatial, B: int, Hkv: int, G: int):
