@@ -69,7 +69,6 @@ def upstream(cfg, device, backward):
 
 def masked_sdpa(cfg, device, backward):
     import natten_mps.semantics as sem
-    rank = len(cfg["spatial"])
     mask = None
     for n in cfg["spatial"]:
         lo, hi = sem.window_bounds(torch.arange(n), n, cfg["kernel"], 1, False)

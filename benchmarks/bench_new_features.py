@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -60,7 +60,7 @@ def cases(tiny: bool = False) -> List[Case]:
         Case("additional_kv", f"1 token, 1D L={L1[0]} K={K}", 1, L1, K, 8, extra_tokens=1, published_ms=1.25, published_mlx_ms=0.54),
         Case("additional_kv", f"4 tokens, 1D L={L1[0]} K={K}", 1, L1, K, 8, extra_tokens=4, published_ms=1.25, published_mlx_ms=0.58),
         Case("additional_kv", f"1 token, 2D {S2[0]}x{S2[1]} K={K}", 2, S2, K, 4, extra_tokens=1, published_ms=2.71, published_mlx_ms=0.79),
-        Case("additional_kv", f"1 token + GQA4, 1D", 1, L1, K, 8, 2, extra_tokens=1, published_ms=1.09, published_mlx_ms=0.46),
+        Case("additional_kv", "1 token + GQA4, 1D", 1, L1, K, 8, 2, extra_tokens=1, published_ms=1.09, published_mlx_ms=0.46),
         Case("bf16", f"1D L={L1[0]} K={K}", 1, L1, K, 8, dtype=torch.bfloat16, published_ms=0.66, published_mlx_ms=0.26),
         Case("bf16", f"2D {S2[0]}x{S2[1]} K={K}", 2, S2, K, 4, dtype=torch.bfloat16, published_ms=2.14, published_mlx_ms=0.45),
         Case("bf16", f"GQA4 1D L={L1[0]} K={K}", 1, L1, K, 8, 2, dtype=torch.bfloat16, published_ms=0.61, published_mlx_ms=0.27),

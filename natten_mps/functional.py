@@ -11,7 +11,7 @@ shared by consecutive query heads and never repeated in memory.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor

@@ -3,7 +3,6 @@
 Written from the rule in natten_mps/semantics.py's docstring (and upstream NATTEN's definition),
 with plain integer loops; it shares no code with the package.
 """
-import itertools
 import math
 
 import torch
