@@ -144,12 +144,23 @@ attention_forward.register_autograd(_attn_backward_rule, setup_context=_attn_set
 # ``torch.compile``/tracing, with tensor subclasses (fake, functional) or an active dispatch mode,
 # the registered ops above are called, so graphs hold one opaque op and the fake kernels apply.
 
+def _mode_probes():
+    """Callables telling whether a mode that must see the registered ops is active (private torch
+    APIs, present in 2.8-2.13; if one is missing, every call takes the registered op)."""
+    C = torch._C
+    try:
+        keys = [getattr(C._TorchDispatchModeKey, name) for name in ("FAKE", "FUNCTIONAL", "PROXY")]
+        return [C._is_torch_function_mode_enabled] + [lambda key=key: C._get_dispatch_mode(key) is not None
+                                                      for key in keys]
+    except AttributeError:
+        return None
+
+
+_MODE_PROBES = _mode_probes()
+
+
 def _eager(*tensors: Tensor) -> bool:
-    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
-        return False
-    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or \
-            torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None or \
-            torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None:
+    if _MODE_PROBES is None or torch.compiler.is_compiling() or any(probe() for probe in _MODE_PROBES):
         return False
     return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
 

@@ -167,3 +167,17 @@ def test_compiled_graph_holds_the_registered_ops():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         assert not ops._eager(torch.empty(1, 9, 2, 4))
+
+
+def test_without_mode_probes_every_call_takes_the_registered_op(monkeypatch):
+    """If torch's private mode probes are missing, the public API still works, through the ops."""
+    natten_mps.set_backend("pure")
+    q = torch.randn(1, 9, 2, 4, requires_grad=True)
+    expected = natten_mps.na1d(q, q, q, 3)
+    monkeypatch.setattr(ops, "_MODE_PROBES", None)
+    assert not ops._eager(q)
+    out = natten_mps.na1d(q, q, q, 3)
+    torch.testing.assert_close(out, expected)
+    assert out.grad_fn is not None and "EagerOp" not in type(out.grad_fn).__name__
+    out.sum().backward()
+    assert q.grad is not None
