@@ -106,11 +106,15 @@ _mask_cache: Dict[tuple, Optional[torch.Tensor]] = {}
 
 
 def _cached(key, build):
-    if key not in _mask_cache:
+    value = _mask_cache.get(key, _MISSING)
+    if value is _MISSING:             # (another thread may clear the cache at any time)
         if len(_mask_cache) > 64:
             _mask_cache.clear()
-        _mask_cache[key] = build()
-    return _mask_cache[key]
+        value = _mask_cache[key] = build()
+    return value
+
+
+_MISSING = object()
 
 
 def tile_mask(plans: Sequence[AxisPlan], t0: int, t1: int, G: int, additive: bool, dtype) -> Optional[torch.Tensor]:
