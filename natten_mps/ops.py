@@ -77,6 +77,12 @@ def _na_backward_fake(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilati
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _incoming(out, dout, dlse):
+    """Gradients reaching (out, lse), contiguous; an unused output's gradient arrives as None."""
+    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+    return dout, None if dlse is None else dlse.contiguous()
+
+
 def _na_setup_context(ctx, inputs, output):
     q, k, v, kernel_size, stride, dilation, is_causal, scale = inputs
     out, lse = output
@@ -87,9 +93,7 @@ def _na_setup_context(ctx, inputs, output):
 
 def _na_backward_rule(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dout = torch.zeros_like(out) if dout is None else dout
-    dlse = None if dlse is None else dlse.contiguous()
-    dq, dk, dv = na_backward(dout.contiguous(), dlse, q, k, v, out, lse, *ctx.params)
+    dq, dk, dv = na_backward(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -128,9 +132,7 @@ def _attn_setup_context(ctx, inputs, output):
 
 def _attn_backward_rule(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dout = torch.zeros_like(out) if dout is None else dout
-    dlse = None if dlse is None else dlse.contiguous()
-    dq, dk, dv = attention_backward(dout.contiguous(), dlse, q, k, v, out, lse, *ctx.params)
+    dq, dk, dv = attention_backward(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None
 
 
@@ -180,9 +182,7 @@ class _EagerOp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
-        dlse = None if dlse is None else dlse.contiguous()
-        dq, dk, dv = ctx.backward_impl(dout, dlse, q, k, v, out, lse, *ctx.params)
+        dq, dk, dv = ctx.backward_impl(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
         return (None, None, None, dq, dk, dv) + (None,) * (ctx.n_args - 3)
 
 
