@@ -78,9 +78,11 @@ def _na_backward_fake(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilati
 
 
 def _incoming(out, dout, dlse):
-    """Gradients reaching (out, lse), contiguous; an unused output's gradient arrives as None."""
-    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
-    return dout, None if dlse is None else dlse.contiguous()
+    """Gradients reaching (out, lse). An unused output's gradient arrives as None: a zero ``dout``
+    becomes a stride-0 view, a zero ``dlse`` stays None. Any strides are fine: the backward
+    implementations read strided views (``out.sum()`` sends a stride-0 ``dout``, not copied)."""
+    dout = out.new_zeros(()).expand(out.shape) if dout is None else dout
+    return dout, dlse
 
 
 def _na_setup_context(ctx, inputs, output):

@@ -1,5 +1,5 @@
-"""The pure path's per-thread scratch buffers: reused across calls, never aliased by outputs, and
-private to each thread."""
+"""The pure path's per-thread kept buffers: reused across calls, never aliased by outputs, private
+to each thread, and bounded."""
 import threading
 
 import torch
@@ -29,10 +29,11 @@ def test_reuse_gives_identical_results_and_outputs_never_alias_a_slot():
         again = _run(fn, _inputs(1, shape), kernel)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
-        slots = [buf.untyped_storage().data_ptr() for buf in workspace._local.pool.values()]
-        assert slots, "the pure path took no workspace buffer"
+        kept = [b for entry, _ in workspace._local.cache.values() for b in (entry.keys, entry.values)]
+        assert kept, "the pure path kept no buffer"
+        storages = {b.untyped_storage().data_ptr() for b in kept}
         for t in again:
-            assert t.untyped_storage().data_ptr() not in slots
+            assert t.untyped_storage().data_ptr() not in storages
 
 
 def test_threads_do_not_share_slots():
@@ -60,11 +61,40 @@ def test_threads_do_not_share_slots():
     assert not errors and results == {s: True for s in range(4)}
 
 
-def test_large_requests_are_not_kept():
+def test_kept_objects_are_bounded_and_large_ones_not_kept():
     workspace.release()
-    big = workspace.take("x", [workspace.MAX_BYTES // 4 + 1], torch.float32, torch.device("cpu"))
-    assert big.numel() == workspace.MAX_BYTES // 4 + 1
-    assert not getattr(workspace._local, "pool", {})
-    small = workspace.take("x", [10], torch.float32, torch.device("cpu"))
-    again = workspace.take("x", [8, 1], torch.float32, torch.device("cpu"))
-    assert small.data_ptr() == again.data_ptr() and again.shape == (8, 1)
+    builds = []
+
+    def build(tag):
+        builds.append(tag)
+        return tag
+
+    assert workspace.kept("big", workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
+    assert workspace.kept("big", workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
+    assert builds == ["big", "big"] and workspace.kept_count() == 0       # built each call, not kept
+    size = workspace.BUDGET // 3
+    for tag in ("a", "b", "c"):
+        workspace.kept(tag, size, lambda tag=tag: build(tag))
+    workspace.kept("a", size, lambda: build("a-again"))                   # a hit: "a" becomes most recent
+    workspace.kept("d", size, lambda: build("d"))                         # over budget: drops "b", the oldest
+    assert workspace.kept_count() == 3
+    workspace.kept("b", size, lambda: build("b-again"))
+    assert builds[-2:] == ["d", "b-again"] and "a-again" not in builds
+    workspace.release()
+    assert workspace.kept_count() == 0
+
+
+def test_alternating_signatures_reuse_their_own_buffers():
+    """Two signatures with different padding alternate on one thread: each call must give exactly
+    the values of the first call of its signature (buffers are refilled, never mixed up)."""
+    natten_mps.set_backend("pure")
+    workspace.release()
+    a = _inputs(3, (2, 30, 2, 8))
+    b = _inputs(4, (1, 45, 2, 8))
+    first = [_run(natten_mps.na1d, a, 7), _run(natten_mps.na1d, b, 9)]
+    for _ in range(2):
+        for (t, k), ref in zip(((a, 7), (b, 9)), first):
+            for x in t:
+                x.grad = None
+            got = _run(natten_mps.na1d, t, k)
+            assert all(torch.equal(x, y) for x, y in zip(got, ref))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -70,12 +72,9 @@ def _fused_route(q: torch.Tensor, v: torch.Tensor) -> bool:
             and q.shape[-1] == v.shape[-1])
 
 
-def _all_finite(*xs: torch.Tensor) -> bool:
-    """One reduction per tensor; a sum overflowing to inf errs on the safe side."""
-    total = xs[0].sum()
-    for x in xs[1:]:
-        total = total + x.sum()
-    return bool(torch.isfinite(total))
+def _finite(x: torch.Tensor) -> bool:
+    """One reduction; a sum overflowing to inf errs on the safe side (a needless redo)."""
+    return math.isfinite(x.sum().item())
 
 
 def _head_mask(mask, heads: int):
@@ -135,30 +134,93 @@ def _matmul_backward(doc, qc, kc, vc, lsec, deltac, outside, scale):
 
 # ---- undilated core ----------------------------------------------------------------------------
 
-def _setup(q, k, v, kernel_size, stride, causal, fused):
-    """Tiling, chunks and compute dtype of one undilated problem (public-order views)."""
+class _Setup(NamedTuple):
+    """Everything about one undilated problem that depends only on its signature (cached)."""
+    tiling: TilesMajor
+    chunks: Tuple[Tuple[int, int], ...]
+    dtype: torch.dtype                      # compute dtype
+    masks: Tuple[Optional[torch.Tensor], ...]   # per chunk, in the route's kernel convention
+    key: tuple                              # the signature it was built for
+
+
+def _setup(q, k, v, kernel_size, stride, causal, fused) -> _Setup:
+    """Tiling, chunks, masks and compute dtype of one undilated problem (public-order views)."""
     rank = q.dim() - 4
     budget = min(_CHUNK_BYTES, _FUSED_WORKING_SET) if fused else _CHUNK_BYTES
-    return _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], tuple(kernel_size),
-                      tuple(stride), tuple(causal), fused, q.dtype, q.device, k.shape[-1] + v.shape[-1], budget,
-                      os.environ.get(f"NATTEN_MPS_TILE_{rank}D"))
+    key = (q.shape, k.shape[-1], v.shape[-1], tuple(kernel_size), tuple(stride), tuple(causal), fused, q.dtype,
+           q.device, budget, os.environ.get(_TILE_ENV[rank]))
+    setup = _SETUPS.get(key)
+    if setup is None:
+        setup = _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], *key[3:7], q.dtype,
+                           q.device, k.shape[-1] + v.shape[-1], budget, key[-1])
+        if len(_SETUPS) >= 256:
+            _SETUPS.clear()
+        _SETUPS[key] = setup
+    return setup
+
+
+_SETUPS: dict = {}
+_TILE_ENV = {r: f"NATTEN_MPS_TILE_{r}D" for r in (1, 2, 3)}
 
 
 @functools.lru_cache(maxsize=256)
 def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, dtype, device, channels, budget, tile_env):
+    key = (spatial, B, Hkv, G, kernel_size, stride, causal, fused, dtype, device, channels, budget, tile_env)
     plans = plans_for(spatial, kernel_size, stride, causal, device)
     tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
     dtype = _compute_dtype(dtype)
-    return tiling, tiling.chunks(budget, dtype.itemsize, fused, channels), dtype
+    chunks = tuple(tiling.chunks(budget, dtype.itemsize, fused, channels))
+    if fused:   # additive, one copy shared by every kernel head
+        masks = tuple(_head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads) for j0, j1 in chunks)
+    else:
+        masks = tuple(tiling.mask(j0, j1, False, dtype) for j0, j1 in chunks)
+    return _Setup(tiling, chunks, dtype, masks, key)
 
 
-def _key_value_windows_storage(tiling, k, v, dtype, chunks):
-    """Padded key/value buffers and gathered-window scratch, from this thread's workspace (they
-    never outlive the call)."""
-    slot = lambda name: functools.partial(workspace.take, name)  # noqa: E731
-    kb, vb = tiling.key_buffer(k, dtype, slot("keys")), tiling.key_buffer(v, dtype, slot("values"))
-    return (kb, vb, tiling.window_scratch(kb, chunks, slot("key windows")),
-            tiling.window_scratch(vb, chunks, slot("value windows")))
+class _KeyValueBuffers:
+    """Padded key and value buffers of one problem signature, with their interiors (where each call
+    copies its keys and values), gathered-window scratch (rank > 1) and, for rank 1, every chunk's
+    windows as views. Kept per thread across calls on CPU (:func:`workspace.kept`)."""
+
+    def __init__(self, setup, key_channels: int, value_channels: int, device):
+        tiling, dtype = setup.tiling, setup.dtype
+        self.keys, self.key_in = tiling.new_key_buffer(key_channels, dtype, device)
+        self.values, self.value_in = tiling.new_key_buffer(value_channels, dtype, device)
+        rows = tiling.window_scratch_rows(setup.chunks)
+        self.scratch = [torch.empty(rows, b.shape[-2] * b.shape[-1], dtype=dtype, device=device) if rows else None
+                        for b in (self.keys, self.values)]
+        self.views = None
+        if tiling.rank == 1:
+            self.views = [(tiling.key_windows(self.keys, j0, j1), tiling.key_windows(self.values, j0, j1))
+                          for j0, j1 in setup.chunks]
+
+    @staticmethod
+    def nbytes(setup, key_channels: int, value_channels: int) -> int:
+        tiling, size = setup.tiling, setup.dtype.itemsize
+        scratch = tiling.window_scratch_rows(setup.chunks) * tiling.heads
+        return (tiling.key_buffer_bytes(key_channels, size) + tiling.key_buffer_bytes(value_channels, size)
+                + scratch * (key_channels + value_channels) * size)
+
+    def fill(self, k: torch.Tensor, v: torch.Tensor) -> "_KeyValueBuffers":
+        self.key_in.copy_(k)
+        self.value_in.copy_(v)
+        return self
+
+    def windows(self, tiling, index: int, j0: int, j1: int):
+        """Chunk ``index`` (tiles ``j0:j1``): keys and values ``[c*rest, prod(U), heads, C]``."""
+        if self.views is not None:
+            return self.views[index]
+        return (tiling.key_windows(self.keys, j0, j1, self.scratch[0]),
+                tiling.key_windows(self.values, j0, j1, self.scratch[1]))
+
+
+def _key_value_buffers(setup, k, v) -> _KeyValueBuffers:
+    """This call's key/value buffers holding ``k`` and ``v``; they never outlive the call."""
+    Dk, Dv = k.shape[-1], v.shape[-1]
+    build = functools.partial(_KeyValueBuffers, setup, Dk, Dv, k.device)
+    if k.device.type != "cpu":
+        return build().fill(k, v)
+    return workspace.kept((setup.key, Dk, Dv), _KeyValueBuffers.nbytes(setup, Dk, Dv), build).fill(k, v)
 
 
 def _rows(x: torch.Tensor, tiling, j0: int, j1: int, chunks) -> torch.Tensor:
@@ -174,27 +236,28 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
     """
     if _fused_route(q, v):
         out, lse = _tiled_forward(q, k, v, kernel_size, stride, causal, scale, True)
-        if _all_finite(out, lse):
+        # A leak (a NaN score, or 0 * a non-finite value) puts a NaN into its row's output.
+        if _finite(out):
             return out, lse
     return _tiled_forward(q, k, v, kernel_size, stride, causal, scale, False)
 
 
 def _tiled_forward(q, k, v, kernel_size, stride, causal, scale, fused):
-    tiling, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal, fused)
+    setup = _setup(q, k, v, kernel_size, stride, causal, fused)
+    tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
     qt = tiling.queries(q, dtype)
     if not fused:
         qt = qt * scale
-    kb, vb, ks, vs = _key_value_windows_storage(tiling, k, v, dtype, chunks)
+    kv = _key_value_buffers(setup, k, v)
     out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
     lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
-    for j0, j1 in chunks:
+    for index, ((j0, j1), mask) in enumerate(zip(chunks, setup.masks)):
         qc = _rows(qt, tiling, j0, j1, chunks)
-        kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
+        kc, vc = kv.windows(tiling, index, j0, j1)
         if fused:
-            o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale,
-                              attn_mask=_head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads))
+            o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale, attn_mask=mask)
         else:
-            o, m = _matmul_forward(qc, kc, vc, tiling.mask(j0, j1, False, dtype))
+            o, m = _matmul_forward(qc, kc, vc, mask)
         out.add(j0, j1, o.transpose(1, 2))
         lse.add(j0, j1, m.transpose(1, 2).unsqueeze(-1))
     return out.result(), lse.result()[..., 0]
@@ -206,13 +269,14 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
     args = (dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale)
     if _fused_route(q, v):
         dq, dk, dv = _tiled_backward(*args, True)
-        if _all_finite(dq):      # a leak through a masked entry always reaches some query's gradient
+        if _finite(dq):      # a leak through a masked entry always reaches some query's gradient
             return dq, dk, dv
     return _tiled_backward(*args, False)
 
 
 def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale, fused):
-    tiling, chunks, dtype = _setup(q, k, v, kernel_size, stride, causal, fused)
+    setup = _setup(q, k, v, kernel_size, stride, causal, fused)
+    tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
     qt, dot = tiling.queries(q, dtype), tiling.queries(dout, dtype)
     lset = tiling.queries(lse.unsqueeze(-1), dtype)[..., 0]
     if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
@@ -224,20 +288,18 @@ def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, 
         if dlse is not None:
             delta = delta - dlse.to(dtype)
         deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
-    kb, vb, ks, vs = _key_value_windows_storage(tiling, k, v, dtype, chunks)
-    dkb, dvb = tiling.key_grad_buffer(kb, chunks), tiling.key_grad_buffer(vb, chunks)
+    kv = _key_value_buffers(setup, k, v)
+    dkb, dvb = tiling.key_grad_buffer(kv.keys, chunks), tiling.key_grad_buffer(kv.values, chunks)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
-    for j0, j1 in chunks:
+    for index, ((j0, j1), mask) in enumerate(zip(chunks, setup.masks)):
         rows = functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
-        kc, vc = tiling.key_windows(kb, j0, j1, ks), tiling.key_windows(vb, j0, j1, vs)
+        kc, vc = kv.windows(tiling, index, j0, j1)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(
                 *_heads_major(rows(dot), rows(qt), kc, vc, rows(ot), rows(lset)),
-                None if dlset is None else rows(dlset).transpose(1, 2),
-                _head_mask(tiling.mask(j0, j1, True, dtype), tiling.heads), scale)
+                None if dlset is None else rows(dlset).transpose(1, 2), mask, scale)
         else:
-            dqc, dkc, dvc = _matmul_backward(rows(dot), rows(qt), kc, vc, rows(lset), rows(deltat),
-                                             tiling.mask(j0, j1, False, dtype), scale)
+            dqc, dkc, dvc = _matmul_backward(rows(dot), rows(qt), kc, vc, rows(lset), rows(deltat), mask, scale)
         dq.add(j0, j1, dqc.transpose(1, 2))
         tiling.scatter_keys(dkb, dkc.transpose(1, 2), j0, j1)
         tiling.scatter_keys(dvb, dvc.transpose(1, 2), j0, j1)
@@ -344,7 +406,7 @@ def _public(x: torch.Tensor, batch: int, heads_kv: int, dtype) -> torch.Tensor:
 
 def _dense_fused_ok(q, k, v, is_causal: bool) -> bool:
     """Non-causal: no entry is masked, so nothing can leak. Causal: finite keys and values."""
-    return _fused_route(q, v) and (not is_causal or _all_finite(k, v))
+    return _fused_route(q, v) and (not is_causal or (_finite(k) and _finite(v)))
 
 
 def _dense_fused_layout(qi, ki, vi, is_causal):

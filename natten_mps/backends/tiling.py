@@ -176,6 +176,7 @@ class TilesMajor:
         self.plans, self.spatial, self.B, self.Hkv, self.G = tuple(plans), tuple(spatial), B, Hkv, G
         self.rank = len(plans)
         self.padded = [p.n_tiles * p.tile for p in plans]          # query axes in whole tiles
+        self.whole = self.padded == list(self.spatial)              # no query padding needed
         self.rest = math.prod(p.n_tiles for p in plans[1:])        # tiles per first-axis tile
         self.rows = math.prod(p.tile for p in plans) * G
         self.union = math.prod(p.union for p in plans)
@@ -199,7 +200,7 @@ class TilesMajor:
 
     def queries(self, x: torch.Tensor, dtype) -> torch.Tensor:
         """Public-order ``[B, *L, Hkv, G, C]`` (any strides) -> ``[outer*rest, rows, heads, C]``."""
-        x = _pad_axes(x.to(dtype), 1, self.padded)
+        x = _pad_axes(x if x.dtype == dtype else x.to(dtype), 1, self.padded)
         x = self.split(x).permute(self._perm())
         return x.reshape(self.outer * self.rest, self.rows, self.heads, x.shape[-1])
 
@@ -210,17 +211,18 @@ class TilesMajor:
         return t.reshape(shape).permute(_inverse(self._perm()))
 
     # keys
-    def key_buffer(self, x: torch.Tensor, dtype, alloc=torch.empty) -> torch.Tensor:
-        """Public ``[B, *L, Hkv, C]`` -> zero-margined ``[*P, B*Hkv, C]`` in memory from
-        ``alloc(shape, dtype, device)``."""
+    def key_buffer_bytes(self, channels: int, itemsize: int) -> int:
+        return math.prod(p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial)) * self.heads * channels * itemsize
+
+    def new_key_buffer(self, channels: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A zeroed, padded key buffer ``[*P, B*Hkv, C]`` (``P_i = pad_lo + L_i + pad_hi``) and the
+        public-order view ``[B, *L, Hkv, C]`` of its interior: keys are copied in there, the
+        margins stay zero."""
         r = self.rank
         P = [p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial)]
-        buf = alloc(P + [self.B, self.Hkv, x.shape[-1]], dtype, x.device)
-        for i, (p, n) in enumerate(zip(self.plans, self.spatial)):
-            buf.narrow(i, 0, p.pad_lo).zero_()
-            buf.narrow(i, p.pad_lo + n, p.pad_hi).zero_()
-        buf[self._interior()].copy_(x.permute(*range(1, r + 1), 0, r + 1, r + 2))
-        return buf.view(P + [self.heads, x.shape[-1]])
+        buf = torch.zeros(P + [self.B, self.Hkv, channels], dtype=dtype, device=device)
+        interior = buf[self._interior()].permute(r, *range(r), r + 1, r + 2)
+        return buf.view(P + [self.heads, channels]), interior
 
     def _interior(self):
         return tuple(slice(p.pad_lo, p.pad_lo + n) for p, n in zip(self.plans, self.spatial))
@@ -247,13 +249,10 @@ class TilesMajor:
             return lin.reshape(-1).to(device)
         return _cached((self.plans, "rows", j0, j1, device), build)
 
-    def window_scratch(self, buf: torch.Tensor, chunks: Sequence[Tuple[int, int]],
-                       alloc=torch.empty) -> Optional[torch.Tensor]:
-        """A reusable output for :meth:`key_windows` of every chunk (None for rank 1: windows are views)."""
-        if self.rank == 1:
-            return None
-        most = max(j1 - j0 for j0, j1 in chunks) * self.rest * self.union
-        return alloc([most, buf.shape[-2] * buf.shape[-1]], buf.dtype, buf.device)
+    def window_scratch_rows(self, chunks: Sequence[Tuple[int, int]]) -> int:
+        """Rows (of ``heads * C``) of the reusable output of :meth:`key_windows` (0 for rank 1:
+        windows are views)."""
+        return 0 if self.rank == 1 else max(j1 - j0 for j0, j1 in chunks) * self.rest * self.union
 
     def key_windows(self, buf: torch.Tensor, j0: int, j1: int, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Buffer -> ``[c*rest, prod(U), heads, C]``, the keys of chunk ``j0:j1``.
@@ -324,27 +323,30 @@ class BatchMajor1D(TilesMajor):
         return (slice(j0, j1),)
 
     def queries(self, x, dtype):
-        x = _pad_axes(x.to(dtype), 1, self.padded)                      # [B, S, Hkv, G, C]
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if not self.whole:
+            x = _pad_axes(x, 1, self.padded)                            # [B, S, Hkv, G, C]
+        if self.G == 1:
+            return x.view(self.outer, self.rows, self.Hkv, x.shape[-1]) if x.is_contiguous() else \
+                x.reshape(self.outer, self.rows, self.Hkv, x.shape[-1])
         return x.transpose(2, 3).reshape(self.outer, self.rows, self.Hkv, x.shape[-1])
 
     def from_tiles(self, t):
         return t.reshape(t.shape[0], self.plans[0].tile, self.G, self.Hkv, t.shape[-1]).transpose(2, 3)
 
-    def key_buffer(self, x, dtype, alloc=torch.empty):
-        p, L = self.plans[0], self.spatial[0]
-        buf = alloc([self.n_rows, self.Hkv, x.shape[-1]], dtype, x.device)
-        data = buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, -1)
-        if self.S == L:
-            buf[:p.pad_lo].zero_()
-            buf[p.pad_lo + self.B * self.S:].zero_()
-        else:
-            buf.zero_()
-        data[:, :L].copy_(x)
-        return buf
+    def key_buffer_bytes(self, channels, itemsize):
+        return self.n_rows * self.Hkv * channels * itemsize
+
+    def new_key_buffer(self, channels, dtype, device):
+        p = self.plans[0]
+        buf = torch.zeros([self.n_rows, self.Hkv, channels], dtype=dtype, device=device)
+        data = buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, channels)
+        return buf, data[:, :self.spatial[0]] if self.S != self.spatial[0] else data
 
     def crop_keys(self, buf):
-        p = self.plans[0]
-        return buf.narrow(0, p.pad_lo, self.B * self.S).view(self.B, self.S, self.Hkv, -1)[:, :self.spatial[0]]
+        keys = buf[self.plans[0].pad_lo:self.plans[0].pad_lo + self.B * self.S].view(self.B, self.S, self.Hkv, -1)
+        return keys if self.whole else keys[:, :self.spatial[0]]
 
     def key_grad_buffer(self, buf, chunks):
         """With one chunk, the first blocks of the windows tile rows ``[0, outer*T)`` exactly once
@@ -410,6 +412,6 @@ class Untiler:
             self.tiling.split(self.buf)[self.tiling.chunk_index(j0, j1)].copy_(piece)
 
     def result(self) -> torch.Tensor:
-        if list(self.tiling.spatial) == self.tiling.padded:
+        if self.tiling.whole:
             return self.buf
         return self.buf[(slice(None),) + tuple(slice(0, n) for n in self.tiling.spatial)]
