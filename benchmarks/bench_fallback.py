@@ -7,9 +7,10 @@ Peers: natten-mps's pure backend (installed in its own folder, since it shares o
     python benchmarks/bench_fallback.py [--device cpu|cuda] [--repeats 20] [--warmup 3] [--json out.json]
         [--natten-mps-path DIR] [--configs 1d 2d32 ...] [--no-backward] [--no-upstream] [--memory]
 
-Each peer runs in a worker process of its own (so its imports and allocations do not touch ours),
-and all contenders are timed in alternating rounds of a few calls: a slow phase of a shared
-machine then slows every column alike, and the ratios stay meaningful. Medians are printed.
+Every contender, this project included, runs in a worker process of its own (the same start-up for
+all, and no import or allocation of one touches another), and all are timed in alternating rounds
+of a few calls: a slow phase of a shared machine then slows every column alike, and the ratios
+stay meaningful. Medians are printed.
 """
 from __future__ import annotations
 
@@ -103,8 +104,6 @@ def worker_main(kind: str, device: str, max_call_s: float = float("inf")) -> Non
 
     A contender whose first call on a config takes longer than ``max_call_s`` is skipped there."""
     warnings.filterwarnings("ignore")
-    if os.environ.get("WARMALLOC"):
-        x = torch.empty(16 << 20, dtype=torch.uint8); del x
     runners = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -159,18 +158,6 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
-
-
-def local_sampler(run, device: str, warmup: int):
-    state = {"warm": False}
-
-    def sample(n: int) -> List[float]:
-        if not state["warm"]:
-            for _ in range(warmup):
-                run()
-            state["warm"] = True
-        return harness.sample_ms(run, device, n)
-    return sample
 
 
 def peak_extra_memory(name: str) -> Dict[str, float]:
