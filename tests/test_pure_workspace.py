@@ -69,16 +69,16 @@ def test_kept_objects_are_bounded_and_large_ones_not_kept():
         builds.append(tag)
         return tag
 
-    assert workspace.kept("big", workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
-    assert workspace.kept("big", workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
+    assert workspace.kept("big", lambda: workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
+    assert workspace.kept("big", lambda: workspace.MAX_BYTES + 1, lambda: build("big")) == "big"
     assert builds == ["big", "big"] and workspace.kept_count() == 0       # built each call, not kept
     size = workspace.BUDGET // 3
     for tag in ("a", "b", "c"):
-        workspace.kept(tag, size, lambda tag=tag: build(tag))
-    workspace.kept("a", size, lambda: build("a-again"))                   # a hit: "a" becomes most recent
-    workspace.kept("d", size, lambda: build("d"))                         # over budget: drops "b", the oldest
+        workspace.kept(tag, lambda: size, lambda tag=tag: build(tag))
+    workspace.kept("a", lambda: size, lambda: build("a-again"))                   # a hit: "a" becomes most recent
+    workspace.kept("d", lambda: size, lambda: build("d"))                         # over budget: drops "b", the oldest
     assert workspace.kept_count() == 3
-    workspace.kept("b", size, lambda: build("b-again"))
+    workspace.kept("b", lambda: size, lambda: build("b-again"))
     assert builds[-2:] == ["d", "b-again"] and "a-again" not in builds
     workspace.release()
     assert workspace.kept_count() == 0

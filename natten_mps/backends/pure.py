@@ -190,28 +190,50 @@ class _KeyValueBuffers:
         self.scratch = [torch.empty(rows, b.shape[-2] * b.shape[-1], dtype=dtype, device=device) if rows else None
                         for b in (self.keys, self.values)]
         self.views = None
-        if tiling.rank == 1:
+        if tiling.rank == 1:   # [c, U, heads, C] views, and the kernel's heads-major [c, heads, U, C]
             self.views = [(tiling.key_windows(self.keys, j0, j1), tiling.key_windows(self.values, j0, j1))
                           for j0, j1 in setup.chunks]
+            self.views = [(k, v, k.transpose(1, 2), v.transpose(1, 2)) for k, v in self.views]
+        self.setup, self.device, self._padded = setup, device, {}
 
     @staticmethod
     def nbytes(setup, key_channels: int, value_channels: int) -> int:
         tiling, size = setup.tiling, setup.dtype.itemsize
         scratch = tiling.window_scratch_rows(setup.chunks) * tiling.heads
+        padded = 0 if not _pads_queries(setup) else \
+            math.prod(tiling.padded) * tiling.B * tiling.Hkv * tiling.G * (3 * key_channels + value_channels + 2)
         return (tiling.key_buffer_bytes(key_channels, size) + tiling.key_buffer_bytes(value_channels, size)
-                + scratch * (key_channels + value_channels) * size)
+                + scratch * (key_channels + value_channels) * size + padded * size)
+
+    def padded(self, name: str, channels: int) -> Optional[torch.Tensor]:
+        """A reusable zero-tailed ``[B, *padded, Hkv, G, C]`` buffer for query-shaped input ``name``
+        (batch-major tiling with a partial last tile), else None."""
+        if not _pads_queries(self.setup):
+            return None
+        buf = self._padded.get(name)
+        if buf is None:
+            t = self.setup.tiling
+            buf = self._padded[name] = torch.zeros([t.B] + t.padded + [t.Hkv, t.G, channels],
+                                                   dtype=self.setup.dtype, device=self.device)
+        return buf
 
     def fill(self, k: torch.Tensor, v: torch.Tensor) -> "_KeyValueBuffers":
         self.key_in.copy_(k)
         self.value_in.copy_(v)
         return self
 
-    def windows(self, tiling, index: int, j0: int, j1: int):
-        """Chunk ``index`` (tiles ``j0:j1``): keys and values ``[c*rest, prod(U), heads, C]``."""
+    def windows(self, tiling, index: int, j0: int, j1: int, heads_major: bool):
+        """Chunk ``index`` (tiles ``j0:j1``): keys and values ``[c*rest, prod(U), heads, C]``, or
+        ``[c*rest, heads, prod(U), C]`` when ``heads_major``."""
         if self.views is not None:
-            return self.views[index]
-        return (tiling.key_windows(self.keys, j0, j1, self.scratch[0]),
-                tiling.key_windows(self.values, j0, j1, self.scratch[1]))
+            return self.views[index][2:] if heads_major else self.views[index][:2]
+        kc = tiling.key_windows(self.keys, j0, j1, self.scratch[0])
+        vc = tiling.key_windows(self.values, j0, j1, self.scratch[1])
+        return (kc.transpose(1, 2), vc.transpose(1, 2)) if heads_major else (kc, vc)
+
+
+def _pads_queries(setup) -> bool:
+    return isinstance(setup.tiling, BatchMajor1D) and not setup.tiling.whole
 
 
 def _key_value_buffers(setup, k, v) -> _KeyValueBuffers:
@@ -220,7 +242,18 @@ def _key_value_buffers(setup, k, v) -> _KeyValueBuffers:
     build = functools.partial(_KeyValueBuffers, setup, Dk, Dv, k.device)
     if k.device.type != "cpu":
         return build().fill(k, v)
-    return workspace.kept((setup.key, Dk, Dv), _KeyValueBuffers.nbytes(setup, Dk, Dv), build).fill(k, v)
+    nbytes = functools.partial(_KeyValueBuffers.nbytes, setup, Dk, Dv)
+    return workspace.kept((setup.key, Dk, Dv), nbytes, build).fill(k, v)
+
+
+def _queries(tiling, x, dtype, kv: _KeyValueBuffers, name: str) -> torch.Tensor:
+    """``tiling.queries`` of ``x``, padded (when needed) in this signature's kept buffer ``name``."""
+    padded = kv.padded(name, x.shape[-1])
+    return tiling.queries(x, dtype) if padded is None else tiling.queries(x, dtype, padded)
+
+
+def _identity(x):
+    return x
 
 
 def _rows(x: torch.Tensor, tiling, j0: int, j1: int, chunks) -> torch.Tensor:
@@ -245,17 +278,17 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
 def _tiled_forward(q, k, v, kernel_size, stride, causal, scale, fused):
     setup = _setup(q, k, v, kernel_size, stride, causal, fused)
     tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
-    qt = tiling.queries(q, dtype)
+    kv = _key_value_buffers(setup, k, v)
+    qt = _queries(tiling, q, dtype, kv, "q")
     if not fused:
         qt = qt * scale
-    kv = _key_value_buffers(setup, k, v)
     out = Untiler(tiling, v.shape[-1], len(chunks), dtype, q.device)
     lse = Untiler(tiling, 1, len(chunks), dtype, q.device)
     for index, ((j0, j1), mask) in enumerate(zip(chunks, setup.masks)):
         qc = _rows(qt, tiling, j0, j1, chunks)
-        kc, vc = kv.windows(tiling, index, j0, j1)
+        kc, vc = kv.windows(tiling, index, j0, j1, fused)
         if fused:
-            o, m = _flash_fwd(*_heads_major(qc, kc, vc), 0.0, False, scale=scale, attn_mask=mask)
+            o, m = _flash_fwd(qc.transpose(1, 2), kc, vc, 0.0, False, scale=scale, attn_mask=mask)
         else:
             o, m = _matmul_forward(qc, kc, vc, mask)
         out.add(j0, j1, o.transpose(1, 2))
@@ -277,26 +310,26 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
 def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale, fused):
     setup = _setup(q, k, v, kernel_size, stride, causal, fused)
     tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
-    qt, dot = tiling.queries(q, dtype), tiling.queries(dout, dtype)
-    lset = tiling.queries(lse.unsqueeze(-1), dtype)[..., 0]
+    kv = _key_value_buffers(setup, k, v)
+    qt, dot = _queries(tiling, q, dtype, kv, "q"), _queries(tiling, dout, dtype, kv, "dout")
+    lset = _queries(tiling, lse.unsqueeze(-1), dtype, kv, "lse")[..., 0]
     if fused:   # the kernel forms rowsum(dO * O) itself; a nonzero dlse rides on an extra channel
-        ot = tiling.queries(out, dtype)
-        dlset = None if dlse is None else tiling.queries(dlse.unsqueeze(-1), dtype)[..., 0]
+        ot = _queries(tiling, out, dtype, kv, "out")
+        dlset = None if dlse is None else _queries(tiling, dlse.unsqueeze(-1), dtype, kv, "dlse")[..., 0]
     else:
         qt = qt * scale
         delta = (dout.to(dtype) * out.to(dtype)).sum(-1)
         if dlse is not None:
             delta = delta - dlse.to(dtype)
         deltat = tiling.queries(delta.unsqueeze(-1), dtype)[..., 0]
-    kv = _key_value_buffers(setup, k, v)
     dkb, dvb = tiling.key_grad_buffer(kv.keys, chunks), tiling.key_grad_buffer(kv.values, chunks)
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for index, ((j0, j1), mask) in enumerate(zip(chunks, setup.masks)):
-        rows = functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
-        kc, vc = kv.windows(tiling, index, j0, j1)
+        rows = _identity if len(chunks) == 1 else functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
+        kc, vc = kv.windows(tiling, index, j0, j1, fused)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(
-                *_heads_major(rows(dot), rows(qt), kc, vc, rows(ot), rows(lset)),
+                *_heads_major(rows(dot), rows(qt)), kc, vc, *_heads_major(rows(ot), rows(lset)),
                 None if dlset is None else rows(dlset).transpose(1, 2), mask, scale)
         else:
             dqc, dkc, dvc = _matmul_backward(rows(dot), rows(qt), kc, vc, rows(lset), rows(deltat), mask, scale)
@@ -330,6 +363,11 @@ def _run_groups(core, dilation, spatial, inputs, results):
             dst[index] = src
 
 
+def _split_heads(x: torch.Tensor, Hkv: int, G: int) -> torch.Tensor:
+    """``[..., H, C]`` -> ``[..., Hkv, G, C]`` (a view for any strides: one dim is split)."""
+    return x.view(x.shape[:-2] + (Hkv, G, x.shape[-1]))
+
+
 def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
     """Neighborhood attention forward. ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D(v)]``.
 
@@ -340,14 +378,14 @@ def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
     out_shape, lse_shape = q.shape[:-1] + (v.shape[-1],), q.shape[:-1]
     if q.numel() == 0:
         return q.new_empty(out_shape), q.new_empty(lse_shape, dtype=lse_dtype(q.dtype))
-    qg = q.unflatten(-2, (Hkv, G))
+    qg = _split_heads(q, Hkv, G)
     core = functools.partial(_core_forward, kernel_size=kernel_size, stride=stride, causal=is_causal, scale=scale)
     if all(d == 1 for d in dilation):
         o, l = core(qg, k, v)
         return _materialize(o, out_shape, q.dtype), _materialize(l, lse_shape, lse_dtype(q.dtype))
     out, lse = q.new_empty(out_shape), q.new_empty(lse_shape, dtype=lse_dtype(q.dtype))
     _run_groups(core, dilation, q.shape[1:-2], (qg, k, v),
-                (out.unflatten(-2, (Hkv, G)), lse.unflatten(-1, (Hkv, G))))
+                (_split_heads(out, Hkv, G), lse.view(lse.shape[:-1] + (Hkv, G))))
     return out, lse
 
 
@@ -357,8 +395,8 @@ def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     Hkv = k.shape[-2]
     G = q.shape[-2] // Hkv
-    heads = lambda x: x.unflatten(-2, (Hkv, G))   # noqa: E731  [.., H, C] -> [.., Hkv, G, C]
-    rows = lambda x: x.unflatten(-1, (Hkv, G))    # noqa: E731  [.., H] -> [.., Hkv, G]
+    heads = functools.partial(_split_heads, Hkv=Hkv, G=G)              # [.., H, C] -> [.., Hkv, G, C]
+    rows = lambda x: x.view(x.shape[:-1] + (Hkv, G))    # noqa: E731  [.., H] -> [.., Hkv, G]
     dlse = None if dlse is None or not bool(dlse.any()) else rows(dlse)
     inputs = (heads(dout), dlse, heads(q), k, v, heads(out), rows(lse))
     core = functools.partial(_core_backward, kernel_size=kernel_size, stride=stride, causal=is_causal, scale=scale)

@@ -322,11 +322,17 @@ class BatchMajor1D(TilesMajor):
     def chunk_index(self, j0, j1):
         return (slice(j0, j1),)
 
-    def queries(self, x, dtype):
-        if x.dtype != dtype:
-            x = x.to(dtype)
+    def queries(self, x, dtype, padded=None):
+        """As :meth:`TilesMajor.queries`; ``padded``: a reusable ``[B, S, Hkv, G, C]`` buffer whose
+        rows past ``L`` are zero, used instead of a fresh padded copy when ``L < S``."""
         if not self.whole:
-            x = _pad_axes(x, 1, self.padded)                            # [B, S, Hkv, G, C]
+            if padded is None:
+                x = _pad_axes(x.to(dtype), 1, self.padded)              # [B, S, Hkv, G, C]
+            else:
+                padded[:, :self.spatial[0]].copy_(x)
+                x = padded
+        elif x.dtype != dtype:
+            x = x.to(dtype)
         if self.G == 1:
             return x.view(self.outer, self.rows, self.Hkv, x.shape[-1]) if x.is_contiguous() else \
                 x.reshape(self.outer, self.rows, self.Hkv, x.shape[-1])

@@ -27,11 +27,10 @@ _local = threading.local()
 T = TypeVar("T")
 
 
-def kept(key: Hashable, nbytes: int, build: Callable[[], T]) -> T:
-    """This thread's object for ``key``, made by ``build()`` (holding ``nbytes`` of buffers) on first
-    use and kept while it is among the most recently used within ``BUDGET``."""
-    if nbytes > MAX_BYTES:
-        return build()
+def kept(key: Hashable, nbytes: Callable[[], int], build: Callable[[], T]) -> T:
+    """This thread's object for ``key``, made by ``build()`` on first use and kept while it is among
+    the most recently used within ``BUDGET``. ``nbytes()``: the bytes of buffers it will hold (asked
+    on a miss only)."""
     cache = _local.__dict__.get("cache")
     if cache is None:
         cache = _local.cache = OrderedDict()
@@ -40,12 +39,15 @@ def kept(key: Hashable, nbytes: int, build: Callable[[], T]) -> T:
     if entry is not None:
         cache.move_to_end(key)
         return entry[0]
+    size = nbytes()
+    if size > MAX_BYTES:
+        return build()
     value = build()
-    cache[key] = (value, nbytes)
-    _local.nbytes += nbytes
+    cache[key] = (value, size)
+    _local.nbytes += size
     while _local.nbytes > BUDGET:
-        _, (_, size) = cache.popitem(last=False)
-        _local.nbytes -= size
+        _, (_, dropped) = cache.popitem(last=False)
+        _local.nbytes -= dropped
     return value
 
 
