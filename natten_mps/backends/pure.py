@@ -143,15 +143,16 @@ class _Setup(NamedTuple):
     key: tuple                              # the signature it was built for
 
 
-def _setup(q, k, v, kernel_size, stride, causal, fused) -> _Setup:
-    """Tiling, chunks, masks and compute dtype of one undilated problem (public-order views)."""
+def _setup(q, k, v, kernel_size, stride, causal, fused, forward: bool) -> _Setup:
+    """Tiling, chunks, masks and compute dtype of one undilated problem (public-order views), for
+    the forward or the backward pass (their best tiles may differ)."""
     rank = q.dim() - 4
     budget = min(_CHUNK_BYTES, _FUSED_WORKING_SET) if fused else _CHUNK_BYTES
-    key = (q.shape, k.shape[-1], v.shape[-1], tuple(kernel_size), tuple(stride), tuple(causal), fused, q.dtype,
-           q.device, budget, os.environ.get(_TILE_ENV[rank]))
+    key = (q.shape, k.shape[-1], v.shape[-1], tuple(kernel_size), tuple(stride), tuple(causal), fused,
+           fused and forward, q.dtype, q.device, budget, os.environ.get(_TILE_ENV[rank]))
     setup = _SETUPS.get(key)
     if setup is None:
-        setup = _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], *key[3:7], q.dtype,
+        setup = _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], *key[3:8], q.dtype,
                            q.device, k.shape[-1] + v.shape[-1], budget, key[-1])
         if len(_SETUPS) >= 256:
             _SETUPS.clear()
@@ -164,9 +165,11 @@ _TILE_ENV = {r: f"NATTEN_MPS_TILE_{r}D" for r in (1, 2, 3)}
 
 
 @functools.lru_cache(maxsize=256)
-def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, dtype, device, channels, budget, tile_env):
-    key = (spatial, B, Hkv, G, kernel_size, stride, causal, fused, dtype, device, channels, budget, tile_env)
-    plans = plans_for(spatial, kernel_size, stride, causal, device)
+def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_forward, dtype, device, channels,
+               budget, tile_env):
+    key = (spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_forward, dtype, device, channels, budget,
+           tile_env)
+    plans = plans_for(spatial, kernel_size, stride, causal, device, flash_forward)
     tiling = (BatchMajor1D if fused and len(spatial) == 1 else TilesMajor)(plans, spatial, B, Hkv, G)
     dtype = _compute_dtype(dtype)
     chunks = tuple(tiling.chunks(budget, dtype.itemsize, fused, channels))
@@ -276,7 +279,7 @@ def _core_forward(q, k, v, kernel_size, stride, causal, scale):
 
 
 def _tiled_forward(q, k, v, kernel_size, stride, causal, scale, fused):
-    setup = _setup(q, k, v, kernel_size, stride, causal, fused)
+    setup = _setup(q, k, v, kernel_size, stride, causal, fused, True)
     tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
     kv = _key_value_buffers(setup, k, v)
     qt = _queries(tiling, q, dtype, kv, "q")
@@ -308,7 +311,7 @@ def _core_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, s
 
 
 def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, scale, fused):
-    setup = _setup(q, k, v, kernel_size, stride, causal, fused)
+    setup = _setup(q, k, v, kernel_size, stride, causal, fused, False)
     tiling, chunks, dtype = setup.tiling, setup.chunks, setup.dtype
     kv = _key_value_buffers(setup, k, v)
     qt, dot = _queries(tiling, q, dtype, kv, "q"), _queries(tiling, dout, dtype, kv, "dout")
