@@ -6,11 +6,14 @@ Peers: natten-mps's pure backend (installed in its own folder, since it shares o
 
     python benchmarks/bench_fallback.py [--device cpu|cuda] [--repeats 20] [--warmup 3] [--json out.json]
         [--natten-mps-path DIR] [--configs 1d 2d32 ...] [--no-backward] [--no-upstream] [--memory]
+        [--max-call-s 30] [--settle-ms 50]
 
 Every contender, this project included, runs in a worker process of its own (the same start-up for
 all, and no import or allocation of one touches another), and all are timed in alternating rounds
 of a few calls: a slow phase of a shared machine then slows every column alike, and the ratios
-stay meaningful. Medians are printed.
+stay meaningful. Each round starts after a short pause (``--settle-ms``): a worker that just ran
+leaves OpenMP threads busy-waiting for a few milliseconds, and on a 2-core machine they would slow
+the short round of the next (fast) contender. Medians are printed.
 """
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ class Worker:
         else:
             setup = f"sys.path[:0] = [{HERE!r}, {root!r}]"
         code = (f"import sys\n{setup}\nimport bench_fallback as bf\n"
-                f"bf.worker_main({kind!r}, {device!r}, {float(max_call_s)!r})\n")
+                f"bf.worker_main({kind!r}, {device!r}, float({str(float(max_call_s))!r}))\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=HERE)
 
@@ -213,11 +216,14 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true", help="measure peak extra memory of the 2D 128x128 forward")
     ap.add_argument("--max-call-s", type=float, default=30.0,
                     help="skip a peer on a config where one call takes longer than this (seconds)")
+    ap.add_argument("--settle-ms", type=float, default=50.0,
+                    help="pause before each timing round, so the previous worker's idle threads stop "
+                         "spinning on the shared cores (see harness.interleaved_medians)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     notes, results, failures = [], {}, {}
-    workers = {"ours": Worker("ours", args.device, max_call_s=args.max_call_s),
+    workers = {"ours": Worker("ours", args.device),   # --max-call-s is for peers
                "sdpa": Worker("sdpa", args.device, max_call_s=args.max_call_s)}
     if args.natten_mps_path:
         workers["natten-mps"] = Worker("natten-mps", args.device, args.natten_mps_path, args.max_call_s)
@@ -232,7 +238,7 @@ def main(argv=None):
             for name in args.configs:
                 cfg = CONFIGS[name]
                 samplers = {kind: w.sampler(name, backward, args.warmup) for kind, w in workers.items()}
-                t, errors = harness.interleaved_medians(samplers, args.repeats)
+                t, errors = harness.interleaved_medians(samplers, args.repeats, settle_s=args.settle_ms / 1e3)
                 for kind, err in errors.items():
                     failures.setdefault((dict(COLUMNS)[kind], mode, err), []).append(name)
                 best_peer = min((t[k] for k in ("natten-mps", "upstream") if t.get(k)), default=None)

@@ -50,14 +50,17 @@ class ContenderError(RuntimeError):
     """A contender's failure whose message is already formatted (e.g. relayed from a worker process)."""
 
 
-def interleaved_medians(samplers: Dict[str, Callable[[int], List[float]]], repeats: int, per_round: int = 5
-                        ) -> Tuple[Dict[str, Optional[float]], Dict[str, str]]:
+def interleaved_medians(samplers: Dict[str, Callable[[int], List[float]]], repeats: int, per_round: int = 5,
+                        settle_s: float = 0.0) -> Tuple[Dict[str, Optional[float]], Dict[str, str]]:
     """Median per contender, sampled in alternating rounds of ``per_round`` calls.
 
     A slow phase of a shared machine then hits every contender alike, so the ratios between them
     hold even when the absolute times drift. ``samplers[name](n)`` returns ``n`` times in ms (already
-    warmed up). Returns ``(medians, errors)``: a sampler that raises is dropped, its median is None
-    and ``errors[name]`` holds the first line of its message.
+    warmed up). ``settle_s``: a pause before each round, so that worker threads another process left
+    spinning (OpenMP keeps idle threads busy-waiting for a few ms after each parallel region) have
+    gone to sleep before the next contender is timed; without it the contender timed right after
+    a slow one runs its short round on a shared core. Returns ``(medians, errors)``: a sampler that
+    raises is dropped, its median is None and ``errors[name]`` holds the first line of its message.
     """
     samples: Dict[str, List[float]] = {name: [] for name in samplers}
     errors: Dict[str, str] = {}
@@ -67,6 +70,8 @@ def interleaved_medians(samplers: Dict[str, Callable[[int], List[float]]], repea
         for name, sampler in samplers.items():
             if name in errors:
                 continue
+            if settle_s:
+                time.sleep(settle_s)
             try:
                 samples[name] += sampler(n)
             except Exception as e:  # noqa: BLE001 - reported to the caller

@@ -33,8 +33,8 @@ def test_bench_new_features_plot(tmp_path):
 
 
 def test_bench_fallback_smoke(tmp_path):
-    """Ours in process, masked SDPA in its worker, interleaved; a missing peer is a note, a peer
-    slower than --max-call-s is skipped with a note."""
+    """Ours and masked SDPA each in a worker, interleaved; a missing peer is a note, a peer slower
+    than --max-call-s is skipped with a note (never this project)."""
     import bench_fallback
     path = tmp_path / "fallback.json"
     bench_fallback.main(["--configs", "1d", "--repeats", "2", "--warmup", "1", "--no-upstream", "--device", "cpu",
@@ -48,4 +48,25 @@ def test_bench_fallback_smoke(tmp_path):
                          "--device", "cpu", "--max-call-s", "1e-9", "--json", str(path)])
     payload = json.loads(path.read_text())
     assert payload["results"]["1d_fwd"]["masked_sdpa_ms"] is None
+    assert payload["results"]["1d_fwd"]["ours_ms"] > 0
     assert any("masked SDPA" in n and "skipped" in n for n in payload["notes"])
+
+
+def test_interleaved_rounds_alternate_and_settle():
+    """Contenders alternate round by round, each round after a pause of ``settle_s``."""
+    import time
+
+    import harness
+    calls = []
+
+    def sampler(name):
+        def sample(n):
+            calls.append((name, time.perf_counter()))
+            return [1.0 if name == "a" else 2.0] * n
+        return sample
+
+    med, errors = harness.interleaved_medians({"a": sampler("a"), "b": sampler("b")}, 6, per_round=2, settle_s=0.02)
+    assert med == {"a": 1.0, "b": 2.0} and not errors
+    assert [name for name, _ in calls] == ["a", "b"] * 3
+    gaps = [t1 - t0 for (_, t0), (_, t1) in zip(calls, calls[1:])]
+    assert min(gaps) >= 0.02
