@@ -6,14 +6,16 @@ Peers: natten-mps's pure backend (installed in its own folder, since it shares o
 
     python benchmarks/bench_fallback.py [--device cpu|cuda] [--repeats 20] [--warmup 3] [--json out.json]
         [--natten-mps-path DIR] [--configs 1d 2d32 ...] [--no-backward] [--no-upstream] [--memory]
-        [--max-call-s 30] [--settle-ms 50]
+        [--max-call-s 30] [--settle-ms 50] [--round-warmup 1]
 
 Every contender, this project included, runs in a worker process of its own (the same start-up for
 all, and no import or allocation of one touches another), and all are timed in alternating rounds
 of a few calls: a slow phase of a shared machine then slows every column alike, and the ratios
 stay meaningful. Each round starts after a short pause (``--settle-ms``): a worker that just ran
 leaves OpenMP threads busy-waiting for a few milliseconds, and on a 2-core machine they would slow
-the short round of the next (fast) contender. Medians are printed.
+the short round of the next (fast) contender; and each round begins with an untimed call
+(``--round-warmup``), since the first call after another process ran pays for cold caches, which
+a 1 ms call feels far more than a 10 ms one. Medians are printed.
 """
 from __future__ import annotations
 
@@ -103,7 +105,9 @@ def build_runner(kind: str, name: str, device: str, backward: bool):
 
 
 def worker_main(kind: str, device: str, max_call_s: float = float("inf")) -> None:
-    """Serve timing requests (JSON lines on stdin: config, backward, n, warmup) for one contender.
+    """Serve timing requests (JSON lines on stdin: config, backward, n, warmup, round_warmup) for one
+    contender: ``warmup`` untimed calls the first time a config is asked for, ``round_warmup`` untimed
+    calls before every batch of ``n`` timed ones.
 
     A contender whose first call on a config takes longer than ``max_call_s`` is skipped there."""
     warnings.filterwarnings("ignore")
@@ -122,6 +126,8 @@ def worker_main(kind: str, device: str, max_call_s: float = float("inf")) -> Non
                 for _ in range(req["warmup"] - 1):
                     run()
                 runners[key] = run
+            for _ in range(req.get("round_warmup", 0)):
+                runners[key]()
             reply = {"samples": harness.sample_ms(runners[key], device, req["n"])}
         except Exception as e:  # noqa: BLE001 - sent back as the contender's error
             reply = {"error": f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]}
@@ -144,9 +150,10 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=HERE)
 
-    def sampler(self, name: str, backward: bool, warmup: int):
+    def sampler(self, name: str, backward: bool, warmup: int, round_warmup: int = 0):
         def sample(n: int) -> List[float]:
-            self.proc.stdin.write(json.dumps({"config": name, "backward": backward, "n": n, "warmup": warmup}) + "\n")
+            self.proc.stdin.write(json.dumps({"config": name, "backward": backward, "n": n, "warmup": warmup,
+                                              "round_warmup": round_warmup}) + "\n")
             self.proc.stdin.flush()
             line = self.proc.stdout.readline()
             if not line:
@@ -209,6 +216,9 @@ def main(argv=None):
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--round-warmup", type=int, default=1,
+                    help="untimed calls at the start of every round (a contender's first call after another "
+                         "process ran pays for cold caches, which a 1 ms call feels far more than a 10 ms one)")
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--natten-mps-path", default=os.environ.get("NATTEN_MPS_PEER_PATH"))
     ap.add_argument("--no-backward", action="store_true")
@@ -237,7 +247,8 @@ def main(argv=None):
             rows = []
             for name in args.configs:
                 cfg = CONFIGS[name]
-                samplers = {kind: w.sampler(name, backward, args.warmup) for kind, w in workers.items()}
+                samplers = {kind: w.sampler(name, backward, args.warmup, args.round_warmup)
+                            for kind, w in workers.items()}
                 t, errors = harness.interleaved_medians(samplers, args.repeats, settle_s=args.settle_ms / 1e3)
                 for kind, err in errors.items():
                     failures.setdefault((dict(COLUMNS)[kind], mode, err), []).append(name)
