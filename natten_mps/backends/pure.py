@@ -198,6 +198,7 @@ class _KeyValueBuffers:
                           for j0, j1 in setup.chunks]
             self.views = [(k, v, k.transpose(1, 2), v.transpose(1, 2)) for k, v in self.views]
         self.setup, self.device, self._padded = setup, device, {}
+        self.queries_padded = _pads_queries(setup)
 
     @staticmethod
     def nbytes(setup, key_channels: int, value_channels: int) -> int:
@@ -251,8 +252,9 @@ def _key_value_buffers(setup, k, v) -> _KeyValueBuffers:
 
 def _queries(tiling, x, dtype, kv: _KeyValueBuffers, name: str) -> torch.Tensor:
     """``tiling.queries`` of ``x``, padded (when needed) in this signature's kept buffer ``name``."""
-    padded = kv.padded(name, x.shape[-1])
-    return tiling.queries(x, dtype) if padded is None else tiling.queries(x, dtype, padded)
+    if kv.queries_padded:
+        return tiling.queries(x, dtype, kv.padded(name, x.shape[-1]))
+    return tiling.queries(x, dtype)
 
 
 def _identity(x):

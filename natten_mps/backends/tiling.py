@@ -373,15 +373,19 @@ class BatchMajor1D(TilesMajor):
         on tile-row ``j + s``, so each block of every window is added with one strided ``add_``
         (the first block copied instead when one chunk covers every tile)."""
         T, U = self.plans[0].tile, self.plans[0].union
-        rows = buf.view(-1, T, buf.shape[-2] * buf.shape[-1])
-        g = grad.reshape(grad.shape[0], U, -1)
+        row = buf.shape[-2] * buf.shape[-1]                              # elements per key row
+        n = grad.shape[0]
+        if not grad.is_contiguous():
+            grad = grad.contiguous()
         for s in range(self.segments):
             w = min(T, U - s * T)
-            dst, src = rows[j0 + s:j1 + s, :w], g[:, s * T:s * T + w]
+            # [n, w, row] blocks: rows (j + s)*T .. +w of the buffer, rows s*T .. +w of each window
+            dst = buf.as_strided((n, w, row), (T * row, row, 1), buf.storage_offset() + (j0 + s) * T * row)
+            src = grad.as_strided((n, w, row), (U * row, row, 1), grad.storage_offset() + s * T * row)
             if s == 0 and j1 - j0 == self.outer:
                 dst.copy_(src)
             else:
-                dst += src
+                dst.add_(src)
 
     def mask(self, j0, j1, additive, dtype):
         n = self.plans[0].n_tiles
