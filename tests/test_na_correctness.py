@@ -272,3 +272,25 @@ def test_pure_many_tiles_ragged_and_chunked(monkeypatch, fused, rank):
         cfg["batch"], cfg["heads_kv"], cfg["heads"] = 2, 2, 4   # batch and GQA share the kernel's head dim
         cfg["dim_v"] = cfg["dim"]
         run_case(cfg, torch.float32, seed=i, check_grad=True)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(spatial=(61,), kernel_size=(7,), stride=(1,), dilation=(1,), is_causal=(False,), batch=2, heads=4,
+         heads_kv=2, dim=8, dim_v=8, extra=0),
+    dict(spatial=(97,), kernel_size=(13,), stride=(1,), dilation=(1,), is_causal=(True,), batch=1, heads=2,
+         heads_kv=1, dim=8, dim_v=8, extra=2),
+    dict(spatial=(90,), kernel_size=(9,), stride=(3,), dilation=(2,), is_causal=(False,), batch=2, heads=2,
+         heads_kv=2, dim=4, dim_v=4, extra=0),
+])
+def test_rank1_default_tiles_forward_and_backward_differ(cfg):
+    """At default tiles a rank-1 forward on the fused route uses tiles of 33-K queries (a partial last
+    tile, queries padded in kept buffers) and its backward tiles of 32: values, LSE and gradients
+    still match the float64 reference, twice in a row (the kept buffers are refilled)."""
+    from natten_mps.backends import pure, tiling
+    natten_mps.set_backend("pure")
+    k = cfg["kernel_size"][0]
+    assert tiling.default_tile(1, 1000, k, flash_forward=True) == 33 - k
+    assert tiling.default_tile(1, 1000, k) == 32
+    for seed in (0, 1):
+        run_case(cfg, torch.float32, seed=seed, check_grad=True)
+    assert pure._fused_route(torch.empty(1, 1, 1, 8), torch.empty(1, 1, 1, 8))

@@ -16,7 +16,10 @@ Algorithm (one generic N-d routine, :func:`_core_forward` / :func:`_core_backwar
   matmuls, ``masked_fill`` and a softmax with its log-sum-exp.
 * Tiles are processed in chunks so peak memory is bounded by a budget, not by the input size.
 * Backward recomputes the probabilities from the saved LSE, chunk by chunk, and scatters key/value
-  gradients back with ``index_add_``.
+  gradients back (rank 1: strided block copy/add; otherwise ``index_add_``).
+* Forward and backward choose their tiles separately (:func:`.tiling.default_tile`), and on CPU
+  reuse per-signature buffers across calls (:class:`_Buffers`), so a call copies its inputs in and
+  allocates only what it returns.
 """
 from __future__ import annotations
 
@@ -180,10 +183,12 @@ def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_for
     return _Setup(tiling, chunks, dtype, masks, key)
 
 
-class _KeyValueBuffers:
-    """Padded key and value buffers of one problem signature, with their interiors (where each call
-    copies its keys and values), gathered-window scratch (rank > 1) and, for rank 1, every chunk's
-    windows as views. Kept per thread across calls on CPU (:func:`workspace.kept`)."""
+class _Buffers:
+    """The buffers one problem signature (and pass) reuses: zero-margined key and value buffers with
+    their interiors (where each call copies its keys and values), gathered-window scratch (rank > 1)
+    or every chunk's windows as views (rank 1), and zero-tailed query-shaped buffers where the
+    batch-major tiling's last tile is partial. Kept per thread across calls on CPU
+    (:func:`workspace.kept`); nothing returned to the caller is a view of them."""
 
     def __init__(self, setup, key_channels: int, value_channels: int, device):
         tiling, dtype = setup.tiling, setup.dtype
@@ -205,14 +210,14 @@ class _KeyValueBuffers:
         tiling, size = setup.tiling, setup.dtype.itemsize
         scratch = tiling.window_scratch_rows(setup.chunks) * tiling.heads
         padded = 0 if not _pads_queries(setup) else \
-            math.prod(tiling.padded) * tiling.B * tiling.Hkv * tiling.G * (3 * key_channels + value_channels + 2)
+            math.prod(tiling.padded) * tiling.B * tiling.Hkv * tiling.G * (key_channels + 2 * value_channels + 2)
         return (tiling.key_buffer_bytes(key_channels, size) + tiling.key_buffer_bytes(value_channels, size)
                 + scratch * (key_channels + value_channels) * size + padded * size)
 
     def padded(self, name: str, channels: int) -> Optional[torch.Tensor]:
         """A reusable zero-tailed ``[B, *padded, Hkv, G, C]`` buffer for query-shaped input ``name``
         (batch-major tiling with a partial last tile), else None."""
-        if not _pads_queries(self.setup):
+        if not self.queries_padded:
             return None
         buf = self._padded.get(name)
         if buf is None:
@@ -221,7 +226,7 @@ class _KeyValueBuffers:
                                                    dtype=self.setup.dtype, device=self.device)
         return buf
 
-    def fill(self, k: torch.Tensor, v: torch.Tensor) -> "_KeyValueBuffers":
+    def fill(self, k: torch.Tensor, v: torch.Tensor) -> "_Buffers":
         self.key_in.copy_(k)
         self.value_in.copy_(v)
         return self
@@ -240,17 +245,17 @@ def _pads_queries(setup) -> bool:
     return isinstance(setup.tiling, BatchMajor1D) and not setup.tiling.whole
 
 
-def _key_value_buffers(setup, k, v) -> _KeyValueBuffers:
+def _key_value_buffers(setup, k, v) -> _Buffers:
     """This call's key/value buffers holding ``k`` and ``v``; they never outlive the call."""
     Dk, Dv = k.shape[-1], v.shape[-1]
-    build = functools.partial(_KeyValueBuffers, setup, Dk, Dv, k.device)
+    build = functools.partial(_Buffers, setup, Dk, Dv, k.device)
     if k.device.type != "cpu":
         return build().fill(k, v)
-    nbytes = functools.partial(_KeyValueBuffers.nbytes, setup, Dk, Dv)
+    nbytes = functools.partial(_Buffers.nbytes, setup, Dk, Dv)
     return workspace.kept((setup.key, Dk, Dv), nbytes, build).fill(k, v)
 
 
-def _queries(tiling, x, dtype, kv: _KeyValueBuffers, name: str) -> torch.Tensor:
+def _queries(tiling, x, dtype, kv: _Buffers, name: str) -> torch.Tensor:
     """``tiling.queries`` of ``x``, padded (when needed) in this signature's kept buffer ``name``."""
     if kv.queries_padded:
         return tiling.queries(x, dtype, kv.padded(name, x.shape[-1]))

@@ -306,7 +306,8 @@ class BatchMajor1D(TilesMajor):
     """Rank 1, fused route: kernel batch = ``B * tiles`` (batch outermost), kernel heads = ``Hkv``.
 
     Queries ``[B*n, T*G, Hkv, C]`` are a view of the public tensor when ``L`` is a whole number of
-    tiles and ``G == 1`` or ``Hkv == 1``, and kernel outputs come back in the public layout. Keys
+    tiles and ``G == 1`` or ``Hkv == 1`` (otherwise one copy, into a reused zero-tailed buffer when
+    the caller passes one), and kernel outputs come back in the public layout. Keys
     of all batches share one buffer of rows ``pad_lo + b*S + i`` (``S = n*T``), so tile ``j``'s
     window is rows ``[j*T, j*T + U)``, an overlapping strided view. A window reaching past its own
     sequence reads margins or a neighbouring batch's keys, which its mask excludes; this needs
