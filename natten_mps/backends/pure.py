@@ -154,7 +154,7 @@ def _setup(q, k, v, kernel_size, stride, causal, fused, forward: bool) -> _Setup
     key = (q.shape, k.shape[-1], v.shape[-1], tuple(kernel_size), tuple(stride), tuple(causal), fused,
            fused and forward, q.dtype, q.device, budget, os.environ.get(_TILE_ENV[rank]))
     setup = _SETUPS.get(key)
-    if setup is None:
+    if setup is None:   # (bounded: a process cycling through many signatures rebuilds them)
         setup = _setup_for(tuple(q.shape[1:-3]), q.shape[0], q.shape[-3], q.shape[-2], *key[3:8], q.dtype,
                            q.device, k.shape[-1] + v.shape[-1], budget, key[-1])
         if len(_SETUPS) >= 256:
@@ -167,7 +167,6 @@ _SETUPS: dict = {}
 _TILE_ENV = {r: f"NATTEN_MPS_TILE_{r}D" for r in (1, 2, 3)}
 
 
-@functools.lru_cache(maxsize=256)
 def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_forward, dtype, device, channels,
                budget, tile_env):
     key = (spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_forward, dtype, device, channels, budget,
@@ -198,10 +197,10 @@ class _Buffers:
         self.scratch = [torch.empty(rows, b.shape[-2] * b.shape[-1], dtype=dtype, device=device) if rows else None
                         for b in (self.keys, self.values)]
         self.views = None
-        if tiling.rank == 1:   # [c, U, heads, C] views, and the kernel's heads-major [c, heads, U, C]
-            self.views = [(tiling.key_windows(self.keys, j0, j1), tiling.key_windows(self.values, j0, j1))
-                          for j0, j1 in setup.chunks]
-            self.views = [(k, v, k.transpose(1, 2), v.transpose(1, 2)) for k, v in self.views]
+        if tiling.rank == 1:   # per chunk: [c, U, heads, C] views and the kernel's heads-major [c, heads, U, C]
+            windows = [(tiling.key_windows(self.keys, j0, j1), tiling.key_windows(self.values, j0, j1))
+                       for j0, j1 in setup.chunks]
+            self.views = [(k, v, k.transpose(1, 2), v.transpose(1, 2)) for k, v in windows]
         self.setup, self.device, self._padded = setup, device, {}
         self.queries_padded = _pads_queries(setup)
 
@@ -335,7 +334,8 @@ def _tiled_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, causal, 
     dkb = dvb = None
     dq = Untiler(tiling, q.shape[-1], len(chunks), dtype, q.device)
     for index, ((j0, j1), mask) in enumerate(zip(chunks, setup.masks)):
-        rows = _identity if len(chunks) == 1 else functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
+        rows = _identity if len(chunks) == 1 else \
+            functools.partial(_rows, tiling=tiling, j0=j0, j1=j1, chunks=chunks)
         kc, vc = kv.windows(tiling, index, j0, j1, fused)
         if fused:
             dqc, dkc, dvc = _fused_tile_backward(

@@ -217,7 +217,8 @@ class TilesMajor:
 
     # keys
     def key_buffer_bytes(self, channels: int, itemsize: int) -> int:
-        return math.prod(p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial)) * self.heads * channels * itemsize
+        padded = math.prod(p.pad_lo + n + p.pad_hi for p, n in zip(self.plans, self.spatial))
+        return padded * self.heads * channels * itemsize
 
     def new_key_buffer(self, channels: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
         """A zeroed, padded key buffer ``[*P, B*Hkv, C]`` (``P_i = pad_lo + L_i + pad_hi``) and the
