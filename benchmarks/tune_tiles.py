@@ -28,7 +28,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args(argv)
     import natten_mps
-    from natten_mps.backends import tiling
+    from natten_mps.backends import pure, tiling
     natten_mps.set_backend("pure")
     tiles = dict(DEFAULT_TILES)
     for spec in args.tiles:
@@ -44,11 +44,11 @@ def main(argv=None):
         for _ in range(2):
             for t in tiles[rank]:
                 os.environ[f"NATTEN_MPS_TILE_{rank}D"] = t
-                tiling.clear_caches()
+                pure.clear_caches()
                 ms = harness.time_ms(lambda: fn(q, k, v, cfg["kernel"]), "cpu", 3, args.repeats)
                 best[t] = min(best.get(t, float("inf")), ms)
         os.environ.pop(f"NATTEN_MPS_TILE_{rank}D", None)
-        tiling.clear_caches()
+        pure.clear_caches()
         default = [tiling.default_tile(rank, n, cfg["kernel"], i, flash_forward=True) for i, n in enumerate(cfg["spatial"])]
         winner = min(best, key=best.get)
         rows.append([cfg["label"], "  ".join(f"{t}: {ms:.2f}" for t, ms in best.items()), winner,

@@ -98,3 +98,14 @@ def test_alternating_signatures_reuse_their_own_buffers():
                 x.grad = None
             got = _run(natten_mps.na1d, t, k)
             assert all(torch.equal(x, y) for x, y in zip(got, ref))
+
+
+def test_clear_caches_forgets_setups():
+    from natten_mps.backends import pure
+    natten_mps.set_backend("pure")
+    _run(natten_mps.na1d, _inputs(5, (1, 20, 1, 8)), 5)
+    assert pure._SETUPS
+    pure.clear_caches()
+    assert not pure._SETUPS
+    again = _run(natten_mps.na1d, _inputs(5, (1, 20, 1, 8)), 5)
+    assert all(torch.isfinite(t).all() for t in again)

@@ -32,6 +32,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from . import workspace
+from . import tiling
 from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
 # Per-chunk memory budgets: the matmul route's score matrices, and the fused route's working set
@@ -165,6 +166,12 @@ def _setup(q, k, v, kernel_size, stride, causal, fused, forward: bool) -> _Setup
 
 _SETUPS: dict = {}
 _TILE_ENV = {r: f"NATTEN_MPS_TILE_{r}D" for r in (1, 2, 3)}
+
+
+def clear_caches() -> None:
+    """Forget cached setups, plans and masks (this thread's kept buffers: ``workspace.release()``)."""
+    _SETUPS.clear()
+    tiling.clear_caches()
 
 
 def _setup_for(spatial, B, Hkv, G, kernel_size, stride, causal, fused, flash_forward, dtype, device, channels,
