@@ -17,7 +17,7 @@ setup(
     packages=["natten_mps", "natten_mps.backends", "natten_mps.metal", "natten_mps._shaders", "sage_mps"],
     # The Metal sources live in shaders/ at the top of the repo and ship as natten_mps/_shaders.
     package_dir={"natten_mps._shaders": "shaders"},
-    package_data={"natten_mps._shaders": SHADER_FILES, "natten_mps.metal": ["emulator_shim/metal_stdlib"]},
+    package_data={"natten_mps._shaders": SHADER_FILES, "natten_mps.metal": ["emulator_shim/metal_stdlib", "emulator_shim/*.h", "emulator_shim/*.cuh"]},
     include_package_data=False,
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
