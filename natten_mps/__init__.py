@@ -2,16 +2,18 @@
 
 Layering: ``functional`` (public API, argument checks) -> ``ops`` (torch.library custom ops with
 autograd) -> ``backends.metal`` / ``backends.pure`` (device implementations) -> ``shaders/*.metal``
-(through ``metal.runtime``; the CPU emulator in ``metal.emulator`` runs the same sources on Linux).
+(through ``metal.runtime``; the CPU emulator in ``metal.emulator`` runs the same sources on Linux, and
+``metal.cuda`` translates them to CUDA for an NVIDIA GPU).
 """
 from .backend import get_backend, last_backend, set_backend
 from .functional import attention, merge_attentions, na1d, na2d, na3d
-from .metal.runtime import emulation_enabled, set_emulation
+from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
 
 __version__ = "0.1.0"
 
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "set_backend", "get_backend",
-           "last_backend", "set_emulation", "emulation_enabled", "__version__"]
+           "last_backend", "set_emulation", "emulation_enabled", "set_metal_on_cuda", "metal_on_cuda_enabled",
+           "__version__"]
 
 # On a Mac, compile the shaders once per process at import; elsewhere nothing is compiled here.
 from .metal import runtime as _runtime  # noqa: E402

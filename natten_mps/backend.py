@@ -40,8 +40,8 @@ def use_metal(t: torch.Tensor, supported: bool = True) -> bool:
         choice = False
     elif _backend == "metal":
         if not runtime.runs_metal(t):
-            raise RuntimeError(f"backend 'metal' needs MPS tensors (or NATTEN_MPS_EMULATE=1 on CPU), "
-                               f"got a tensor on {t.device}")
+            raise RuntimeError(f"backend 'metal' needs MPS tensors (or NATTEN_MPS_EMULATE=1 on CPU, "
+                               f"NATTEN_MPS_METAL_ON_CUDA=1 on CUDA), got a tensor on {t.device}")
         choice = supported
     else:
         choice = supported and runtime.runs_metal(t)

@@ -26,3 +26,18 @@ def _reset_backend():
     yield
     natten_mps.set_backend("auto")
     natten_mps.set_emulation(False)
+    natten_mps.set_metal_on_cuda(False)
+
+
+@pytest.fixture
+def metal_on_cuda():
+    """Run the public ops through their Metal code path on CUDA tensors (MSL -> CUDA back end)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import natten_mps
+    from natten_mps.metal import runtime
+    natten_mps.set_metal_on_cuda(True)
+    runtime.set_poison_outputs(True)
+    yield
+    natten_mps.set_metal_on_cuda(False)
+    runtime.set_poison_outputs(False)

@@ -1,4 +1,10 @@
-"""The Metal emulator's own tests: every supported feature, every error it must catch."""
+"""The MSL back ends' own tests: every supported feature, every error the emulator must catch.
+
+The feature tests run on both back ends of the MSL front end: the CPU emulator and, where a CUDA
+GPU is present, the CUDA translation (`backend` fixture); the same kernels and the same assertions.
+Error detection (bounds, races, barriers) is the emulator's job; on the GPU compute-sanitizer does
+it (`benchmarks/sanitize_metal_cuda.py`).
+"""
 import pytest
 import torch
 
@@ -7,8 +13,40 @@ from natten_mps.metal import emulator as em
 HEADER = "#include <metal_stdlib>\nusing namespace metal;\n"
 
 
-def lib(body):
+class _OnCuda:
+    """A CUDA-translated library called with CPU tensors: arguments go to the GPU and come back."""
+
+    def __init__(self, library):
+        self._lib = library
+
+    def kernel_names(self):
+        return self._lib.kernel_names()
+
+    def __getattr__(self, name):
+        kernel = getattr(self._lib, name)
+
+        def call(*args, **kwargs):
+            moved = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+            kernel(*moved, **kwargs)
+            torch.cuda.synchronize()
+            for a, m in zip(args, moved):
+                if isinstance(a, torch.Tensor):
+                    a.copy_(m.cpu())
+        return call
+
+
+def lib(body, backend="emulator"):
+    if backend == "cuda":
+        from natten_mps.metal import cuda
+        return _OnCuda(cuda.compile(HEADER + body))
     return em.compile(HEADER + body)
+
+
+@pytest.fixture(params=["emulator", "cuda"])
+def backend(request):
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the CUDA back end needs a CUDA GPU")
+    return request.param
 
 
 def test_scalar_binding_rules_and_thread_ids():
@@ -41,7 +79,7 @@ def test_buffer_index_order_enforced():
                uint i [[thread_position_in_grid]]) { a[i] = b[i]; }""")
 
 
-def test_all_thread_position_attributes_with_partial_groups():
+def test_all_thread_position_attributes_with_partial_groups(backend):
     L = lib("""
 kernel void pos(device uint* out [[buffer(0)]],
                 uint3 gp [[thread_position_in_grid]], uint3 tp [[thread_position_in_threadgroup]],
@@ -55,7 +93,7 @@ kernel void pos(device uint* out [[buffer(0)]],
   o[0] = gp.x; o[1] = gp.y; o[2] = gp.z; o[3] = tp.x + 100 * tp.y;
   o[4] = gid.x + 100 * gid.y; o[5] = tpg.x + 100 * tpg.y; o[6] = ngroups.x + 100 * ngroups.y;
   o[7] = tidx; o[8] = lane; o[9] = sg; o[10] = width; o[11] = dtpg.x + 100 * dtpg.y;
-}""")
+}""", backend)
     gx, gy = 7, 5
     out = torch.full((gx * gy * 12,), -1, dtype=torch.int32)
     L.pos(out, threads=(gx, gy, 1), group_size=(4, 3, 1))
@@ -69,7 +107,7 @@ kernel void pos(device uint* out [[buffer(0)]],
                          2 + 100 * 2, tidx, tidx % 32, tidx // 32, 32, 4 + 100 * 3]
 
 
-def test_half_and_bfloat_rounding_match_torch():
+def test_half_and_bfloat_rounding_match_torch(backend):
     L = lib("""
 kernel void cvt(device const float* x [[buffer(0)]], device half* h [[buffer(1)]],
                 device bfloat* b [[buffer(2)]], device float* back [[buffer(3)]],
@@ -79,7 +117,7 @@ kernel void cvt(device const float* x [[buffer(0)]], device half* h [[buffer(1)]
   h[i] = hv; b[i] = bv;
   back[2 * i] = float(hv * hv);      // half arithmetic rounds per operation
   back[2 * i + 1] = float(bv + bv);
-}""")
+}""", backend)
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(4000, generator=g) * 100, torch.randn(4000, generator=g) * 1e-3,
                    torch.tensor([65519.0, 65520.0, 1e-8, -0.0, float("inf"), float("nan"), 3.0e38])])
@@ -95,7 +133,7 @@ kernel void cvt(device const float* x [[buffer(0)]], device half* h [[buffer(1)]
     torch.testing.assert_close(back[1::2], (bb + bb).float(), rtol=0, atol=0, equal_nan=True)
 
 
-def test_vectors_and_math():
+def test_vectors_and_math(backend):
     L = lib("""
 kernel void vm(device const float4* x [[buffer(0)]], device float* out [[buffer(1)]],
                uint i [[thread_position_in_grid]]) {
@@ -115,7 +153,7 @@ kernel void vm(device const float4* x [[buffer(0)]], device float* out [[buffer(
   out[i * 12 + 9] = float(hb.w);
   out[i * 12 + 10] = c.x * c.y + b[2];
   out[i * 12 + 11] = min(a.x, NAN);   // Metal min/max ignore a NaN operand
-}""")
+}""", backend)
     x = torch.randn(64, 4)
     out = torch.empty(64 * 12)
     L.vm(x, out, threads=64, group_size=32)
@@ -136,7 +174,7 @@ kernel void vm(device const float4* x [[buffer(0)]], device float* out [[buffer(
     torch.testing.assert_close(o[:, 11], a[:, 0])
 
 
-def test_threadgroup_memory_and_barrier_reduction():
+def test_threadgroup_memory_and_barrier_reduction(backend):
     L = lib("""
 template <typename T>
 kernel void rowsum(device const T* x [[buffer(0)]], device float* y [[buffer(1)]], constant long& n [[buffer(2)]],
@@ -159,19 +197,20 @@ template [[host_name("rowsum_float")]] kernel void rowsum<float>(device const fl
 template [[host_name("rowsum_half")]] kernel void rowsum<half>(device const half* x [[buffer(0)]],
     device float* y [[buffer(1)]], constant long& n [[buffer(2)]], uint row [[threadgroup_position_in_grid]],
     uint lid [[thread_position_in_threadgroup]], uint tpg [[threads_per_threadgroup]]);
-""")
+""", backend)
     assert set(L.kernel_names()) == {"rowsum_float", "rowsum_half"}
     x = torch.randn(6, 300)
     y = torch.full((6,), float("nan"))
     L.rowsum_float(x, y, 300, threads=6 * 128, group_size=128)
     torch.testing.assert_close(y, x.sum(1), rtol=1e-5, atol=1e-4)
-    assert L.rowsum_float.last_stats.barriers == 6 * 8  # 1 + log2(128) per group
+    if backend == "emulator":
+        assert L.rowsum_float.last_stats.barriers == 6 * 8  # 1 + log2(128) per group
     y.fill_(float("nan"))
     L.rowsum_half(x.half(), y, 300, threads=6 * 128, group_size=128)
     torch.testing.assert_close(y, x.half().float().sum(1), rtol=1e-4, atol=1e-3)
 
 
-def test_simd_collectives_with_partial_simdgroup():
+def test_simd_collectives_with_partial_simdgroup(backend):
     L = lib("""
 kernel void simd(device const float* x [[buffer(0)]], device float* y [[buffer(1)]],
                  uint i [[thread_position_in_grid]], uint lane [[thread_index_in_simdgroup]]) {
@@ -182,7 +221,7 @@ kernel void simd(device const float* x [[buffer(0)]], device float* y [[buffer(1
   y[6 * i + 3] = simd_shuffle(v, 3);
   y[6 * i + 4] = simd_broadcast(v, 0);
   y[6 * i + 5] = simd_min(v);
-}""")
+}""", backend)
     n = 72  # two full SIMD-groups and a partial one of 8 lanes
     x = torch.randn(n)
     y = torch.full((6 * n,), float("nan"))
@@ -196,10 +235,11 @@ kernel void simd(device const float* x [[buffer(0)]], device float* y [[buffer(1
         partner = lo + ((i - lo) ^ 1)
         assert y[i, 2] == x[partner]
         assert y[i, 3] == x[lo + 3] and y[i, 4] == x[lo]
-    assert L.simd.last_stats.simd_ops == 6 * n
+    if backend == "emulator":
+        assert L.simd.last_stats.simd_ops == 6 * n
 
 
-def test_simdgroup_matrix_multiply_accumulate():
+def test_simdgroup_matrix_multiply_accumulate(backend):
     L = lib("""
 kernel void mm(device const float* a [[buffer(0)]], device const half* b [[buffer(1)]],
                device float* c [[buffer(2)]], uint lane [[thread_index_in_simdgroup]]) {
@@ -215,7 +255,7 @@ kernel void mm(device const float* a [[buffer(0)]], device const half* b [[buffe
   simdgroup_float8x8 D;
   simdgroup_load(D, tile, 8, ulong2(0, 0), true);
   simdgroup_store(D, c, 8);
-}""")
+}""", backend)
     a = torch.randn(8, 8)
     b = torch.randn(8, 8).half()
     c = torch.full((8, 8), float("nan"))
@@ -337,7 +377,7 @@ def test_launch_argument_rules_of_compile_shader():
     assert L.cp.max_threads_per_threadgroup == 1024 and L.cp.thread_execution_width == 32
 
 
-def test_integer_vectors_shuffles_and_remaining_attributes():
+def test_integer_vectors_shuffles_and_remaining_attributes(backend):
     L = lib("""
 kernel void misc(device const int* xi [[buffer(0)]], device int* out [[buffer(1)]],
                  device float* fout [[buffer(2)]],
@@ -358,7 +398,7 @@ kernel void misc(device const int* xi [[buffer(0)]], device int* out [[buffer(1)
   out[8 * i + 7] = select(10, 20, xi[i] > 0);
   fout[2 * i] = float(h.x * h.y);
   fout[2 * i + 1] = float(bf.x + bf.y);
-}""")
+}""", backend)
     n = 40
     xi = torch.randint(-5, 6, (n,), dtype=torch.int32)
     out = torch.full((8 * n,), -999, dtype=torch.int32)

@@ -49,8 +49,8 @@ def make_inputs(cfg, dtype, seed):
     return q, k, v, ak, av
 
 
-def run_case(cfg, dtype, seed, check_grad):
-    q, k, v, ak, av = make_inputs(cfg, dtype, seed)
+def run_case(cfg, dtype, seed, check_grad, device="cpu"):
+    q, k, v, ak, av = (None if t is None else t.to(device) for t in make_inputs(cfg, dtype, seed))
     tensors = [t for t in (q, k, v, ak, av) if t is not None]
     for t in tensors:
         t.requires_grad_(check_grad)
@@ -59,24 +59,24 @@ def run_case(cfg, dtype, seed, check_grad):
                   is_causal=cfg["is_causal"], additional_keys=ak, additional_values=av, return_lse=True)
     assert out.dtype == dtype and out.shape == q.shape[:-1] + (cfg["dim_v"],)
     assert lse.shape == q.shape[:-1]
-    ref = [t.detach().double().requires_grad_(check_grad) for t in tensors]
+    ref = [t.detach().cpu().double().requires_grad_(check_grad) for t in tensors]
     rq, rk, rv = ref[:3]
     rak, rav = (ref[3], ref[4]) if ak is not None else (None, None)
     ro, rl = reference_na(rq, rk, rv, cfg["kernel_size"], cfg["stride"], cfg["dilation"], cfg["is_causal"],
                           add_k=rak, add_v=rav)
     tol = TOL[dtype]
-    torch.testing.assert_close(out.double(), ro, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: out {m}")
-    torch.testing.assert_close(lse.double(), rl, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: lse {m}")
+    torch.testing.assert_close(out.cpu().double(), ro, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: out {m}")
+    torch.testing.assert_close(lse.cpu().double(), rl, atol=tol, rtol=tol, msg=lambda m: f"{cfg}: lse {m}")
     if not check_grad:
         return
     g = torch.Generator().manual_seed(seed + 1)
     w_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
     w_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
-    ((out.double() * w_out).sum() + (lse.double() * w_lse).sum()).backward()
+    ((out.double() * w_out.to(device)).sum() + (lse.double() * w_lse.to(device)).sum()).backward()
     ((ro * w_out).sum() + (rl * w_lse).sum()).backward()
     gtol = GRAD_TOL[dtype]
     for name, t, r in zip(("q", "k", "v", "add_k", "add_v"), tensors, ref):
-        torch.testing.assert_close(t.grad.double(), r.grad, atol=gtol, rtol=gtol,
+        torch.testing.assert_close(t.grad.cpu().double(), r.grad, atol=gtol, rtol=gtol,
                                    msg=lambda m: f"{cfg}: grad {name} {m}")
 
 
@@ -252,7 +252,7 @@ def test_pure_fused_and_matmul_routes(monkeypatch, fused, rank):
         ((out.double() * w).sum() + lse.double().sum()).backward()
         ((ro * w).sum() + rl.sum()).backward()
         for t, r in zip((q, k, v), ref):
-            torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(t.grad.cpu().double(), r.grad, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -1,4 +1,4 @@
-"""Metal implementations of the natten_mps ops (MPS, or CPU under emulation).
+"""Metal implementations of the natten_mps ops (MPS; CPU under emulation; CUDA through the MSL -> CUDA back end).
 
 Each function takes the op's public layout (heads-last) and launches kernels from ``shaders/``
 through the shared runtime. Configurations no kernel covers report ``supported(...) == False``
@@ -21,8 +21,9 @@ def na_forward_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def _new_output(shape, dtype, device) -> torch.Tensor:
-    # Under emulation, outputs are poisoned so a kernel that forgets to write shows up as NaN.
-    if device.type == "cpu":
+    # Under emulation (and on request elsewhere), outputs are poisoned so that a kernel that forgets
+    # to write shows up as NaN.
+    if runtime.poison_outputs(device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 

@@ -21,6 +21,11 @@ MPS compiler and the emulator, so both compile byte-identical source.
 Emulation: with ``NATTEN_MPS_EMULATE=1`` or :func:`set_emulation(True) <set_emulation>`, CPU
 tensors take the Metal code path of both packages with the CPU emulator in place of
 ``compile_shader``; everything else (argument handling, dispatch, autograd) is unchanged.
+
+Metal on CUDA: with ``NATTEN_MPS_METAL_ON_CUDA=1`` or :func:`set_metal_on_cuda(True)
+<set_metal_on_cuda>`, CUDA tensors take the Metal code path too, with the MSL -> CUDA back end
+(:mod:`natten_mps.metal.cuda`, needs ``nvcc``) in place of ``compile_shader``: the same ``.metal``
+sources run on an NVIDIA GPU, to check them under real concurrency and to rank kernel designs.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from typing import Dict
 import torch
 
 __all__ = ["shader_dir", "shader_source", "library", "set_emulation", "emulation_enabled",
+           "set_metal_on_cuda", "metal_on_cuda_enabled", "set_poison_outputs", "poison_outputs",
            "mps_available", "runs_metal", "ShaderCompileError", "precompile"]
 
 
@@ -67,7 +73,13 @@ def shader_source(name: str) -> str:
     return expand(name)
 
 
-_emulate = os.environ.get("NATTEN_MPS_EMULATE", "0").lower() in ("1", "true", "yes", "on")
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+_emulate = _env_flag("NATTEN_MPS_EMULATE")
+_metal_on_cuda = _env_flag("NATTEN_MPS_METAL_ON_CUDA")
+_poison = _env_flag("NATTEN_MPS_POISON")
 
 
 def set_emulation(enabled: bool) -> None:
@@ -80,13 +92,35 @@ def emulation_enabled() -> bool:
     return _emulate
 
 
+def set_metal_on_cuda(enabled: bool) -> None:
+    """Make CUDA tensors take the Metal code path, with the MSL -> CUDA back end compiling the shaders."""
+    global _metal_on_cuda
+    _metal_on_cuda = bool(enabled)
+
+
+def metal_on_cuda_enabled() -> bool:
+    return _metal_on_cuda
+
+
+def set_poison_outputs(enabled: bool) -> None:
+    """Fill Metal-path outputs with NaN before the kernels write them on every device (always on CPU)."""
+    global _poison
+    _poison = bool(enabled)
+
+
+def poison_outputs(device: torch.device) -> bool:
+    return device.type == "cpu" or _poison
+
+
 def mps_available() -> bool:
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
 def runs_metal(t: torch.Tensor) -> bool:
-    """Whether tensors on ``t``'s device can run the Metal kernels (MPS, or CPU under emulation)."""
-    return t.device.type == "mps" or (_emulate and t.device.type == "cpu")
+    """Whether tensors on ``t``'s device run the Metal kernels (MPS; CPU under emulation; CUDA under
+    :func:`set_metal_on_cuda`)."""
+    kind = t.device.type
+    return kind == "mps" or (_emulate and kind == "cpu") or (_metal_on_cuda and kind == "cuda")
 
 
 _libs: Dict[tuple, object] = {}
@@ -94,7 +128,8 @@ _lock = threading.Lock()
 
 
 def library(name: str, device_type: str):
-    """Compiled library for ``shaders/<name>``: ``compile_shader`` on MPS, the emulator on CPU."""
+    """Compiled library for ``shaders/<name>``: ``compile_shader`` on MPS, the emulator on CPU, the
+    MSL -> CUDA back end on CUDA."""
     key = (name, device_type)
     lib = _libs.get(key)
     if lib is not None:
@@ -108,6 +143,12 @@ def library(name: str, device_type: str):
                     lib = torch.mps.compile_shader(source)
                 except Exception as e:  # noqa: BLE001 - re-raised with the file name
                     raise ShaderCompileError(f"compiling shaders/{name} failed:\n{e}") from e
+            elif device_type == "cuda":
+                from . import cuda
+                try:
+                    lib = cuda.compile(source, label=f"shaders/{name}")
+                except cuda.ShaderCompileError as e:
+                    raise ShaderCompileError(f"compiling shaders/{name} for CUDA failed:\n{e}") from e
             else:
                 from . import emulator
                 try:

@@ -152,12 +152,55 @@ template <class T, int N> MTL_FN vec<T, N> operator-(const vec<T, N>& a) {
   vec<T, N> r; for (int i = 0; i < N; ++i) r[i] = T(-a[i]); return r;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Thread-position attributes, converted to the type the kernel declares
+// ---------------------------------------------------------------------------------------------
+struct Pos { uint32_t v[3]; };
+template <class T> struct pos_as { static MTL_FN T get(const Pos& p) { return T(p.v[0]); } };
+template <class T> struct pos_as<vec<T, 2>> {
+  static MTL_FN vec<T, 2> get(const Pos& p) { return vec<T, 2>(T(p.v[0]), T(p.v[1])); } };
+template <class T> struct pos_as<vec<T, 3>> {
+  static MTL_FN vec<T, 3> get(const Pos& p) { return vec<T, 3>(T(p.v[0]), T(p.v[1]), T(p.v[2])); } };
+
+struct ThreadAttrs {
+  Pos thread_position_in_grid, thread_position_in_threadgroup, threadgroup_position_in_grid,
+      threads_per_threadgroup, threadgroups_per_grid, threads_per_grid,
+      dispatch_threads_per_threadgroup, thread_index_in_threadgroup, thread_index_in_simdgroup,
+      simdgroup_index_in_threadgroup, threads_per_simdgroup, thread_execution_width,
+      simdgroups_per_threadgroup;
+};
+// gid: this threadgroup's position; size: its (possibly partial) size; dispatch: the full size;
+// grid: threads in the grid; groups: threadgroups in the grid; tid: linear index in the group.
+MTL_FN ThreadAttrs make_thread_attrs(const uint32_t* gid, const uint32_t* size, const uint32_t* dispatch,
+                                     const uint32_t* grid, const uint32_t* groups, uint32_t tid) {
+  ThreadAttrs a;
+  uint32_t l[3] = {tid % size[0], (tid / size[0]) % size[1], tid / (size[0] * size[1])};
+  for (int d = 0; d < 3; ++d) {
+    a.thread_position_in_grid.v[d] = gid[d] * dispatch[d] + l[d];
+    a.thread_position_in_threadgroup.v[d] = l[d];
+    a.threadgroup_position_in_grid.v[d] = gid[d];
+    a.threads_per_threadgroup.v[d] = size[d];
+    a.threadgroups_per_grid.v[d] = groups[d];
+    a.threads_per_grid.v[d] = grid[d];
+    a.dispatch_threads_per_threadgroup.v[d] = dispatch[d];
+  }
+  Pos s{{0, 0, 0}};
+  s.v[0] = tid; a.thread_index_in_threadgroup = s;
+  s.v[0] = tid % 32; a.thread_index_in_simdgroup = s;
+  s.v[0] = tid / 32; a.simdgroup_index_in_threadgroup = s;
+  s.v[0] = 32; a.threads_per_simdgroup = s; a.thread_execution_width = s;
+  s.v[0] = (size[0] * size[1] * size[2] + 31) / 32; a.simdgroups_per_threadgroup = s;
+  return a;
+}
+
 }  // namespace mtl
 
 // ---------------------------------------------------------------------------------------------
 // The names shaders see
 // ---------------------------------------------------------------------------------------------
 namespace metal {
+enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };
+MTL_FN mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(int(a) | int(b)); }
 using mtl::half;
 using mtl::bfloat;
 typedef unsigned int uint;
