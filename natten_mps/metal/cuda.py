@@ -49,7 +49,8 @@ from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
 __all__ = ["compile", "translate", "build", "CudaLaunchError", "ShaderCompileError", "nvcc_available"]
 
 _SHIM_DIR = Path(__file__).with_name("emulator_shim")
-_NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC"]
+_NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC",
+               "-cudart", "shared"]  # the process shares the CUDA runtime torch has loaded
 
 
 class CudaLaunchError(RuntimeError):
@@ -119,7 +120,7 @@ def _annotate_device(src: str) -> str:
         if ch == "#" and (i == 0 or src[i - 1] == "\n"):   # line markers / pragmas
             j = src.find("\n", i)
             i = n if j < 0 else j
-            stmt_start = i
+            stmt_start = i + 1
             continue
         in_code = bool(scopes) and scopes[-1] in ("func", "init")
         if ch == "{":
