@@ -8,19 +8,24 @@ has: a ``float`` parameter reads the low half of the double and a ``long`` reads
 The MSL -> CUDA back end never relies on this: its launchers are generated from the parsed signature
 (every scalar travels in the 8 bytes ``compile_shader`` binds, and is read as the declared type).
 """
+import sys
+from pathlib import Path
+
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 SOURCE = r"""
-extern "C" __global__ void axpy(const __half* x, float* y, float a, long n) {
+extern "C" __global__ void axpy(const float* x, float* y, float a, long n) {
   long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = a * __half2float(x[i]);
+  if (i < n) y[i] = a * x[i];
 }"""
 
 
 def main():
     from torch.cuda import _compile_kernel
-    kernel = _compile_kernel(SOURCE, "axpy", header_code="#include <cuda_fp16.h>")
-    x = torch.ones(1000, device="cuda", dtype=torch.float16)
+    kernel = _compile_kernel(SOURCE, "axpy")
+    x = torch.ones(1000, device="cuda")
     y = torch.full((1000,), -1.0, device="cuda")
     kernel(grid=(4, 1, 1), block=(256, 1, 1), args=[x, y, 2.0, 1000])
     torch.cuda.synchronize()
@@ -29,7 +34,7 @@ def main():
     from natten_mps.metal import cuda
     lib = cuda.compile("""#include <metal_stdlib>
 using namespace metal;
-kernel void axpy(device const half* x [[buffer(0)]], device float* y [[buffer(1)]], constant float& a [[buffer(2)]],
+kernel void axpy(device const float* x [[buffer(0)]], device float* y [[buffer(1)]], constant float& a [[buffer(2)]],
                  constant long& n [[buffer(3)]], uint i [[thread_position_in_grid]]) {
   if ((long)i < n) y[i] = a * float(x[i]);
 }""")

@@ -168,7 +168,10 @@ kernel void vm(device const float4* x [[buffer(0)]], device float* out [[buffer(
     torch.testing.assert_close(o[:, 5], torch.maximum(a[:, 0], a[:, 3]))
     torch.testing.assert_close(o[:, 6], a[:, 1].clamp(-0.5, 0.5))
     torch.testing.assert_close(o[:, 7], torch.rsqrt(a[:, 3].abs() + 1))
-    assert torch.all(o[:, 8] == 0)
+    if backend == "emulator":
+        assert torch.all(o[:, 8] == 0)          # the emulator's fast:: routines are the exact ones
+    else:                                       # CUDA's fast::exp is __expf: a few ulp off
+        assert torch.all(o[:, 8].abs() <= 1e-5 * torch.exp(a[:, 2]))
     torch.testing.assert_close(o[:, 9], b[:, 3].half().float())
     torch.testing.assert_close(o[:, 10], a[:, 0] * a[:, 1] + b[:, 2])
     torch.testing.assert_close(o[:, 11], a[:, 0])
