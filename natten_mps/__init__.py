@@ -19,4 +19,4 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "set_backend
 from .metal import runtime as _runtime  # noqa: E402
 from .backends import metal as _metal_backend  # noqa: E402
 
-_runtime.precompile([_metal_backend.NA_FORWARD_SHADER])
+_runtime.precompile([_metal_backend.ATTENTION_SHADER])

@@ -30,26 +30,31 @@ def _lse_dtype(dtype):
 
 
 def _na_forward_impl(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.na_forward_supported(q, v)):
+    if backend.use_metal(q, metal.supported(q, k, v)):
         return metal.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 def _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
-    backend.use_metal(q, False)
+    if backend.use_metal(q, metal.supported(q, k, v)):
+        return metal.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
 
 
+def _dense_on_metal(q, k, v, is_causal) -> bool:
+    # causal cross-attention keeps the pure path's alignment rules
+    return metal.supported(q, k, v) and (not is_causal or q.shape[1] == k.shape[1])
+
+
 def _attention_forward_impl(q, k, v, is_causal, scale):
-    same_length = q.shape[1] == k.shape[1]
-    if backend.use_metal(q, same_length and metal.na_forward_supported(q, v)):
-        L = q.shape[1]
-        return metal.na_forward(q, k, v, [L], [1], [1], [is_causal], scale)
+    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+        return metal.dense_forward(q, k, v, is_causal, scale)
     return pure.attention_forward(q, k, v, is_causal, scale)
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
-    backend.use_metal(q, False)
+    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+        return metal.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
     return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
 
 

@@ -21,7 +21,7 @@ def test_bench_new_features_smoke(tmp_path):
         assert r["published_natten_mps_ms"] is not None
         assert r["emulator"]["dispatches"] >= 1 and r["emulator"]["bytes_read"] > 0
         assert sum(k["dispatches"] for k in r["emulator"]["kernels"].values()) == r["emulator"]["dispatches"]
-        assert all(name.startswith("na_forward_") for name in r["emulator"]["kernels"])
+        assert all(name.startswith("attn_forward_") for name in r["emulator"]["kernels"])
     assert any("natten-mlx" in n for n in data["notes"]) or any(r["natten_mlx_ms"] for r in rows)
 
 

@@ -1,7 +1,7 @@
 """Randomized sweeps against the float64 brute-force reference: forward, LSE and gradients.
 
 Each configuration runs on the pure-PyTorch path and on the Metal path (CPU emulator executing
-shaders/natten/na_forward.metal), with outputs poisoned before the kernel writes them.
+shaders/natten/attention.metal, forward and backward), with outputs poisoned before the kernel writes them.
 """
 import random
 

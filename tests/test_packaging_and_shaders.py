@@ -64,7 +64,7 @@ def test_wheel_ships_shaders_and_both_packages(tmp_path):
         from natten_mps.metal import runtime
         d = runtime.shader_dir()
         assert str(d).startswith(TARGET), d
-        assert (d / "natten" / "na_forward.metal").is_file()
+        assert (d / "natten" / "attention.metal").is_file() and (d / "natten" / "attn_tile.h").is_file()
         natten_mps.set_emulation(True)
         q = torch.randn(1, 9, 2, 4)
         out = natten_mps.na1d(q, q, q, 3)
@@ -78,8 +78,8 @@ def test_wheel_ships_shaders_and_both_packages(tmp_path):
 
 
 def test_shader_source_inlines_local_includes():
-    src = runtime.shader_source("natten/na_forward.metal")
-    assert "na_axis_window" in src and '#include "na_window.h"' not in src
+    src = runtime.shader_source("natten/attention.metal")
+    assert "na_axis_window" in src and "query_bounds" in src and '#include "' not in src
 
 
 @pytest.mark.parametrize("env,expected", [

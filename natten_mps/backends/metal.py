@@ -1,23 +1,45 @@
 """Metal implementations of the natten_mps ops (MPS; CPU under emulation; CUDA through the MSL -> CUDA back end).
 
-Each function takes the op's public layout (heads-last) and launches kernels from ``shaders/``
-through the shared runtime. Configurations no kernel covers report ``supported(...) == False``
-and the op layer runs the pure-PyTorch path instead.
+Each function takes the op's public layout (heads-last) and launches kernels of
+``shaders/natten/attention.metal`` through the shared runtime: one tiled kernel family for
+neighborhood attention and dense attention (the same kernels with the dense window rule), forward
+(one dispatch, additional keys included) and backward (dQ, then dK/dV, then dK/dV of the additional
+keys: at most three dispatches, no atomics). Configurations no kernel covers report
+``supported(...) == False`` and the op layer runs the pure-PyTorch path instead.
+
+Tiling (see the shader's header): a threadgroup is ``SIMDGROUPS`` SIMD-groups; ``NG`` lanes share
+a query (or key) and split the head dimension in slices of ``DS`` (16 or 32) floats; a SIMD-group
+owns ``32 / NG`` neighbouring positions, shaped as square as the extents allow; K/V (or Q/dO)
+chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory.
 """
 from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from ..metal import runtime
 
-NA_FORWARD_SHADER = "natten/na_forward.metal"
+ATTENTION_SHADER = "natten/attention.metal"
 MAX_HEAD_DIM = 256
+SIMDGROUPS = 4
+STAGE_BYTES = 24576
+MAX_CHUNK = 64
+_INT32_MAX = 2 ** 31 - 1
 _DTYPE_SUFFIX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
+def supported(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether the kernels cover these tensors: float32/16/bf16, head dims <= 256, non-empty, and
+    every tensor under 2^31 elements (the kernels index with 32-bit integers)."""
+    ts = [t for t in tensors if t is not None]
+    q = ts[0]
+    return (q.dtype in _DTYPE_SUFFIX and all(t.dtype == q.dtype for t in ts) and q.dim() <= 6
+            and all(t.shape[-1] <= MAX_HEAD_DIM for t in ts) and all(0 < t.numel() <= _INT32_MAX for t in ts))
+
+
 def na_forward_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
-    return (q.dtype in _DTYPE_SUFFIX and q.dim() <= 6 and q.shape[-1] <= MAX_HEAD_DIM
-            and v.shape[-1] <= MAX_HEAD_DIM)
+    return supported(q, v)
 
 
 def _new_output(shape, dtype, device) -> torch.Tensor:
@@ -28,26 +50,168 @@ def _new_output(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _pad3(values, fill):
-    values = list(values)
+def _pad3(values, fill) -> List[int]:
+    values = [int(x) for x in values]
     return [fill] * (3 - len(values)) + values
 
 
-def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    """Fused forward: ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D|Dv]`` -> (out, lse)."""
+def _slices(D: int, Dv: int) -> Tuple[int, int]:
+    """(DS, NG): slice width and lanes per position covering max(D, Dv)."""
+    width = max(D, Dv)
+    ds = 16 if width <= 16 else 32
+    ng = 1
+    while ng * ds < width:
+        ng *= 2
+    return ds, ng
+
+
+def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence[int]) -> List[int]:
+    """Double entries of ``sizes`` on the ``active`` axes until their product reaches ``count``,
+    always the smallest one that still fits its extent (inner axes first on ties)."""
+    sizes = list(sizes)
+    while True:
+        prod = sizes[0] * sizes[1] * sizes[2]
+        if prod >= count:
+            return sizes
+        fits = [ax for ax in active if sizes[ax] * 2 <= max(extents[ax], 1)] or [active[-1]]
+        ax = min(fits, key=lambda a: (sizes[a], -a))
+        sizes[ax] *= 2
+
+
+def _tiling(rank: int, extents: Sequence[int], ng: int) -> Tuple[List[int], List[int]]:
+    """(u, a): positions per SIMD-group and SIMD-groups per threadgroup, per axis (3-D padded)."""
+    active = list(range(3 - rank, 3))
+    u = _grow(32 // ng, [1, 1, 1], extents, active)
+    tile_ext = [max(1, -(-e // ui)) for e, ui in zip(extents, u)]
+    a = _grow(SIMDGROUPS, [1, 1, 1], tile_ext, active)
+    return u, a
+
+
+def _chunk(dp: int, itemsize: int) -> int:
+    return max(1, min(MAX_CHUNK, STAGE_BYTES // (2 * dp * itemsize)))
+
+
+class _Problem:
+    """Geometry of one launch family: extents padded to 3-D, window parameters, tiling."""
+
+    def __init__(self, q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens,
+                 lq=None, lk=None, tile_keys=False):
+        self.B, self.H, self.D = q.shape[0], q.shape[-2], q.shape[-1]
+        self.Hkv, self.Dv = k.shape[-2], v.shape[-1]
+        lq = list(q.shape[1:-2]) if lq is None else list(lq)
+        lk = list(k.shape[1:-2]) if lk is None else list(lk)
+        self.rank = len(lq)
+        self.Lq, self.Lk = _pad3(lq, 1), _pad3(lk, 1)
+        self.K = _pad3(kernel_size, 1)
+        self.S = _pad3(stride, 1)
+        self.DIL = _pad3(dilation, 1)
+        self.C = _pad3([int(bool(c)) for c in is_causal], 0)
+        self.dense = bool(dense)
+        self.E = int(extra_tokens)
+        self.DS, self.NG = _slices(self.D, self.Dv)
+        space = self.Lk if tile_keys else self.Lq
+        self.heads = self.Hkv if tile_keys else self.H
+        group_ext = [-(-n // d) for n, d in zip(space, self.DIL)]
+        self.u, self.a = _tiling(self.rank, group_ext, self.NG)
+        self.KC = _chunk(self.NG * self.DS, q.element_size())
+        self.space = space
+        self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
+
+    def tiles(self) -> int:
+        n = self.B * self.heads * self.DIL[0] * self.DIL[1] * self.DIL[2]
+        for ax in range(3):
+            longest = -(-self.space[ax] // self.DIL[ax])
+            n *= -(-longest // (self.u[ax] * self.a[ax]))
+        return n
+
+    def geometry(self, device, has_dlse=False) -> torch.Tensor:
+        g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
+             + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse)])
+        return torch.tensor(g, dtype=torch.int32, device=device)
+
+    def kernel(self, lib, name: str, dtype):
+        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}")
+
+    def launch(self, lib, name, dtype, *args):
+        tiles = self.tiles()
+        if tiles == 0:
+            return
+        tpg = self.threads_per_group
+        self.kernel(lib, name, dtype)(*args, threads=tiles * tpg, group_size=tpg)
+
+
+def _extras(q, extra_k, extra_v):
+    if extra_k is None or extra_k.shape[1] == 0:
+        return q, q, 0
+    return extra_k.contiguous(), extra_v.contiguous(), extra_k.shape[1]
+
+
+def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, dense=False,
+                      extra_k=None, extra_v=None):
+    """Forward: ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L(k), Hkv, D|Dv]``, optional additional
+    ``extra_k``/``extra_v`` ``[B, E, Hkv, D|Dv]`` -> (out ``[B, *L, H, Dv]``, lse ``[B, *L, H]`` float32)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
-    Hkv, Dv = k.shape[-2], v.shape[-1]
-    spatial = q.shape[1:-2]
-    out = _new_output(q.shape[:-1] + (Dv,), q.dtype, q.device)
+    xk, xv, E = _extras(q, extra_k, extra_v)
+    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
+    out = _new_output(q.shape[:-1] + (prob.Dv,), q.dtype, q.device)
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
-    threads = q.numel() // D if D else 0
-    if threads == 0:
-        return out, lse
-    geom = ([B, H, Hkv, D, Dv] + _pad3(spatial, 1) + _pad3(kernel_size, 1) + _pad3(stride, 1)
-            + _pad3(dilation, 1) + _pad3([int(c) for c in is_causal], 0))
-    geom_t = torch.tensor(geom, dtype=torch.int64, device=q.device)
-    lib = runtime.library(NA_FORWARD_SHADER, q.device.type)
-    kernel = getattr(lib, f"na_forward_{_DTYPE_SUFFIX[q.dtype]}")
-    kernel(q, k, v, out, lse, geom_t, float(scale), threads=threads, group_size=min(256, threads))
+    lib = runtime.library(ATTENTION_SHADER, q.device.type)
+    prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse, prob.geometry(q.device), float(scale))
     return out, lse
+
+
+def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
+                       dense=False, extra_k=None, extra_v=None):
+    """Backward of :func:`attention_forward`: (dq, dk, dv) and, with additional keys, (dxk, dxv).
+
+    Three dispatches at most: dQ and delta = rowsum(dout * out) - dlse; dK/dV over the inverse
+    neighbourhood; dK/dV of the additional keys (dense geometry over every query).
+    """
+    q, k, v, out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous()
+    dout = dout.to(q.dtype).contiguous()
+    lse = lse.float().contiguous()
+    has_dlse = dlse is not None
+    dlse_t = dlse.float().contiguous() if has_dlse else lse
+    xk, xv, E = _extras(q, extra_k, extra_v)
+    lib = runtime.library(ATTENTION_SHADER, q.device.type)
+    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
+    dq = _new_output(q.shape, q.dtype, q.device)
+    delta = _new_output(lse.shape, torch.float32, q.device)
+    prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta,
+                prob.geometry(q.device, has_dlse), float(scale))
+    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
+    dk = _new_output(k.shape, k.dtype, k.device)
+    dv = _new_output(v.shape, v.dtype, v.device)
+    kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
+                 kprob.geometry(q.device), float(scale))
+    if E == 0:
+        return dq, dk, dv, None, None
+    tokens = q[0, ..., 0, 0].numel()
+    xprob = _Problem(q, xk, xv, [1], [1], [1], [False], True, 0, lq=[tokens], lk=[E], tile_keys=True)
+    dxk = _new_output(xk.shape, xk.dtype, xk.device)
+    dxv = _new_output(xv.shape, xv.dtype, xv.device)
+    xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
+                 xprob.geometry(q.device), float(scale))
+    return dq, dk, dv, dxk, dxv
+
+
+def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
+    """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse)."""
+    return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+
+
+def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
+                                          is_causal, scale)
+    return dq, dk, dv
+
+
+def dense_forward(q, k, v, is_causal, scale):
+    """Dense attention forward: ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D|Dv]``."""
+    return attention_forward(q, k, v, [1], [1], [1], [is_causal], scale, dense=True)
+
+
+def dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale):
+    dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, [1], [1], [1], [is_causal], scale,
+                                          dense=True)
+    return dq, dk, dv
