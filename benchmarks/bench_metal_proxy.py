@@ -15,10 +15,12 @@ config, forward and forward+backward:
   per multiply-add of QK^T and PV) over the kernel time, as fractions of the GPU's measured
   device-to-device copy bandwidth and of its FP32 FMA peak (measured with a translated FMA kernel).
 
-Our backward has no Metal kernel yet (it runs the pure PyTorch path on the same GPU), so its
-kernel-only backward column counts only the forward kernels; natten-mps' backward runs its Metal
-kernels. The figures are "Metal kernels translated to CUDA on <GPU>": they rank designs, they are
-not Apple timings.
+Beside them: the previous one-thread-per-query forward kernel of this project
+(``benchmarks/baselines/na_forward_per_query.metal``, launched directly) on the same shapes, and dense
+(flash) attention at sequence 4096 (``natten_mps.attention``, the same kernel family with the dense
+window rule), with its fraction of the FMA peak. Backward kernel time is the forward+backward kernel
+time less the forward's. The figures are "Metal kernels translated to CUDA on <GPU>": they rank
+designs, they are not Apple timings.
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ LARGE_CONFIGS = [
     ("2D 128x128 K=13", 2, (128, 128), 13, 2, 8, 64),
     ("3D 32^3 K=5", 3, (32, 32, 32), 5, 2, 8, 64),
 ]
+
+# name, L, B, H, D (dense attention, not causal)
+DENSE_CONFIGS = [("dense L=4096 D=64", 4096, 2, 8, 64)]
+BASELINE = ROOT / "benchmarks" / "baselines" / "na_forward_per_query.metal"
 
 FMA_PROBE = """#include <metal_stdlib>
 using namespace metal;
@@ -177,6 +183,63 @@ def measure_config(fn, timer, rank, spatial, K, B, H, D, dtype, reps, warmup) ->
     return row
 
 
+def event_ms(fn, reps, warmup=2):
+    """Median GPU time (CUDA events) of ``fn``."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+def baseline_ms(cuda_module, rank, spatial, K, B, H, D, dtype, reps) -> float:
+    """GPU time of the previous one-thread-per-query forward kernel on this configuration."""
+    import torch
+    src = BASELINE.read_text().replace('#include "na_window.h"', (ROOT / "shaders" / "natten" / "na_window.h").read_text())
+    lib = cuda_module.compile(src, label="per-query baseline")
+    shape = (B, *spatial, H, D)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=dtype) for _ in range(3))
+    out = torch.empty(shape, device="cuda", dtype=dtype)
+    lse = torch.empty(shape[:-1], device="cuda")
+    pad = lambda vals, fill: [fill] * (3 - len(vals)) + list(vals)  # noqa: E731
+    geom = torch.tensor([B, H, H, D, D] + pad(spatial, 1) + pad([K] * rank, 1) + [1, 1, 1] + [1, 1, 1] + [0, 0, 0],
+                        dtype=torch.int64, device="cuda")
+    suffix = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    kernel = getattr(lib, f"na_forward_{suffix}")
+    threads = q.numel() // D
+    return event_ms(lambda: kernel(q, k, v, out, lse, geom, float(D ** -0.5), threads=threads,
+                                   group_size=min(256, threads)), reps)
+
+
+def measure_dense(timer, L, B, H, D, dtype, reps, warmup) -> dict:
+    import torch
+    import natten_mps
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, L, H, D, device="cuda", generator=g, dtype=dtype).requires_grad_() for _ in range(3))
+    dout = torch.randn(B, L, H, D, device="cuda", generator=g, dtype=dtype)
+
+    def fwd():
+        with torch.no_grad():
+            return natten_mps.attention(q, k, v)
+
+    def fwd_bwd():
+        q.grad = k.grad = v.grad = None
+        natten_mps.attention(q, k, v).backward(dout)
+    row = {}
+    row["fwd_ms"] = wall_ms(fwd, reps, warmup)
+    row["fwd_kernel_ms"], row["fwd_launches"], row["fwd_kernels"] = timer.measure(fwd, reps)
+    row["fwdbwd_ms"] = wall_ms(fwd_bwd, reps, warmup)
+    row["fwdbwd_kernel_ms"], row["fwdbwd_launches"], row["fwdbwd_kernels"] = timer.measure(fwd_bwd, reps)
+    return row
+
+
 def worker(args) -> None:
     import torch
     fns, cuda_module, label = setup_contender(args.worker, args.natten_mps_path)
@@ -191,8 +254,25 @@ def worker(args) -> None:
                                           args.repeats, args.warmup))
             except Exception as e:  # noqa: BLE001 - reported in the table
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if args.worker == "ours":
+                try:
+                    row["baseline_kernel_ms"] = baseline_ms(cuda_module, rank, spatial, K, B, H, D,
+                                                            getattr(torch, dtype_name), args.repeats)
+                except Exception as e:  # noqa: BLE001
+                    row["baseline_error"] = f"{type(e).__name__}: {str(e)[:200]}"
             results.append(row)
             torch.cuda.empty_cache()
+    if args.worker == "ours":
+        for name, L, B, H, D in DENSE_CONFIGS:
+            for dtype_name in args.dtypes:
+                row = dict(config=name, dtype=dtype_name, contender=label, dense=True)
+                try:
+                    row.update(measure_dense(timer, L, B, H, D, getattr(torch, dtype_name), args.repeats, args.warmup))
+                    row["baseline_kernel_ms"] = baseline_ms(cuda_module, 1, (L,), L, B, H, D,
+                                                            getattr(torch, dtype_name), max(3, args.repeats // 4))
+                except Exception as e:  # noqa: BLE001
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                results.append(row)
     print("RESULTS " + json.dumps(results))
 
 
@@ -294,41 +374,65 @@ def main() -> int:
     title = f"Metal kernels translated to CUDA on {ceil['gpu']}"
     print(f"\n{title} (ranks designs; not Apple timings)")
     print(f"ceilings measured here: copy {ceil['bandwidth'] / 1e12:.2f} TB/s, FP32 FMA {ceil['fma_flops'] / 1e12:.1f} TFLOP/s")
-    print("\nForward (ms, medians of %d): whole call / kernels only; roofline of our kernel time" % args.repeats)
-    print("| config | dtype | ours call | ours kernels | launches | natten-mps call | natten-mps kernels | launches "
-          "| ratio call | ratio kernels | ours % BW | ours % FMA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    table = []
     configs = {c[0]: c for c in SEED_CONFIGS + LARGE_CONFIGS}
+    pct = lambda work, ms, peak: work / (ms / 1e3) / peak * 100 if ms else None  # noqa: E731
+    ratio = lambda a, b: a / b if a and b else None  # noqa: E731
+    table = []
+    print("\nNeighborhood attention forward (ms, medians of %d): whole call, kernels only" % args.repeats)
+    print("| config | dtype | ours call | ours kernel | natten-mps call | natten-mps kernel | ours/theirs call "
+          "| ours/theirs kernel | per-query kernel | per-query/ours | ours % BW | ours % FMA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in ours:
+        if r.get("dense"):
+            continue
         t = their_by.get((r["config"], r["dtype"]), {})
         _, rank, spatial, K, B, H, D = configs[r["config"]]
         nbytes, flops = useful_work(rank, spatial, K, B, H, D, 4 if r["dtype"] == "float32" else 2)
         kt = r.get("fwd_kernel_ms")
-        bw = nbytes / (kt / 1e3) / ceil["bandwidth"] * 100 if kt else None
-        fl = flops / (kt / 1e3) / ceil["fma_flops"] * 100 if kt else None
-        rc = r.get("fwd_ms") / t["fwd_ms"] if t.get("fwd_ms") and r.get("fwd_ms") else None
-        rk = kt / t["fwd_kernel_ms"] if t.get("fwd_kernel_ms") and kt else None
-        err = r.get("error") or t.get("error")
-        print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwd_ms'))} | {fmt(kt)} | {r.get('fwd_launches', '—')} "
-              f"| {fmt(t.get('fwd_ms'))} | {fmt(t.get('fwd_kernel_ms'))} | {t.get('fwd_launches', '—')} "
-              f"| {fmt(rc, 'x')} | {fmt(rk, 'x')} | {fmt(bw)} | {fmt(fl)} |" + (f" {err}" if err else ""))
-        table.append(dict(ours=r, theirs=t, bw_pct=bw, fma_pct=fl))
-    print("\nForward + backward (ms): whole call / kernels only (ours: forward kernels only, backward on the pure path)")
-    print("| config | dtype | ours call | ours kernels | natten-mps call | natten-mps kernels | natten-mps launches "
-          "| ratio call |")
+        row = dict(ours=r, theirs=t, bw_pct=pct(nbytes, kt, ceil["bandwidth"]), fma_pct=pct(flops, kt, ceil["fma_flops"]))
+        table.append(row)
+        err = "; ".join(x for x in (r.get("error"), t.get("error"), r.get("baseline_error")) if x)
+        print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwd_ms'))} | {fmt(kt)} | {fmt(t.get('fwd_ms'))} "
+              f"| {fmt(t.get('fwd_kernel_ms'))} | {fmt(ratio(r.get('fwd_ms'), t.get('fwd_ms')), 'x')} "
+              f"| {fmt(ratio(kt, t.get('fwd_kernel_ms')), 'x')} | {fmt(r.get('baseline_kernel_ms'))} "
+              f"| {fmt(ratio(r.get('baseline_kernel_ms'), kt), 'x')} | {fmt(row['bw_pct'])} | {fmt(row['fma_pct'])} |"
+              + (f" {err}" if err else ""))
+    print("\nNeighborhood attention forward + backward (ms): whole call; backward kernels = fwd+bwd kernels - fwd kernels")
+    print("| config | dtype | ours call | ours bwd kernels | launches | natten-mps call | natten-mps bwd kernels "
+          "| launches | ours/theirs call | ours/theirs bwd kernels | ours bwd % FMA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in ours:
+        if r.get("dense"):
+            continue
+        t = their_by.get((r["config"], r["dtype"]), {})
+        _, rank, spatial, K, B, H, D = configs[r["config"]]
+        _, flops = useful_work(rank, spatial, K, B, H, D, 4)
+        ob = r["fwdbwd_kernel_ms"] - r["fwd_kernel_ms"] if r.get("fwdbwd_kernel_ms") else None
+        tb = t["fwdbwd_kernel_ms"] - t["fwd_kernel_ms"] if t.get("fwdbwd_kernel_ms") else None
+        print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwdbwd_ms'))} | {fmt(ob)} "
+              f"| {r.get('fwdbwd_launches', 0) - r.get('fwd_launches', 0)} | {fmt(t.get('fwdbwd_ms'))} | {fmt(tb)} "
+              f"| {t.get('fwdbwd_launches', 0) - t.get('fwd_launches', 0) if t else '—'} "
+              f"| {fmt(ratio(r.get('fwdbwd_ms'), t.get('fwdbwd_ms')), 'x')} | {fmt(ratio(ob, tb), 'x')} "
+              f"| {fmt(pct(2.5 * flops, ob, ceil['fma_flops']))} |")
+    print("\nDense (flash) attention, not causal (ms): kernels only")
+    print("| config | dtype | fwd kernel | fwd % FMA | bwd kernels | bwd % FMA | per-query kernel | per-query/ours |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ours:
-        t = their_by.get((r["config"], r["dtype"]), {})
-        rc = r["fwdbwd_ms"] / t["fwdbwd_ms"] if t.get("fwdbwd_ms") and r.get("fwdbwd_ms") else None
-        print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwdbwd_ms'))} | {fmt(r.get('fwdbwd_kernel_ms'))} "
-              f"| {fmt(t.get('fwdbwd_ms'))} | {fmt(t.get('fwdbwd_kernel_ms'))} | {t.get('fwdbwd_launches', '—')} "
-              f"| {fmt(rc, 'x')} |")
-    print("\nratio = ours / natten-mps (below 1: ours is faster). Kernels per call, natten-mps forward:")
-    for r in theirs:
+        if not r.get("dense"):
+            continue
+        _, L, B, H, D = next(c for c in DENSE_CONFIGS if c[0] == r["config"])
+        flops = 4 * B * H * L * L * D
+        kt = r.get("fwd_kernel_ms")
+        ob = r["fwdbwd_kernel_ms"] - kt if r.get("fwdbwd_kernel_ms") else None
+        print(f"| {r['config']} (B={B}, H={H}) | {r['dtype']} | {fmt(kt)} | {fmt(pct(flops, kt, ceil['fma_flops']))} "
+              f"| {fmt(ob)} | {fmt(pct(2.5 * flops, ob, ceil['fma_flops']))} | {fmt(r.get('baseline_kernel_ms'))} "
+              f"| {fmt(ratio(r.get('baseline_kernel_ms'), kt), 'x')} |" + (f" {r['error']}" if r.get("error") else ""))
+        table.append(dict(ours=r, fma_pct=pct(flops, kt, ceil["fma_flops"])))
+    print("\nratios below 1: ours is faster. Kernels per call (forward):")
+    for r in ours + theirs:
         if r.get("fwd_kernels"):
             ks = ", ".join(f"{k} {fmt(v)} ms" for k, v in sorted(r["fwd_kernels"].items()))
-            print(f"  {r['config']} {r['dtype']}: {ks}")
+            print(f"  {r['contender']}: {r['config']} {r['dtype']}: {ks}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(title=title, ceilings=ceil, rows=table), indent=1))
     return 0

@@ -7,10 +7,11 @@ then proves the tools see what they should: a planted shared-memory race (racech
 out-of-bounds write (memcheck) must be reported. Prints one table; exits 1 unless the workload is
 clean under every tool and both planted bugs are caught.
 
-Workload (``--workload sweep``): the NA forward sweep of the test suite through the public API with
+Workload (``--workload sweep``): the NA sweep of the test suite through the public API with
 ``NATTEN_MPS_METAL_ON_CUDA`` (float32 over random ranks, kernels, dilations, strides, causal flags,
-GQA; float16 and bfloat16), sageattn through the same kernels, and the back ends' feature-test
-kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
+GQA; float16 and bfloat16), the tiled kernels' own sweep (tests/test_attention_kernels.py: forward
+and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), sageattn
+through the same kernels, and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
 matrices, partial threadgroups).
 """
 from __future__ import annotations
@@ -67,6 +68,22 @@ def workload_sweep() -> None:
     q = torch.randn(2, 4, 70, 32, device="cuda")
     for causal in (False, True):
         sage_mps.sageattn(q, q, q, is_causal=causal)
+    import test_attention_kernels as tk
+    for rank in (1, 2, 3):
+        for i in range(3):
+            tk.test_na_float32_forward_backward(rank, i, "cuda")
+            n += 1
+        for dtype in (torch.float16, torch.bfloat16):
+            tk.test_na_low_precision(rank, dtype, "cuda")
+            n += 1
+        tk.test_na_additional_keys_fused(rank, rank + 1, "cuda")
+    for dim in (8, 40, 128, 256):
+        tk.test_na_head_dims(dim, "cuda")
+        n += 1
+    for args in ((37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64)):
+        tk.test_dense_attention(*args, torch.float32, "cuda")
+        n += 1
+    tk.test_nan_stays_in_its_windows("cuda")
     for name in dir(te):
         fn = getattr(te, name)
         if name.startswith("test_") and callable(fn) and "backend" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:

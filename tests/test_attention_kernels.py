@@ -5,7 +5,8 @@ random ranks, extents smaller than a tile and not a multiple of one, even and od
 dilations, strides, causal flags, GQA ratios, head dims 8 to 256 (Dv != D too), all three dtypes;
 dense attention (Lq != Lk, causal, GQA); the backward run twice is bit-identical; NaN stays in its
 windows; the emulator's cost counters meet the dispatch and device-byte budgets. Each case runs the
-kernels directly (backends.metal), outputs poisoned before the kernels write them.
+kernels directly (backends.metal), outputs poisoned before the kernels write them, on the CPU
+emulator and, where a CUDA GPU is present, on the MSL -> CUDA back end (`dev` fixture).
 
 Tolerances (absolute and relative, unit-scale random inputs): float32 2e-5 forward / 1e-4
 gradients; float16 4e-3 / 2e-2; bfloat16 3e-2 / 1.2e-1 (conftest.TOL / GRAD_TOL).
@@ -52,14 +53,15 @@ def inputs(c, dtype, seed, extra=0):
     return [t.to(dtype) for t in ts]
 
 
-def check_na(c, dtype, seed, extra=0, grad=True):
-    ts = inputs(c, dtype, seed, extra)
+def check_na(c, dtype, seed, extra=0, grad=True, dev="cpu"):
+    ts = [t.to(dev) for t in inputs(c, dtype, seed, extra)]
     q, k, v = ts[:3]
     xk, xv = (ts[3], ts[4]) if extra else (None, None)
     scale = c["d"] ** -0.5
     args = (c["ks"], c["st"], c["dil"], c["causal"], scale)
     out, lse = metal.attention_forward(q, k, v, *args, extra_k=xk, extra_v=xv)
-    ref = [t.double().requires_grad_() for t in ts]
+    ref = [t.cpu().double().requires_grad_() for t in ts]
+    out, lse = out.cpu(), lse.cpu()
     ro, rl = reference_na(ref[0], ref[1], ref[2], c["ks"], c["st"], c["dil"], c["causal"],
                           add_k=ref[3] if extra else None, add_v=ref[4] if extra else None)
     tol = TOL[dtype]
@@ -70,7 +72,9 @@ def check_na(c, dtype, seed, extra=0, grad=True):
     g = torch.Generator().manual_seed(seed + 7)
     dout = torch.randn(out.shape, generator=g).to(dtype)
     dlse = torch.randn(lse.shape, generator=g)
-    grads = metal.attention_backward(dout, dlse, q, k, v, out, lse, *args, extra_k=xk, extra_v=xv)
+    grads = metal.attention_backward(dout.to(dev), dlse.to(dev), q, k, v, out.to(dev), lse.to(dev), *args,
+                                     extra_k=xk, extra_v=xv)
+    grads = tuple(None if t is None else t.cpu() for t in grads)
     ((ro * dout.double()).sum() + (rl * dlse.double()).sum()).backward()
     gtol = GRAD_TOL[dtype]
     for name, got, r in zip(("dq", "dk", "dv", "dxk", "dxv"), grads, ref):
@@ -78,34 +82,45 @@ def check_na(c, dtype, seed, extra=0, grad=True):
     return grads, (dout, dlse)
 
 
-@pytest.fixture(autouse=True)
-def _poison():
-    natten_mps.set_emulation(True)     # CPU tensors run the kernels in the emulator (outputs poisoned)
+@pytest.fixture(params=["cpu", "cuda"])
+def dev(request):
+    """cpu: the kernels run in the emulator; cuda: through the MSL -> CUDA back end. Outputs poisoned."""
+    from natten_mps.metal import runtime
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        natten_mps.set_metal_on_cuda(True)
+    natten_mps.set_emulation(True)
+    runtime.set_poison_outputs(True)
+    yield request.param
+    runtime.set_poison_outputs(False)
 
 
 @pytest.mark.parametrize("rank,i", [(r, i) for r in (1, 2, 3) for i in range(6 if r < 3 else 4)])
-def test_na_float32_forward_backward(rank, i):
-    check_na(random_case(random.Random(31 * rank + 1000 * i), rank), torch.float32, seed=i)
+def test_na_float32_forward_backward(rank, i, dev):
+    check_na(random_case(random.Random(31 * rank + 1000 * i), rank), torch.float32, seed=i, dev=dev)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_na_low_precision(rank, dtype):
-    check_na(random_case(random.Random(500 + rank), rank), dtype, seed=rank)
+def test_na_low_precision(rank, dtype, dev):
+    check_na(random_case(random.Random(500 + rank), rank), dtype, seed=rank, dev=dev)
 
 
 @pytest.mark.parametrize("dim", [8, 32, 40, 64, 128, 256])
-def test_na_head_dims(dim):
+def test_na_head_dims(dim, dev):
     c = dict(spatial=[13], ks=[5], st=[2], dil=[2], causal=[False], hkv=1, h=2, d=dim, dv=dim, b=1)
-    check_na(c, torch.float32, seed=dim)
+    check_na(c, torch.float32, seed=dim, dev=dev)
     c2 = dict(c, spatial=[6, 7], ks=[3, 4], st=[1, 2], dil=[1, 1], causal=[True, False], dv=max(8, dim // 2))
-    check_na(c2, torch.float32, seed=dim + 1)
+    check_na(c2, torch.float32, seed=dim + 1, dev=dev)
 
 
 @pytest.mark.parametrize("rank,extra", [(1, 1), (2, 4), (3, 3)])
-def test_na_additional_keys_fused(rank, extra):
+def test_na_additional_keys_fused(rank, extra, dev):
     c = random_case(random.Random(70 + rank), rank)
-    check_na(c, torch.float32, seed=rank, extra=extra)
+    check_na(c, torch.float32, seed=rank, extra=extra, dev=dev)
+    if dev != "cpu":
+        return
     with emulator.counting() as counter:
         ts = inputs(c, torch.float32, 0, extra)
         metal.attention_forward(ts[0], ts[1], ts[2], c["ks"], c["st"], c["dil"], c["causal"], 0.3,
@@ -113,10 +128,10 @@ def test_na_additional_keys_fused(rank, extra):
     assert counter.total().dispatches == 1      # the additional keys ride in the same dispatch
 
 
-def test_backward_is_bit_identical_across_runs():
+def test_backward_is_bit_identical_across_runs(dev):
     c = dict(spatial=[9, 11], ks=[3, 5], st=[1, 2], dil=[2, 1], causal=[False, True], hkv=1, h=4, d=40, dv=24, b=2)
-    first, _ = check_na(c, torch.float32, seed=3, extra=2)
-    second, _ = check_na(c, torch.float32, seed=3, extra=2)
+    first, _ = check_na(c, torch.float32, seed=3, extra=2, dev=dev)
+    second, _ = check_na(c, torch.float32, seed=3, extra=2, dev=dev)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -124,28 +139,30 @@ def test_backward_is_bit_identical_across_runs():
 @pytest.mark.parametrize("lq,lk,causal,h,hkv,d", [(37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64),
                                                   (70, 9, False, 3, 3, 16), (33, 33, False, 2, 2, 128)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_dense_attention(lq, lk, causal, h, hkv, d, dtype):
+def test_dense_attention(lq, lk, causal, h, hkv, d, dtype, dev):
     g = torch.Generator().manual_seed(lq + lk)
     q = torch.randn(2, lq, h, d, generator=g).to(dtype)
     k = torch.randn(2, lk, hkv, d, generator=g).to(dtype)
     v = torch.randn(2, lk, hkv, d, generator=g).to(dtype)
-    out, lse = metal.dense_forward(q, k, v, causal, d ** -0.5)
+    out, lse = (t.cpu() for t in metal.dense_forward(q.to(dev), k.to(dev), v.to(dev), causal, d ** -0.5))
     qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
     ro, rl = reference_attention(qr, kr, vr, causal)
     torch.testing.assert_close(out.double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
     torch.testing.assert_close(lse.double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
     dout = torch.randn(out.shape, generator=g).to(dtype)
-    dq, dk, dv = metal.dense_backward(dout, None, q, k, v, out, lse, causal, d ** -0.5)
+    dq, dk, dv = (t.cpu() for t in metal.dense_backward(*(t.to(dev) for t in (dout,)), None,
+                                                        *(t.to(dev) for t in (q, k, v, out, lse)), causal, d ** -0.5))
     (ro * dout.double()).sum().backward()
     for got, r in zip((dq, dk, dv), (qr, kr, vr)):
         torch.testing.assert_close(got.double(), r.grad, atol=GRAD_TOL[dtype], rtol=GRAD_TOL[dtype])
 
 
-def test_nan_stays_in_its_windows():
+def test_nan_stays_in_its_windows(dev):
     c = dict(spatial=[12, 12], ks=[3, 3], st=[1, 1], dil=[1, 1], causal=[False, False], hkv=1, h=1, d=8, dv=8, b=1)
     q, k, v = inputs(c, torch.float32, 5)
     k[0, 0, 0, 0, 0] = float("nan")          # key at (0, 0): only queries whose window holds it
-    out, lse = metal.attention_forward(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], 0.35)
+    out, lse = (t.cpu() for t in metal.attention_forward(q.to(dev), k.to(dev), v.to(dev), c["ks"], c["st"],
+                                                         c["dil"], c["causal"], 0.35))
     bad = torch.isnan(out[0, :, :, 0, 0])
     expected = torch.zeros(12, 12, dtype=torch.bool)
     expected[:2, :2] = True                   # queries whose 3x3 window (clamped at the border) holds (0, 0)
@@ -153,9 +170,11 @@ def test_nan_stays_in_its_windows():
     assert torch.equal(torch.isnan(lse[0, :, :, 0]), expected)
 
 
-def test_cost_budgets_2d_32x32_k7():
+def test_cost_budgets_2d_32x32_k7(dev):
     """Forward: one dispatch, device bytes within 2x of reading each input and writing each output
     once; backward: at most three dispatches within 4x."""
+    if dev != "cpu":
+        pytest.skip("cost counters are the emulator's")
     B, H, D = 1, 1, 32
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, 32, 32, H, D, generator=g) for _ in range(3))
@@ -175,10 +194,10 @@ def test_cost_budgets_2d_32x32_k7():
     assert (t.bytes_read + t.bytes_written) <= 4 * minimum, (t.bytes_read + t.bytes_written) / minimum
 
 
-def test_public_api_trains_on_the_metal_path():
+def test_public_api_trains_on_the_metal_path(dev):
     natten_mps.set_backend("metal")
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 10, 9, 2, 16, generator=g, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, 10, 9, 2, 16, generator=g).to(dev).requires_grad_() for _ in range(3))
     out, lse = natten_mps.na2d(q, k, v, (3, 5), dilation=(2, 1), is_causal=(True, False), return_lse=True)
     (out.sum() + lse.sum()).backward()
     assert natten_mps.last_backend() == "metal"
