@@ -55,14 +55,24 @@ def _pad3(values, fill) -> List[int]:
     return [fill] * (3 - len(values)) + values
 
 
-def _slices(D: int, Dv: int) -> Tuple[int, int]:
+def _slices(D: int, Dv: int, ds: Optional[int] = None) -> Tuple[int, int]:
     """(DS, NG): slice width and lanes per position covering max(D, Dv)."""
     width = max(D, Dv)
-    ds = 16 if width <= 16 else 32
+    ds = ds or (16 if width <= 16 else 32)
     ng = 1
     while ng * ds < width:
         ng *= 2
     return ds, ng
+
+
+def _target_threadgroups(device: torch.device) -> int:
+    """Threadgroups that keep every GPU core busy; below it the tiles shrink (fewer SIMD-groups per
+    tile, then narrower slices). The emulator keeps the large, byte-efficient tiles."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "mps":
+        return 4 * 32          # M-series Max GPUs have 30-40 cores
+    return 0
 
 
 def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence[int]) -> List[int]:
@@ -78,12 +88,12 @@ def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence
         sizes[ax] *= 2
 
 
-def _tiling(rank: int, extents: Sequence[int], ng: int) -> Tuple[List[int], List[int]]:
+def _tiling(rank: int, extents: Sequence[int], ng: int, simdgroups: int) -> Tuple[List[int], List[int]]:
     """(u, a): positions per SIMD-group and SIMD-groups per threadgroup, per axis (3-D padded)."""
     active = list(range(3 - rank, 3))
     u = _grow(32 // ng, [1, 1, 1], extents, active)
     tile_ext = [max(1, -(-e // ui)) for e, ui in zip(extents, u)]
-    a = _grow(SIMDGROUPS, [1, 1, 1], tile_ext, active)
+    a = _grow(simdgroups, [1, 1, 1], tile_ext, active)
     return u, a
 
 
@@ -108,13 +118,20 @@ class _Problem:
         self.C = _pad3([int(bool(c)) for c in is_causal], 0)
         self.dense = bool(dense)
         self.E = int(extra_tokens)
-        self.DS, self.NG = _slices(self.D, self.Dv)
-        space = self.Lk if tile_keys else self.Lq
+        self.space = self.Lk if tile_keys else self.Lq
         self.heads = self.Hkv if tile_keys else self.H
-        group_ext = [-(-n // d) for n, d in zip(space, self.DIL)]
-        self.u, self.a = _tiling(self.rank, group_ext, self.NG)
+        group_ext = [-(-n // d) for n, d in zip(self.space, self.DIL)]
+        target = _target_threadgroups(q.device)
+        choices = [(None, a) for a in (SIMDGROUPS, 2, 1)] + [(16, 1)]
+        for ds, simdgroups in choices:
+            self.DS, self.NG = _slices(self.D, self.Dv, ds)
+            self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups)
+            if self.NG > 8 or self.tiles() >= target:
+                break
+        if self.NG > 8:                       # a slice of 16 cannot cover this head dim in 8 lanes
+            self.DS, self.NG = _slices(self.D, self.Dv)
+            self.u, self.a = _tiling(self.rank, group_ext, self.NG, 1)
         self.KC = _chunk(self.NG * self.DS, q.element_size())
-        self.space = space
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
 
     def tiles(self) -> int:

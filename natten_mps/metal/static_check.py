@@ -66,6 +66,20 @@ def _functions(src: str):
         yield name, src[m.end():i], src[start:j + 1], m.start()
 
 
+def _top_level_commas(params: str) -> List[str]:
+    """Split a parameter list at commas outside <...>, (...) and [...]."""
+    out, depth, cur = [], 0, []
+    for ch in params:
+        depth += (ch in "<([") - (ch in ">)]")
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
+
+
 def check_source(src: str, filename: str = "<source>") -> List[Tuple[str, int, str]]:
     """Return ``(file, line, message)`` for every rule the source breaks."""
     clean = _strip(src)
@@ -82,7 +96,7 @@ def check_source(src: str, filename: str = "<source>") -> List[Tuple[str, int, s
         for m in re.finditer(pattern, clean):
             problems.append((filename, _line(clean, m.start()), message))
     for name, params, body, start in _functions(clean):
-        for p in params.split(","):
+        for p in _top_level_commas(params):
             if "*" in p and not any(re.search(rf"\b{a}\b", p) for a in _ADDRESS_SPACES):
                 problems.append((filename, _line(clean, start),
                                  f"pointer parameter without an address space in {name}(): {p.strip()}"))

@@ -9,14 +9,15 @@
 // Work split. A threadgroup owns a tile of neighbouring queries (forward, dQ) or keys (dK/dV) in
 // one dilation group of one (batch, head); it is a[0] x a[1] x a[2] SIMD-groups, each owning a
 // sub-tile of u[0] x u[1] x u[2] = 32 / NG positions. NG lanes share a position and split the head
-// dimension in slices of DS (so a lane holds at most 4 DS floats: few registers), their partial dot
-// products meeting through simd_shuffle_xor. The union of the tile's windows (keys for a query
-// tile, queries for a key tile) is walked in chunks of KC tokens staged in threadgroup memory once
-// per threadgroup; every SIMD-group walks the chunk in lock-step, skipping tokens outside its own
-// sub-tile's union (a SIMD-uniform test), and each lane applies its own exact window as a mask.
-// Scores, the online softmax and every accumulation are float. No atomics: dK/dV walk the inverse
-// neighbourhood (attn_tile.h, query_bounds) and loop over the query heads of a key head, so results
-// are bit-identical run to run.
+// dimension in slices of DS floats (a lane holds at most 4 DS floats: few registers); their partial
+// dot products meet through simd_shuffle_xor. The union of the tile's windows (keys for a query
+// tile, queries for a key tile) is walked in chunks of KC tokens staged once per threadgroup in
+// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS); every SIMD-group walks the
+// chunk in lock-step, skipping tokens outside its own sub-tile's union (a SIMD-uniform test), and
+// each lane applies its exact window as a mask. Scores are kept in base 2 (q pre-scaled by
+// scale * log2 e, exp2); the online softmax rescales only when the running maximum grows; every
+// accumulation is float. No atomics: dK/dV walk the inverse neighbourhood (attn_tile.h,
+// query_bounds) and loop over the query heads of a key head, so results are bit-identical.
 //
 // Kernels (suffix _<dtype>_<DS>):
 //   attn_forward       out, lse                 (NA window + additional keys in one pass)
@@ -29,6 +30,8 @@ using namespace metal;
 
 constant constexpr int kStageBytes = 24576;   // staged chunk of two token arrays
 constant constexpr int kMaxChunk = 64;        // tokens per chunk (KC <= kMaxChunk)
+constant constexpr float kLog2e = 1.4426950408889634f;
+constant constexpr float kLn2 = 0.6931471805599453f;
 
 // Sum over the NG lanes that share one position (adjacent lanes; NG a power of two).
 inline float slice_sum(float v, int NG) {
@@ -38,11 +41,22 @@ inline float slice_sum(float v, int NG) {
   return v;
 }
 
+inline float hsum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+
 // Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`.
 inline void box_coord(int f, thread const int* lo, thread const int* ext, thread int* c) {
   c[2] = lo[2] + f % ext[2];
   c[1] = lo[1] + (f / ext[2]) % ext[1];
   c[0] = lo[0] + f / (ext[2] * ext[1]);
+}
+
+// The next position of the box in row-major order (no division).
+inline void box_next(thread const int* lo, thread const int* ext, thread int* c) {
+  if (++c[2] < lo[2] + ext[2]) return;
+  c[2] = lo[2];
+  if (++c[1] < lo[1] + ext[1]) return;
+  c[1] = lo[1];
+  ++c[0];
 }
 
 inline bool in_spans(thread const int* c, thread const Span* s) {
@@ -79,6 +93,62 @@ inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid)
   return P;
 }
 
+// Keys of a query tile: the box of the tile's windows, the SIMD-group's and the lane's spans.
+struct KeyBox {
+  Span win[3], sub[3];
+  int lo[3], ext[3];
+  int vol;
+};
+
+inline KeyBox key_box(thread const Geom& G, thread const Tile& Tl, thread const Place& P) {
+  KeyBox K;
+  K.vol = 1;
+  for (int ax = 0; ax < 3; ++ax) {
+    K.win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
+    K.sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
+    K.sub[ax].hi = key_span(G, ax, P.last[ax], Tl.glen[ax]).hi;
+    K.lo[ax] = key_span(G, ax, Tl.origin[ax], Tl.glen[ax]).lo;
+    const int hi = key_span(G, ax, min(Tl.origin[ax] + Tl.t[ax] - 1, Tl.glen[ax] - 1), Tl.glen[ax]).hi;
+    K.ext[ax] = max(hi - K.lo[ax] + 1, 0);
+    K.vol *= K.ext[ax];
+  }
+  return K;
+}
+
+// Stage rows [n][R4] (4-vectors) of keys and values (neighbourhood box or additional tokens) of
+// key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
+template <typename T>
+inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
+                       device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
+                       thread const KeyBox& K, int hk, bool extra, int base, int n, int R4,
+                       uint tid, uint nthreads) {
+  const int tpr = min(R4, int(nthreads));
+  const int step = int(nthreads) / tpr;
+  const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  for (int r = int(tid) / tpr; r < n; r += step) {
+    int src;
+    if (extra) {
+      src = (Tl.b * G.E + base + r) * G.Hkv + hk;
+    } else {
+      int kc[3];
+      box_coord(base + r, K.lo, K.ext, kc);
+      src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+    }
+    device const T* ks = (extra ? xk : k) + src * G.D;
+    device const T* vs = (extra ? xv : v) + src * G.Dv;
+    for (int c = int(tid) % tpr; c < R4; c += tpr) {
+      vec<T, 4> a, b;
+      for (int j = 0; j < 4; ++j) {
+        const int d = 4 * c + j;
+        a[j] = d < G.D ? T(ks[d]) : T(0.0f);
+        b[j] = d < G.Dv ? T(vs[d]) : T(0.0f);
+      }
+      st[r * R4 + c] = a;
+      st[voff + r * R4 + c] = b;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------------
@@ -91,104 +161,81 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          uint tg [[threadgroup_position_in_grid]],
                          uint tid [[thread_index_in_threadgroup]],
                          uint nthreads [[threads_per_threadgroup]]) {
-  threadgroup T stage[kStageBytes / sizeof(T)];
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile(G, tg, G.H, G.Lq);
   for (int ax = 0; ax < 3; ++ax) {
     if (Tl.origin[ax] >= Tl.glen[ax]) return;          // the whole tile lies past a short group
   }
   const Place P = locate_thread(G, Tl, tid);
-  const int Dp = G.NG * DS, Dvp = G.NG * DS, d0 = P.slice * DS;
+  const KeyBox K = key_box(G, Tl, P);
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
-  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
 
-  Span win[3], sub[3], box[3];
-  int lo[3], ext[3];
-  int vol = 1;
-  for (int ax = 0; ax < 3; ++ax) {
-    win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
-    sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
-    sub[ax].hi = key_span(G, ax, P.last[ax], Tl.glen[ax]).hi;
-    box[ax].lo = key_span(G, ax, Tl.origin[ax], Tl.glen[ax]).lo;
-    box[ax].hi = key_span(G, ax, min(Tl.origin[ax] + Tl.t[ax] - 1, Tl.glen[ax] - 1), Tl.glen[ax]).hi;
-    lo[ax] = box[ax].lo;
-    ext[ax] = max(box[ax].hi - box[ax].lo + 1, 0);
-    vol *= ext[ax];
-  }
-
-  float qr[DS], acc[DS];
-  for (int d = 0; d < DS; ++d) {
-    const int dd = d0 + d;
-    qr[d] = (P.valid && dd < G.D) ? float(q[row * G.D + dd]) * scale : 0.0f;
-    acc[d] = 0.0f;
+  float4 qv[DS / 4], av[DS / 4];
+  const float qscale = scale * kLog2e;
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
+    }
+    av[i] = float4(0.0f);
   }
   float m = -INFINITY, l = 0.0f;
-  const int voff = G.KC * Dp;
 
   // Neighbourhood keys, then the additional keys (every query sees them all).
-  const int total = vol + G.E;
+  const int total = K.vol + G.E;
   for (int c0 = 0, n = 0; c0 < total; c0 += n) {     // chunks never straddle the two key sets
-    const bool extra = c0 >= vol;
-    const int base = extra ? c0 - vol : c0;
-    n = extra ? min(G.KC, G.E - base) : min(G.KC, vol - c0);
+    const bool extra = c0 >= K.vol;
+    const int base = extra ? c0 - K.vol : c0;
+    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);      // the previous chunk is consumed
-    for (int e = int(tid); e < n * Dp; e += int(nthreads)) {
-      const int kk = e / Dp, d = e - kk * Dp;
-      int src;
-      if (extra) {
-        src = ((Tl.b * G.E + base + kk) * G.Hkv + hk);
-      } else {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
-      }
-      stage[e] = d < G.D ? (extra ? T(xk[src * G.D + d]) : T(k[src * G.D + d])) : T(0.0f);
-    }
-    for (int e = int(tid); e < n * Dvp; e += int(nthreads)) {
-      const int kk = e / Dvp, d = e - kk * Dvp;
-      int src;
-      if (extra) {
-        src = ((Tl.b * G.E + base + kk) * G.Hkv + hk);
-      } else {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
-      }
-      stage[voff + e] = d < G.Dv ? (extra ? T(xv[src * G.Dv + d]) : T(v[src * G.Dv + d])) : T(0.0f);
-    }
+    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
+    int kc[3];
+    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
     for (int kk = 0; kk < n; ++kk) {
-      bool ok = P.valid;
-      if (!extra) {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        if (!in_spans(kc, sub)) continue;                  // SIMD-uniform
-        ok = ok && in_spans(kc, win);
+      const bool take = extra || in_spans(kc, K.sub);     // SIMD-uniform
+      const bool ok = P.valid && (extra || in_spans(kc, K.win));
+      if (!extra) box_next(K.lo, K.ext, kc);
+      if (!take) continue;
+      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+      float4 part = float4(0.0f);
+      for (int i = 0; i < DS / 4; ++i) {
+        const vec<T, 4> x = kr[i];
+        part += qv[i] * float4(x);
       }
-      threadgroup const T* kr = stage + kk * Dp + d0;
-      float part = 0.0f;
-      for (int d = 0; d < DS; ++d) part += qr[d] * float(kr[d]);
-      const float s = slice_sum(part, G.NG);
+      const float s = slice_sum(hsum(part), G.NG);
       if (ok) {
-        // NaN-propagating online softmax (metal::max would drop a NaN score).
-        const float m_new = s > m ? s : m;
-        const float corr = m == m_new ? 1.0f : exp(m - m_new);
-        const float p = exp(s - m_new);
-        l = l * corr + p;
-        threadgroup const T* vr = stage + voff + kk * Dvp + d0;
-        for (int d = 0; d < DS; ++d) acc[d] = acc[d] * corr + p * float(vr[d]);
-        m = m_new;
+        // NaN-propagating online softmax: a NaN score never raises m and makes p (so l) NaN.
+        if (s > m) {
+          const float corr = exp2(m - s);
+          l *= corr;
+          for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+          m = s;
+        }
+        const float p = exp2(s - m);
+        l += p;
+        threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = vr[i];
+          av[i] += p * float4(x);
+        }
       }
     }
   }
   if (!P.valid) return;
   const float inv = 1.0f / l;
-  for (int d = 0; d < DS; ++d) {
-    if (d0 + d < G.Dv) out[row * G.Dv + d0 + d] = T(acc[d] * inv);
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.Dv) out[row * G.Dv + d] = T(av[i][j] * inv);
+    }
   }
-  if (P.slice == 0) lse[row] = m + log(l);
+  if (P.slice == 0) lse[row] = (m + log2(l)) * kLn2;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -205,104 +252,77 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              uint tg [[threadgroup_position_in_grid]],
                              uint tid [[thread_index_in_threadgroup]],
                              uint nthreads [[threads_per_threadgroup]]) {
-  threadgroup T stage[kStageBytes / sizeof(T)];
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile(G, tg, G.H, G.Lq);
   for (int ax = 0; ax < 3; ++ax) {
     if (Tl.origin[ax] >= Tl.glen[ax]) return;
   }
   const Place P = locate_thread(G, Tl, tid);
-  const int Dp = G.NG * DS, Dvp = G.NG * DS, d0 = P.slice * DS;
+  const KeyBox K = key_box(G, Tl, P);
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
-  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
 
-  Span win[3], sub[3];
-  int lo[3], ext[3];
-  int vol = 1;
-  for (int ax = 0; ax < 3; ++ax) {
-    win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
-    sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
-    sub[ax].hi = key_span(G, ax, P.last[ax], Tl.glen[ax]).hi;
-    lo[ax] = key_span(G, ax, Tl.origin[ax], Tl.glen[ax]).lo;
-    const int hi = key_span(G, ax, min(Tl.origin[ax] + Tl.t[ax] - 1, Tl.glen[ax] - 1), Tl.glen[ax]).hi;
-    ext[ax] = max(hi - lo[ax] + 1, 0);
-    vol *= ext[ax];
-  }
-
-  float qr[DS], gr[DS], dqa[DS];
+  float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
+  const float qscale = scale * kLog2e;
   float dsum = 0.0f;
-  for (int d = 0; d < DS; ++d) {
-    const int dd = d0 + d;
-    qr[d] = (P.valid && dd < G.D) ? float(q[row * G.D + dd]) * scale : 0.0f;
-    gr[d] = (P.valid && dd < G.Dv) ? float(dout[row * G.Dv + dd]) : 0.0f;
-    dsum += (P.valid && dd < G.Dv) ? gr[d] * float(out[row * G.Dv + dd]) : 0.0f;
-    dqa[d] = 0.0f;
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
+      gv[i][j] = (P.valid && d < G.Dv) ? float(dout[row * G.Dv + d]) : 0.0f;
+      dsum += (P.valid && d < G.Dv) ? gv[i][j] * float(out[row * G.Dv + d]) : 0.0f;
+    }
+    dqa[i] = float4(0.0f);
   }
   dsum = slice_sum(dsum, G.NG);
-  const float dl = (P.valid && G.has_dlse) ? dlse[row] : 0.0f;
-  const float dlt = dsum - dl;
-  const float lrow = P.valid ? lse[row] : 0.0f;
-  const int voff = G.KC * Dp;
+  const float dlt = dsum - ((P.valid && G.has_dlse) ? dlse[row] : 0.0f);
+  const float lse2 = P.valid ? lse[row] * kLog2e : 0.0f;
 
-  const int total = vol + G.E;
-  for (int c0 = 0, n = 0; c0 < total; c0 += n) {     // chunks never straddle the two key sets
-    const bool extra = c0 >= vol;
-    const int base = extra ? c0 - vol : c0;
-    n = extra ? min(G.KC, G.E - base) : min(G.KC, vol - c0);
+  const int total = K.vol + G.E;
+  for (int c0 = 0, n = 0; c0 < total; c0 += n) {
+    const bool extra = c0 >= K.vol;
+    const int base = extra ? c0 - K.vol : c0;
+    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (int e = int(tid); e < n * Dp; e += int(nthreads)) {
-      const int kk = e / Dp, d = e - kk * Dp;
-      int src;
-      if (extra) {
-        src = ((Tl.b * G.E + base + kk) * G.Hkv + hk);
-      } else {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
-      }
-      stage[e] = d < G.D ? (extra ? T(xk[src * G.D + d]) : T(k[src * G.D + d])) : T(0.0f);
-    }
-    for (int e = int(tid); e < n * Dvp; e += int(nthreads)) {
-      const int kk = e / Dvp, d = e - kk * Dvp;
-      int src;
-      if (extra) {
-        src = ((Tl.b * G.E + base + kk) * G.Hkv + hk);
-      } else {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
-      }
-      stage[voff + e] = d < G.Dv ? (extra ? T(xv[src * G.Dv + d]) : T(v[src * G.Dv + d])) : T(0.0f);
-    }
+    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
+    int kc[3];
+    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
     for (int kk = 0; kk < n; ++kk) {
-      bool ok = P.valid;
-      if (!extra) {
-        int kc[3];
-        box_coord(base + kk, lo, ext, kc);
-        if (!in_spans(kc, sub)) continue;                  // SIMD-uniform
-        ok = ok && in_spans(kc, win);
+      const bool take = extra || in_spans(kc, K.sub);
+      const bool ok = P.valid && (extra || in_spans(kc, K.win));
+      if (!extra) box_next(K.lo, K.ext, kc);
+      if (!take) continue;
+      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+      threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+      float4 ps = float4(0.0f), pd = float4(0.0f);
+      for (int i = 0; i < DS / 4; ++i) {
+        const vec<T, 4> x = kr[i];
+        const vec<T, 4> y = vr[i];
+        ps += qv[i] * float4(x);
+        pd += gv[i] * float4(y);
       }
-      threadgroup const T* kr = stage + kk * Dp + d0;
-      threadgroup const T* vr = stage + voff + kk * Dvp + d0;
-      float ps = 0.0f, pd = 0.0f;
-      for (int d = 0; d < DS; ++d) {
-        ps += qr[d] * float(kr[d]);
-        pd += gr[d] * float(vr[d]);
-      }
-      const float s = slice_sum(ps, G.NG);
-      const float dp = slice_sum(pd, G.NG);
+      const float s = slice_sum(hsum(ps), G.NG);
+      const float dp = slice_sum(hsum(pd), G.NG);
       if (ok) {
-        const float ds = exp(s - lrow) * (dp - dlt);
-        for (int d = 0; d < DS; ++d) dqa[d] += ds * float(kr[d]);
+        const float ds = exp2(s - lse2) * (dp - dlt);
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = kr[i];
+          dqa[i] += ds * float4(x);
+        }
       }
     }
   }
   if (!P.valid) return;
-  for (int d = 0; d < DS; ++d) {
-    if (d0 + d < G.D) dq[row * G.D + d0 + d] = T(dqa[d] * scale);
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.D) dq[row * G.D + d] = T(dqa[i][j] * scale);
+    }
   }
   if (P.slice == 0) delta[row] = dlt;
 }
@@ -319,23 +339,27 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                uint tg [[threadgroup_position_in_grid]],
                                uint tid [[thread_index_in_threadgroup]],
                                uint nthreads [[threads_per_threadgroup]]) {
-  threadgroup T stage[kStageBytes / sizeof(T)];
-  threadgroup float stats[2 * kMaxChunk];
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
+  threadgroup int spans[6 * kMaxChunk];            // per staged query and axis: its window
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile(G, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   for (int ax = 0; ax < 3; ++ax) {
     if (Tl.origin[ax] >= Tl.glen[ax]) return;
   }
   const Place P = locate_thread(G, Tl, tid);
-  const int Dp = G.NG * DS, Dvp = G.NG * DS, d0 = P.slice * DS;
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h, groups = G.H / G.Hkv;
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
 
   // Query positions of this key group: the same group in NA (queries and keys share extents),
   // the whole query space in dense attention.
-  int qlen[3];
-  for (int ax = 0; ax < 3; ++ax) qlen[ax] = G.dense ? G.Lq[ax] : Tl.glen[ax];
+  int qlen[3], grp_q[3];
+  for (int ax = 0; ax < 3; ++ax) {
+    qlen[ax] = G.dense ? G.Lq[ax] : Tl.glen[ax];
+    grp_q[ax] = G.dense ? 0 : Tl.grp[ax];
+  }
   Span sub[3];
   int lo[3], ext[3];
   int vol = 1;
@@ -348,79 +372,91 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     vol *= ext[ax];
   }
 
-  float kr[DS], vr[DS], dka[DS], dva[DS];
-  for (int d = 0; d < DS; ++d) {
-    const int dd = d0 + d;
-    kr[d] = (P.valid && dd < G.D) ? float(k[krow * G.D + dd]) : 0.0f;
-    vr[d] = (P.valid && dd < G.Dv) ? float(v[krow * G.Dv + dd]) : 0.0f;
-    dka[d] = 0.0f;
-    dva[d] = 0.0f;
+  float4 kv[DS / 4], vv[DS / 4], dka[DS / 4], dva[DS / 4];
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      kv[i][j] = (P.valid && d < G.D) ? float(k[krow * G.D + d]) * (scale * kLog2e) : 0.0f;
+      vv[i][j] = (P.valid && d < G.Dv) ? float(v[krow * G.Dv + d]) : 0.0f;
+    }
+    dka[i] = float4(0.0f);
+    dva[i] = float4(0.0f);
   }
-  const int voff = G.KC * Dp;
-  int grp_q[3];
-  for (int ax = 0; ax < 3; ++ax) grp_q[ax] = G.dense ? 0 : Tl.grp[ax];
+  const int tpr = min(R4, int(nthreads));
+  const int step = int(nthreads) / tpr;
 
   for (int gh = 0; gh < groups; ++gh) {
     const int h = hk * groups + gh;
     for (int c0 = 0; c0 < vol; c0 += G.KC) {
       const int n = min(G.KC, vol - c0);
       threadgroup_barrier(mem_flags::mem_threadgroup);
-      for (int e = int(tid); e < n * Dp; e += int(nthreads)) {
-        const int ii = e / Dp, d = e - ii * Dp;
+      for (int r = int(tid) / tpr; r < n; r += step) {
         int qc[3];
-        box_coord(c0 + ii, lo, ext, qc);
+        box_coord(c0 + r, lo, ext, qc);
         const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
-        stage[e] = d < G.D ? T(q[src * G.D + d]) : T(0.0f);
-      }
-      for (int e = int(tid); e < n * Dvp; e += int(nthreads)) {
-        const int ii = e / Dvp, d = e - ii * Dvp;
-        int qc[3];
-        box_coord(c0 + ii, lo, ext, qc);
-        const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
-        stage[voff + e] = d < G.Dv ? T(dout[src * G.Dv + d]) : T(0.0f);
-      }
-      for (int ii = int(tid); ii < n; ii += int(nthreads)) {
-        int qc[3];
-        box_coord(c0 + ii, lo, ext, qc);
-        const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
-        stats[ii] = lse[src];
-        stats[kMaxChunk + ii] = delta[src];
+        for (int c = int(tid) % tpr; c < R4; c += tpr) {
+          vec<T, 4> a, b;
+          for (int j = 0; j < 4; ++j) {
+            const int d = 4 * c + j;
+            a[j] = d < G.D ? T(q[src * G.D + d]) : T(0.0f);
+            b[j] = d < G.Dv ? T(dout[src * G.Dv + d]) : T(0.0f);
+          }
+          stage[r * R4 + c] = a;
+          stage[voff + r * R4 + c] = b;
+        }
+        if (int(tid) % tpr == 0) {
+          stats[r] = lse[src] * kLog2e;
+          stats[kMaxChunk + r] = delta[src];
+          for (int ax = 0; ax < 3; ++ax) {
+            const Span w = key_span(G, ax, qc[ax], qlen[ax]);
+            spans[6 * r + 2 * ax] = w.lo;
+            spans[6 * r + 2 * ax + 1] = w.hi;
+          }
+        }
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
+      int qc[3];
+      box_coord(c0, lo, ext, qc);
       for (int ii = 0; ii < n; ++ii) {
-        int qc[3];
-        box_coord(c0 + ii, lo, ext, qc);
-        if (!in_spans(qc, sub)) continue;                  // SIMD-uniform
+        const bool take = in_spans(qc, sub);             // SIMD-uniform
+        box_next(lo, ext, qc);
+        if (!take) continue;
         bool ok = P.valid;
         for (int ax = 0; ax < 3; ++ax) {
-          const Span w = key_span(G, ax, qc[ax], qlen[ax]);
-          ok = ok && P.c[ax] >= w.lo && P.c[ax] <= w.hi;
+          ok = ok && P.c[ax] >= spans[6 * ii + 2 * ax] && P.c[ax] <= spans[6 * ii + 2 * ax + 1];
         }
-        threadgroup const T* qs = stage + ii * Dp + d0;
-        threadgroup const T* gs = stage + voff + ii * Dvp + d0;
-        float ps = 0.0f, pd = 0.0f;
-        for (int d = 0; d < DS; ++d) {
-          ps += float(qs[d]) * kr[d];
-          pd += float(gs[d]) * vr[d];
+        threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
+        threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
+        float4 ps = float4(0.0f), pd = float4(0.0f);
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = qs[i];
+          const vec<T, 4> y = gs[i];
+          ps += float4(x) * kv[i];
+          pd += float4(y) * vv[i];
         }
-        const float s = slice_sum(ps, G.NG) * scale;
-        const float dp = slice_sum(pd, G.NG);
+        const float s = slice_sum(hsum(ps), G.NG);
+        const float dp = slice_sum(hsum(pd), G.NG);
         if (ok) {
-          const float p = exp(s - stats[ii]);
+          const float p = exp2(s - stats[ii]);
           const float ds = p * (dp - stats[kMaxChunk + ii]);
-          for (int d = 0; d < DS; ++d) {
-            dva[d] += p * float(gs[d]);
-            dka[d] += ds * float(qs[d]);
+          for (int i = 0; i < DS / 4; ++i) {
+            const vec<T, 4> x = qs[i];
+            const vec<T, 4> y = gs[i];
+            dva[i] += p * float4(y);
+            dka[i] += ds * float4(x);
           }
         }
       }
     }
   }
   if (!P.valid) return;
-  for (int d = 0; d < DS; ++d) {
-    if (d0 + d < G.D) dk[krow * G.D + d0 + d] = T(dka[d] * scale);
-    if (d0 + d < G.Dv) dv[krow * G.Dv + d0 + d] = T(dva[d]);
+  for (int i = 0; i < DS / 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.D) dk[krow * G.D + d] = T(dka[i][j] * scale);
+      if (d < G.Dv) dv[krow * G.Dv + d] = T(dva[i][j]);
+    }
   }
 }
 

@@ -101,7 +101,7 @@ template <class T> struct is_scalar : std::integral_constant<bool, std::is_arith
 // Vectors (2, 3, 4 components; members x y z w and operator[])
 // ---------------------------------------------------------------------------------------------
 template <class T, int N> struct vec;
-template <class T> struct vec<T, 2> {
+template <class T> struct alignas(2 * sizeof(T)) vec<T, 2> {   // MSL alignment
   T x, y;
   vec() = default;
   MTL_FN vec(T s) : x(s), y(s) {}
@@ -119,7 +119,7 @@ template <class T> struct vec<T, 3> {
   MTL_FN T& operator[](int i) { return (&x)[i]; }
   MTL_FN const T& operator[](int i) const { return (&x)[i]; }
 };
-template <class T> struct vec<T, 4> {
+template <class T> struct alignas(4 * sizeof(T)) vec<T, 4> {
   T x, y, z, w;
   vec() = default;
   MTL_FN vec(T s) : x(s), y(s), z(s), w(s) {}
@@ -199,6 +199,7 @@ MTL_FN ThreadAttrs make_thread_attrs(const uint32_t* gid, const uint32_t* size, 
 // The names shaders see
 // ---------------------------------------------------------------------------------------------
 namespace metal {
+template <class T, int N> using vec = mtl::vec<T, N>;     // MSL's generic vector name
 enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };
 MTL_FN mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(int(a) | int(b)); }
 using mtl::half;
