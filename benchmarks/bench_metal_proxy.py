@@ -10,7 +10,8 @@ by CUDA tensors, each in its own worker process (the two packages share an impor
 config, forward and forward+backward:
 
 * whole call: wall time of the public function (synchronised), median;
-* kernels only: GPU time (CUDA events around every translated-kernel launch) summed per call, median;
+* kernels only: GPU time (CUDA events recorded by the launcher right around every translated-kernel
+  launch, so Python's argument binding is not counted) summed per call, median;
 * roofline: the problem's useful work (each input read once and each output written once; 2 FLOPs
   per multiply-add of QK^T and PV) over the kernel time, as fractions of the GPU's measured
   device-to-device copy bandwidth and of its FP32 FMA peak (measured with a translated FMA kernel).
@@ -70,43 +71,22 @@ kernel void fma_probe(device float* out [[buffer(0)]], constant long& iters [[bu
 # Worker side
 # ------------------------------------------------------------------------------------------------
 class KernelTimer:
-    """Wraps ``CudaKernel.__call__`` to record CUDA events around every translated-kernel launch."""
+    """Kernel-only GPU time per call: CUDA events recorded by the back end's launchers around every
+    translated-kernel launch (``natten_mps.metal.cuda.KernelTiming``)."""
 
     def __init__(self, cuda_module):
-        import torch
-        self.torch = torch
-        self.records = []
-        self.active = False
-        original = cuda_module.CudaKernel.__call__
-        timer = self
-
-        def timed(kernel, *args, **kwargs):
-            if not timer.active:
-                return original(kernel, *args, **kwargs)
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            original(kernel, *args, **kwargs)
-            end.record()
-            timer.records.append((kernel.name, start, end))
-        cuda_module.CudaKernel.__call__ = timed
+        self.cuda = cuda_module
 
     def measure(self, fn, reps):
         """Median over ``reps`` calls of the summed kernel GPU time (ms), and kernel launches per call."""
         totals, launches, per_kernel = [], 0, {}
         for _ in range(reps):
-            self.records = []
-            self.active = True
-            fn()
-            self.active = False
-            self.torch.cuda.synchronize()
-            total = 0.0
-            for name, s, e in self.records:
-                ms = s.elapsed_time(e)
-                total += ms
+            with self.cuda.KernelTiming() as t:
+                fn()
+            totals.append(sum(ms for _, ms in t.launches))
+            launches = len(t.launches)
+            for name, ms in t.launches:
                 per_kernel.setdefault(name, []).append(ms)
-            totals.append(total)
-            launches = len(self.records)
         return statistics.median(totals), launches, {k: statistics.median(v) for k, v in per_kernel.items()}
 
 

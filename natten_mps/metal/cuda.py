@@ -198,9 +198,11 @@ __global__ void mtl_kernel_{index}({', '.join(params)}) {{
 }}
 // extern "C" inside the namespace: an unmangled name, and the shader's type names in scope
 extern "C" int mtl_launch_{index}(void** args, const uint32_t* grid, const uint32_t* group, int device_index,
-                                  void* stream, char* err, int errlen) {{
+                                  void* stream, void* ev_start, void* ev_end, char* err, int errlen) {{
   cudaError_t e = cudaSetDevice(device_index);
   if (e != cudaSuccess) {{ snprintf(err, errlen, "cudaSetDevice: %s", cudaGetErrorString(e)); return 1; }}
+  // optional timing: events recorded right around the launches (no host binding time between)
+  if (ev_start) cudaEventRecord((cudaEvent_t)ev_start, (cudaStream_t)stream);
   ::mtl::Launch L;
   uint32_t full[3], rest[3];
   for (int d = 0; d < 3; ++d) {{
@@ -235,6 +237,7 @@ extern "C" int mtl_launch_{index}(void** args, const uint32_t* grid, const uint3
       return 1;
     }}
   }}
+  if (ev_end) cudaEventRecord((cudaEvent_t)ev_end, (cudaStream_t)stream);
   return 0;
 }}
 }}  // namespace metal
@@ -304,6 +307,42 @@ def build(cuda_source: str, label: str, arch: Optional[str] = None, shared: bool
 # ------------------------------------------------------------------------------------------------
 # Library
 # ------------------------------------------------------------------------------------------------
+_timed_launches: list = []      # (kernel name, start, end) of the launches that used them
+
+
+class KernelTiming:
+    """Times every launch inside the block with CUDA events recorded by the launcher itself, right
+    around the kernels (the Python binding before a launch is not counted).
+
+    ``with KernelTiming() as t: ...`` then ``t.launches`` is a list of (kernel name, milliseconds).
+    """
+
+    def __enter__(self):
+        _timed_launches.clear()
+        global _timing_source
+        _timing_source = self
+        return self
+
+    def next_events(self):
+        pair = []
+        for _ in range(2):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()             # creates the underlying event; re-recorded by the launcher
+            pair.append(ev)
+        return tuple(pair)
+
+    def __exit__(self, *exc):
+        global _timing_source
+        _timing_source = None
+        torch.cuda.synchronize()
+        self.launches = [(name, s.elapsed_time(e)) for name, s, e in _timed_launches]
+        _timed_launches.clear()
+        return False
+
+
+_timing_source: Optional[KernelTiming] = None
+
+
 class CudaKernel:
     """One host-visible kernel; call it like a ``torch.mps.compile_shader`` kernel, on CUDA tensors."""
 
@@ -337,7 +376,11 @@ class CudaKernel:
         c_group = (ctypes.c_uint32 * 3)(*group)
         stream = torch.cuda.current_stream(device).cuda_stream
         err = ctypes.create_string_buffer(1024)
-        rc = self._fn(c_args, c_grid, c_group, index, ctypes.c_void_p(stream), err, 1024)
+        events = _timing_source.next_events() if _timing_source is not None else (None, None)
+        rc = self._fn(c_args, c_grid, c_group, index, ctypes.c_void_p(stream),
+                      *(ctypes.c_void_p(ev.cuda_event if ev is not None else None) for ev in events), err, 1024)
+        if events[0] is not None:
+            _timed_launches.append((self.name, events[0], events[1]))
         del bound
         if rc != 0:
             raise CudaLaunchError(f"kernel {self.name} ({self._lib.label}): {err.value.decode(errors='replace')}")
@@ -356,7 +399,7 @@ class CudaLibrary:
             fn = getattr(self._so, f"mtl_launch_{i}")
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                           ctypes.c_char_p, ctypes.c_int]
+                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
             self._kernels[k.host_name] = CudaKernel(self, k, fn)
 
     def kernel_names(self) -> List[str]:
