@@ -36,6 +36,11 @@ def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilati
         out, lse = ops.dense_attention(flat(query), flat(key), flat(value), False, scale)
         out = out.reshape(query.shape[:-1] + (value.shape[-1],))
         lse = lse.reshape(query.shape[:-1])
+    elif additional_keys is not None:
+        # one op: on Metal the additional keys ride in the NA kernel's dispatch (forward and backward)
+        out, lse = ops.neighborhood_attention_extra(query, key, value, additional_keys, additional_values, list(ks),
+                                                    list(st), list(dil), list(causal), scale)
+        return (out, lse) if return_lse else out
     else:
         out, lse = ops.neighborhood_attention(query, key, value, list(ks), list(st), list(dil), list(causal), scale)
     if additional_keys is not None:

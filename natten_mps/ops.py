@@ -11,6 +11,9 @@ Ops (all tensors heads-last):
 
 * ``natten_mps::na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale) -> (out, lse)``
 * ``natten_mps::na_backward(dout, dlse?, q, k, v, out, lse, ...) -> (dq, dk, dv)``  (``dlse`` None: zero)
+* ``natten_mps::na_forward_extra(q, k, v, xk, xv, ...) -> (out, lse)``  (NA plus additional keys/values
+  ``[B, E, Hkv, D|Dv]`` every query attends to; on Metal one fused dispatch)
+* ``natten_mps::na_backward_extra(dout, dlse?, q, k, v, xk, xv, out, lse, ...) -> (dq, dk, dv, dxk, dxv)``
 * ``natten_mps::attention_forward(q, k, v, is_causal, scale) -> (out, lse)``  (dense; Lq may differ from Lk)
 * ``natten_mps::attention_backward(dout, dlse?, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
 """
@@ -39,6 +42,37 @@ def _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilati
     if backend.use_metal(q, metal.supported(q, k, v)):
         return metal.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
+
+
+def _flat(q):
+    return q.reshape(q.shape[0], -1, q.shape[-2], q.shape[-1])
+
+
+def _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale):
+    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+        return metal.attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale,
+                                       extra_k=xk, extra_v=xv)
+    # pure: the two attentions, merged by their LSE
+    out1, lse1 = pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+    out2, lse2 = pure.attention_forward(_flat(q), xk, xv, False, scale)
+    lse = torch.logaddexp(lse1, lse2.reshape(lse1.shape))
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = (out1.to(acc) * torch.exp(lse1 - lse).unsqueeze(-1)
+           + out2.reshape(out1.shape).to(acc) * torch.exp(lse2.reshape(lse1.shape) - lse).unsqueeze(-1))
+    return out.to(q.dtype), lse
+
+
+def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, stride, dilation, is_causal,
+                            scale):
+    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+        return metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                                        scale, extra_k=xk, extra_v=xv)
+    # pure: each key set's gradients from the merged output and LSE (softmax over the union)
+    dq1, dk, dv = pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
+    dq2, dxk, dxv = pure.attention_backward(_flat(dout), None if dlse is None else dlse.reshape(lse.shape[0], -1, lse.shape[-1]),
+                                            _flat(q), xk, xv, _flat(out), lse.reshape(lse.shape[0], -1, lse.shape[-1]),
+                                            False, scale)
+    return dq1 + dq2.reshape(dq1.shape), dk, dv, dxk, dxv
 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
@@ -105,6 +139,50 @@ def _na_backward_rule(ctx, dout, dlse):
 
 
 na_forward.register_autograd(_na_backward_rule, setup_context=_na_setup_context)
+
+
+@torch.library.custom_op("natten_mps::na_forward_extra", mutates_args=())
+def na_forward_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv: Tensor, kernel_size: List[int],
+                     stride: List[int], dilation: List[int], is_causal: List[bool],
+                     scale: float) -> Tuple[Tensor, Tensor]:
+    return _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale)
+
+
+@na_forward_extra.register_fake
+def _na_forward_extra_fake(q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale):
+    return q.new_empty(q.shape[:-1] + (v.shape[-1],)), q.new_empty(q.shape[:-1], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("natten_mps::na_backward_extra", mutates_args=())
+def na_backward_extra(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, xk: Tensor,
+                      xv: Tensor, out: Tensor, lse: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool],
+                      scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, stride, dilation,
+                                   is_causal, scale)
+
+
+@na_backward_extra.register_fake
+def _na_backward_extra_fake(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(xk),
+            torch.empty_like(xv))
+
+
+def _na_extra_setup_context(ctx, inputs, output):
+    q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale = inputs
+    out, lse = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(q, k, v, xk, xv, out, lse)
+    ctx.params = (kernel_size, stride, dilation, is_causal, scale)
+
+
+def _na_extra_backward_rule(ctx, dout, dlse):
+    q, k, v, xk, xv, out, lse = ctx.saved_tensors
+    grads = na_backward_extra(*_incoming(out, dout, dlse), q, k, v, xk, xv, out, lse, *ctx.params)
+    return tuple(grads) + (None,) * 5
+
+
+na_forward_extra.register_autograd(_na_extra_backward_rule, setup_context=_na_extra_setup_context)
 
 
 @torch.library.custom_op("natten_mps::attention_forward", mutates_args=())
@@ -175,8 +253,9 @@ def _eager(*tensors: Tensor) -> bool:
 
 
 class _EagerOp(torch.autograd.Function):
-    """``forward(impl, backward_impl, n_tensors, *args)``: ``args[:n_tensors]`` are q, k, v and the
-    rest the op's non-tensor arguments; same saved tensors and gradients as the registered op."""
+    """``forward(impl, backward_impl, n_tensors, *args)``: ``args[:n_tensors]`` are the tensor inputs
+    (q, k, v and optional additional keys/values) and the rest the op's non-tensor arguments; same
+    saved tensors and gradients as the registered op."""
 
     @staticmethod
     def forward(ctx, impl, backward_impl, n_tensors, *args):
@@ -188,9 +267,10 @@ class _EagerOp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.backward_impl(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
-        return (None, None, None, dq, dk, dv) + (None,) * (ctx.n_args - 3)
+        saved = ctx.saved_tensors
+        inputs, out, lse = saved[:-2], saved[-2], saved[-1]
+        grads = ctx.backward_impl(*_incoming(out, dout, dlse), *inputs, out, lse, *ctx.params)
+        return (None, None, None) + tuple(grads) + (None,) * (ctx.n_args - len(inputs))
 
 
 def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
@@ -200,6 +280,16 @@ def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[in
     if _eager(q, k, v):
         return _EagerOp.apply(_na_forward_impl, _na_backward_impl, 3, *args)
     return na_forward(*args)
+
+
+def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv: Tensor, kernel_size: List[int],
+                                 stride: List[int], dilation: List[int], is_causal: List[bool],
+                                 scale: float) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::na_forward_extra`` with its autograd, as the public API calls it."""
+    args = (q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale)
+    if _eager(q, k, v, xk, xv):
+        return _EagerOp.apply(_na_forward_extra_impl, _na_backward_extra_impl, 5, *args)
+    return na_forward_extra(*args)
 
 
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:

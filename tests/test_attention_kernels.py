@@ -207,3 +207,24 @@ def test_public_api_trains_on_the_metal_path(dev):
     (o2.sum() + l2.sum()).backward()
     for a, b in zip((q, k, v), ref):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_public_api_additional_keys_dispatches(dev):
+    """NA with additional keys through the public API: one forward dispatch, three backward ones."""
+    if dev != "cpu":
+        pytest.skip("dispatch counts are the emulator's")
+    natten_mps.set_backend("metal")
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 9, 8, 2, 8, generator=g, requires_grad=True) for _ in range(3))
+    xk, xv = (torch.randn(1, 3, 2, 8, generator=g, requires_grad=True) for _ in range(2))
+    with emulator.counting() as fwd:
+        out, lse = natten_mps.na2d(q, k, v, 3, additional_keys=xk, additional_values=xv, return_lse=True)
+    with emulator.counting() as bwd:
+        (out.sum() + lse.sum()).backward()
+    assert fwd.total().dispatches == 1 and bwd.total().dispatches == 3
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v, xk, xv)]
+    ro, rl = reference_na(*ref[:3], (3, 3), (1, 1), (1, 1), (False, False), add_k=ref[3], add_v=ref[4])
+    (ro.sum() + rl.sum()).backward()
+    torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
+    for t, r in zip((q, k, v, xk, xv), ref):
+        torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)

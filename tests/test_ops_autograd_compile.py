@@ -37,6 +37,14 @@ def test_opcheck_every_op(path):
     for g_lse in (torch.randn_like(l), None):
         torch.library.opcheck(ops.attention_backward, (torch.randn_like(o), g_lse, qa.detach(), ka.detach(),
                                                        va.detach(), o.detach(), l.detach(), False, 0.3))
+    g = torch.Generator().manual_seed(5)
+    xk = torch.randn(1, 3, k.shape[-2], k.shape[-1], generator=g, requires_grad=True)
+    xv = torch.randn(1, 3, v.shape[-2], v.shape[-1], generator=g, requires_grad=True)
+    torch.library.opcheck(ops.na_forward_extra, (q, k, v, xk, xv, *params))
+    o, l = ops.na_forward_extra(q, k, v, xk, xv, *params)
+    for g_lse in (torch.randn_like(l), None):
+        torch.library.opcheck(ops.na_backward_extra, (torch.randn_like(o), g_lse, q.detach(), k.detach(), v.detach(),
+                                                      xk.detach(), xv.detach(), o.detach(), l.detach(), *params))
 
 
 def test_gradcheck_float64():
@@ -162,7 +170,12 @@ def test_compiled_graph_holds_the_registered_ops():
     q = torch.randn(1, 9, 2, 4)
     ak = torch.randn(1, 2, 2, 4)
     torch.compile(fn, backend=record, fullgraph=True)(q, q, q, ak, ak)
-    assert any("natten_mps.na_forward" in t for t in seen), seen
+    assert any("natten_mps.na_forward_extra" in t for t in seen), seen     # NA + additional keys: one op
+    seen.clear()
+    torch._dynamo.reset()
+    torch.compile(lambda q: natten_mps.na1d(q, q, q, 3) + natten_mps.attention(q, q, q), backend=record,
+                  fullgraph=True)(q)
+    assert any(t.startswith("natten_mps.na_forward.") for t in seen), seen
     assert any("natten_mps.attention_forward" in t for t in seen), seen
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():

@@ -65,6 +65,13 @@ def _slices(D: int, Dv: int, ds: Optional[int] = None) -> Tuple[int, int]:
     return ds, ng
 
 
+def _simdgroups(device: torch.device) -> int:
+    """SIMD-groups a tile starts with: 8 (256 threads, the fewest device bytes per token; the
+    emulator's cost counters and Apple GPUs), 4 on CUDA, where the proxy measured 1.3-1.5x faster
+    large problems with 4 (bench_metal_proxy.py)."""
+    return 4 if device.type == "cuda" else SIMDGROUPS
+
+
 def _target_threadgroups(device: torch.device) -> int:
     """Threadgroups that keep every GPU core busy; below it the tiles shrink (fewer SIMD-groups per
     tile, then narrower slices). The emulator keeps the large, byte-efficient tiles."""
@@ -123,7 +130,8 @@ class _Problem:
         group_ext = [-(-n // d) for n, d in zip(self.space, self.DIL)]
         target = _target_threadgroups(q.device)
         ds = self._cheaper_slice(group_ext)
-        choices = [(ds, a) for a in (SIMDGROUPS, 4, 2, 1)] + [(16, 1)]
+        start = _simdgroups(q.device)
+        choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(16, 1)]
         for ds, simdgroups in choices:
             self.DS, self.NG = _slices(self.D, self.Dv, ds)
             self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups)
@@ -138,7 +146,7 @@ class _Problem:
     def _cheaper_slice(self, group_ext) -> int:
         """Slice width (16 or 32) with the least lane work: a lane walks the union of its
         SIMD-group's windows, ``union x NG x DS`` multiply-adds per position, plus a shuffle level
-        per doubling of NG (weighted 0.2). Narrow slices mean smaller sub-tiles, so smaller unions."""
+        per doubling of NG (weighted 0.5, from the proxy's timings). Narrow slices mean smaller sub-tiles, so smaller unions."""
         if max(self.D, self.Dv) <= 16:
             return 16
         best = None
@@ -151,7 +159,7 @@ class _Problem:
             for ax in range(3):
                 span = self.Lk[ax] if self.dense else u[ax] + self.K[ax] - 1
                 union *= min(span, max(group_ext[ax], 1) if not self.dense else span)
-            cost = union * ng * ds * (1 + 0.2 * (ng.bit_length() - 1))
+            cost = union * ng * ds * (1 + 0.5 * (ng.bit_length() - 1))
             if best is None or cost < best[0]:
                 best = (cost, ds)
         return best[1]

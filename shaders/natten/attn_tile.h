@@ -48,9 +48,9 @@ inline Span key_span(thread const Geom& G, int ax, int i, int qlen) {
     s.hi = G.C[ax] ? min(i, G.Lk[ax] - 1) : G.Lk[ax] - 1;
     return s;
   }
-  AxisWindow w = na_axis_window(long(i), long(qlen), long(G.K[ax]), long(G.S[ax]), G.C[ax]);
-  s.lo = int(w.lo);
-  s.hi = int(w.hi);
+  AxisWindowT<int> w = na_axis_window(i, qlen, G.K[ax], G.S[ax], G.C[ax]);
+  s.lo = w.lo;
+  s.hi = w.hi;
   return s;
 }
 

@@ -1,26 +1,31 @@
 // Neighborhood window rule of upstream NATTEN, one axis at a time (see natten_mps/semantics.py
 // for the rule in words). All quantities are in the coordinates of one dilation group.
+// Templated on the integer type: the tiled kernels use 32-bit int (cheap on a GPU), the
+// per-query baseline kernel 64-bit long.
 #pragma once
 
-struct AxisWindow {
-  long lo;   // first key (group coordinates), inclusive
-  long hi;   // last key, inclusive
+template <typename I>
+struct AxisWindowT {
+  I lo;   // first key (group coordinates), inclusive
+  I hi;   // last key, inclusive
 };
+typedef AxisWindowT<long> AxisWindow;
 
 // query: group coordinate of the query; group_len: positions in its dilation group.
-inline AxisWindow na_axis_window(long query, long group_len, long kernel_size, long stride, bool causal) {
-  long run_start = (query / stride) * stride;
-  AxisWindow w;
+template <typename I>
+inline AxisWindowT<I> na_axis_window(I query, I group_len, I kernel_size, I stride, bool causal) {
+  I run_start = (query / stride) * stride;
+  AxisWindowT<I> w;
   if (causal) {
-    long leader = min(run_start + stride - 1, group_len - 1);
-    w.lo = max(leader - kernel_size + 1, 0L);
+    I leader = min(run_start + stride - 1, group_len - 1);
+    w.lo = max(leader - kernel_size + 1, I(0));
     w.hi = query;
     return w;
   }
-  long left = kernel_size / 2;
-  long right = kernel_size / 2 - (1 - kernel_size % 2);
-  long leader = min(run_start + stride / 2, group_len - 1);
-  long centre = clamp(leader, left, group_len - 1 - right);
+  I left = kernel_size / 2;
+  I right = kernel_size / 2 - (1 - kernel_size % 2);
+  I leader = min(run_start + stride / 2, group_len - 1);
+  I centre = clamp(leader, left, group_len - 1 - right);
   w.lo = centre - left;
   w.hi = centre + right;
   return w;
