@@ -341,7 +341,6 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                uint nthreads [[threads_per_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
-  threadgroup int spans[6 * kMaxChunk];            // per staged query and axis: its window
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile(G, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   for (int ax = 0; ax < 3; ++ax) {
@@ -360,10 +359,13 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     qlen[ax] = G.dense ? G.Lq[ax] : Tl.glen[ax];
     grp_q[ax] = G.dense ? 0 : Tl.grp[ax];
   }
-  Span sub[3];
+  // The queries whose window holds this lane's key form a box (query_bounds is exact for one key),
+  // so the lane's mask is a range test on the staged query's coordinates.
+  Span sub[3], mine[3];
   int lo[3], ext[3];
   int vol = 1;
   for (int ax = 0; ax < 3; ++ax) {
+    mine[ax] = query_bounds(G, ax, P.valid ? P.c[ax] : 0, qlen[ax]);
     sub[ax].lo = query_bounds(G, ax, P.first[ax], qlen[ax]).lo;
     sub[ax].hi = query_bounds(G, ax, P.last[ax], qlen[ax]).hi;
     lo[ax] = query_bounds(G, ax, Tl.origin[ax], qlen[ax]).lo;
@@ -407,11 +409,6 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         if (int(tid) % tpr == 0) {
           stats[r] = lse[src] * kLog2e;
           stats[kMaxChunk + r] = delta[src];
-          for (int ax = 0; ax < 3; ++ax) {
-            const Span w = key_span(G, ax, qc[ax], qlen[ax]);
-            spans[6 * r + 2 * ax] = w.lo;
-            spans[6 * r + 2 * ax + 1] = w.hi;
-          }
         }
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -420,12 +417,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       box_coord(c0, lo, ext, qc);
       for (int ii = 0; ii < n; ++ii) {
         const bool take = in_spans(qc, sub);             // SIMD-uniform
+        const bool ok = P.valid && in_spans(qc, mine);
         box_next(lo, ext, qc);
         if (!take) continue;
-        bool ok = P.valid;
-        for (int ax = 0; ax < 3; ++ax) {
-          ok = ok && P.c[ax] >= spans[6 * ii + 2 * ax] && P.c[ax] <= spans[6 * ii + 2 * ax + 1];
-        }
         threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
         threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
         float4 ps = float4(0.0f), pd = float4(0.0f);

@@ -54,10 +54,10 @@ inline Span key_span(thread const Geom& G, int ax, int i, int qlen) {
   return s;
 }
 
-// Bounds of the queries (group coordinates) whose window on axis `ax` can hold key `j`: `lo` is the
-// first query whose window ends at or after j, `hi` the last whose window starts at or before j.
-// Both ends of a window never decrease with the query, so the queries holding j lie in [lo, hi]
-// (and the union over a run of keys j0..j1 in [span(j0).lo, span(j1).hi]). Found by bisection.
+// The queries (group coordinates) whose window on axis `ax` holds key `j`: `lo` is the first query
+// whose window ends at or after j, `hi` the last whose window starts at or before j. Both ends of a
+// window never decrease with the query, so exactly the queries in [lo, hi] hold j (empty: hi < lo),
+// and the union over a run of keys j0..j1 is [bounds(j0).lo, bounds(j1).hi]. Found by bisection.
 inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
   int lo = 0, hi = qlen - 1;
   while (lo < hi) {
@@ -66,6 +66,10 @@ inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
   }
   Span s;
   s.lo = lo;
+  if (key_span(G, ax, lo, qlen).hi < j) {    // no window reaches j
+    s.hi = lo - 1;
+    return s;
+  }
   lo = 0;
   hi = qlen - 1;
   while (lo < hi) {
