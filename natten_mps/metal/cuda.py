@@ -386,7 +386,7 @@ class CudaKernel:
             raise CudaLaunchError(f"kernel {self.name} ({self._lib.label}): {err.value.decode(errors='replace')}")
 
 
-class CudaLibrary:
+class CudaLibrary(msl.KernelLibrary):
     """Compiled library: ``lib.<kernel_name>`` is a :class:`CudaKernel`."""
 
     def __init__(self, source: str, label: str = "<source>", strict_scalars: bool = True) -> None:
@@ -401,16 +401,6 @@ class CudaLibrary:
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
             self._kernels[k.host_name] = CudaKernel(self, k, fn)
-
-    def kernel_names(self) -> List[str]:
-        return list(self._kernels)
-
-    def __getattr__(self, name: str) -> CudaKernel:
-        kernels = self.__dict__.get("_kernels", {})
-        if name in kernels:
-            return kernels[name]
-        raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {name!r}; "
-                             f"kernels: {sorted(kernels)}")
 
 
 _library_cache: Dict[tuple, CudaLibrary] = {}

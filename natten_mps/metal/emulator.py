@@ -256,7 +256,7 @@ class EmulatedKernel:
             raise cls(f"kernel {self.name} ({self._lib.label}): {err.value.decode(errors='replace')}")
 
 
-class EmulatedLibrary:
+class EmulatedLibrary(msl.KernelLibrary):
     """Compiled library: ``lib.<kernel_name>`` is an :class:`EmulatedKernel`."""
 
     def __init__(self, source: str, label: str = "<source>") -> None:
@@ -273,16 +273,6 @@ class EmulatedLibrary:
             fn = getattr(self._so, f"mtl_launch_{i}")
             fn.restype = ctypes.c_int
             self._kernels[k.host_name] = EmulatedKernel(self, k, fn)
-
-    def kernel_names(self) -> List[str]:
-        return list(self._kernels)
-
-    def __getattr__(self, name: str) -> EmulatedKernel:
-        kernels = self.__dict__.get("_kernels", {})
-        if name in kernels:
-            return kernels[name]
-        raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {name!r}; "
-                             f"kernels: {sorted(kernels)}")
 
 
 _library_cache: Dict[str, EmulatedLibrary] = {}

@@ -329,3 +329,20 @@ def compiler_for(kind: str = "cxx") -> str:
 
 def which(program: str) -> Optional[str]:
     return shutil.which(program)
+
+
+class KernelLibrary:
+    """Base of a back end's compiled library: ``lib.<kernel_name>`` is one of its kernels
+    (``self._kernels``, by host name), as with ``compile_shader``'s libraries."""
+
+    _kernels: dict
+
+    def kernel_names(self) -> List[str]:
+        return list(self._kernels)
+
+    def __getattr__(self, name: str):
+        kernels = self.__dict__.get("_kernels", {})
+        if name in kernels:
+            return kernels[name]
+        raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {name!r}; "
+                             f"kernels: {sorted(kernels)}")
