@@ -3,7 +3,9 @@
 Columns: this project (measured), natten-mlx (measured when ``mlx`` and ``natten_mlx`` import),
 and the published natten-mps figures from ``shared/seeds/natten-mps-vs-mlx-new-features.md``
 (reference only, not measured here). Without MPS it also prints, per row, the cost of the Metal
-kernels that configuration launches, counted by the CPU emulator (dispatches, device bytes).
+kernels that configuration launches, counted by the CPU emulator: forward dispatches and device
+bytes, and the same for the backward, each also as a multiple of the minimum (every input read
+once, every output written once).
 
     python benchmarks/bench_new_features.py [--features gqa fmha ...] [--json out.json] [--markdown]
         [--device cpu|mps|cuda] [--backward] [--repeats 30] [--warmup 5] [--plot out.png] [--tiny]
@@ -139,8 +141,24 @@ def mlx_runner(case: Case, backward: bool):
     return run, lambda: None
 
 
+def minimum_bytes(case: Case, backward: bool) -> int:
+    """Device bytes of reading each input once and writing each output once (one attention).
+
+    Forward: q, k, v (and additional keys/values) read, out and the float32 LSE written. Backward:
+    q, k, v, out, dout, LSE (and additional keys/values) read, their gradients written. A merge row
+    runs two attentions: twice this.
+    """
+    q, k, v, ak, av = make_inputs(case, "cpu")
+    size = lambda *ts: sum(t.numel() * t.element_size() for t in ts if t is not None)  # noqa: E731
+    lse = q[..., 0].numel() * 4
+    fwd = size(q, k, v, ak, av) + size(q) + lse
+    n = fwd if not backward else 2 * size(q, k, v, ak, av) + 2 * size(q) + lse
+    return n * (2 if case.merge else 1)
+
+
 def emulator_costs(case: Case) -> Optional[Dict[str, int]]:
-    """Run the configuration once through the Metal path under the emulator and count its kernels."""
+    """Run the configuration through the Metal path under the emulator and count its kernels:
+    the forward alone, then forward+backward (the backward is the difference)."""
     from natten_mps.metal import emulator
     was = natten_mps.emulation_enabled()
     natten_mps.set_emulation(True)
@@ -150,8 +168,15 @@ def emulator_costs(case: Case) -> Optional[Dict[str, int]]:
         t = c.total()
         kernels = {name: {"dispatches": st.dispatches, "threads": st.threads, "bytes_read": st.bytes_read,
                           "bytes_written": st.bytes_written} for name, st in c.by_kernel().items()}
+        with emulator.counting() as cb:
+            ours(case, "cpu", backward=True)()
+        tb = cb.total()
+        bwd_bytes = tb.bytes_read + tb.bytes_written - t.bytes_read - t.bytes_written
         return {"dispatches": t.dispatches, "threads": t.threads, "bytes_read": t.bytes_read,
-                "bytes_written": t.bytes_written, "kernels": kernels}
+                "bytes_written": t.bytes_written, "kernels": kernels,
+                "x_minimum": (t.bytes_read + t.bytes_written) / minimum_bytes(case, False),
+                "backward_dispatches": tb.dispatches - t.dispatches, "backward_bytes": bwd_bytes,
+                "backward_x_minimum": bwd_bytes / minimum_bytes(case, True)}
     finally:
         natten_mps.set_emulation(was)
 
@@ -203,13 +228,16 @@ def main(argv=None) -> Dict:
                harness.fmt_ratio(t_ours, t_mlx), harness.fmt_ms(case.published_ms)]
         if show_costs:
             launched = ", ".join(f"{n} x{k['dispatches']}" for n, k in costs["kernels"].items()) or "none (pure path)"
-            row += [launched, f"{(costs['bytes_read'] + costs['bytes_written']) / 1e6:.2f} MB"]
+            row += [launched, f"{(costs['bytes_read'] + costs['bytes_written']) / 1e6:.2f} MB",
+                    f"{costs['x_minimum']:.2f}x", str(costs["backward_dispatches"]),
+                    f"{costs['backward_bytes'] / 1e6:.2f} MB", f"{costs['backward_x_minimum']:.2f}x"]
         rows.append(row)
 
     headers = ["feature", "config", f"this project ({args.device})", "natten-mlx", "mlx/ours",
                "published natten-mps (M-series, ref.)"]
     if show_costs:
-        headers += ["Metal kernels launched (emu)", "device bytes (emu)"]
+        headers += ["Metal kernels launched (emu)", "device bytes (emu)", "x min", "bwd dispatches",
+                    "bwd bytes", "bwd x min"]
     print(f"\nbench_new_features: device={args.device}, median of {args.repeats} after {args.warmup} warm-up, "
           f"{'forward+backward' if args.backward else 'forward'}\n")
     harness.print_table(headers, rows, markdown=args.markdown)

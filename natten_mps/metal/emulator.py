@@ -22,8 +22,8 @@ Errors a GPU would turn into silent corruption (out-of-bounds access of a bound 
 threadgroup array, a barrier not reached by every thread, a threadgroup-memory race between two
 barriers) raise :class:`MetalEmulatorError` subclasses naming the kernel.
 
-Per launch the emulator counts threads, threadgroups, device bytes read/written, barriers and SIMD
-collectives (:class:`LaunchStats`); :func:`counting` collects them for benchmarks.
+Per launch the emulator counts threads, threadgroups, device bytes read/written (a ``constant``
+buffer once a launch: uniform data served by the constant cache), barriers and SIMD collectives (:class:`LaunchStats`); :func:`counting` collects them for benchmarks.
 """
 from __future__ import annotations
 
@@ -168,6 +168,8 @@ def _launcher(index: int, k: Kernel, fibers: bool) -> str:
             i = p.index
             lines.append(f'  regions[{i}].name = "{p.name}"; regions[{i}].arg = {i}; '
                          f"regions[{i}].base = (char*)args[{i}]; regions[{i}].nbytes = nbytes[{i}];")
+            if p.space == "constant":   # uniform data: read once a launch through the constant cache
+                lines.append(f"  regions[{i}].uniform = true; stats->bytes_read += nbytes[{i}];")
             ct = ("const " if p.const else "") + p.cxx_type
             call_args.append(f"::mtl::mptr<{ct}>(({ct}*)args[{i}], &regions[{i}])")
         elif p.kind == "scalar":

@@ -65,6 +65,7 @@ class Param:
     const: bool = False
     index: int = -1        # buffer index
     attr: str = ""
+    space: str = ""        # address space of a buffer: "device" or "constant"
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _parse_param(kernel: str, text: str, position: int) -> Param:
                 raise ShaderCompileError(
                     f"kernel {kernel}: buffer parameter {name!r} must point into device or constant memory")
             const = bool(pm.group(1) or pm.group(3) or pm.group(5) or pm.group(2) == "constant")
-            return Param(name, "buffer", pm.group(4), const, idx, attr)
+            return Param(name, "buffer", pm.group(4), const, idx, attr, pm.group(2))
         sm = re.match(r"(?:const\s+)?(?:constant|device)\s+(?:const\s+)?([\w:]+)\s*&$", type_text)
         if not sm:
             raise ShaderCompileError(

@@ -156,7 +156,7 @@ template <typename T, int DS>
 kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                          device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
                          device const T* xv [[buffer(4)]], device T* out [[buffer(5)]],
-                         device float* lse [[buffer(6)]], device const int* geom [[buffer(7)]],
+                         device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],
                          constant float& scale [[buffer(8)]],
                          uint tg [[threadgroup_position_in_grid]],
                          uint tid [[thread_index_in_threadgroup]],
@@ -247,7 +247,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
                              device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],
                              device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
-                             device float* delta [[buffer(10)]], device const int* geom [[buffer(11)]],
+                             device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
                              constant float& scale [[buffer(12)]],
                              uint tg [[threadgroup_position_in_grid]],
                              uint tid [[thread_index_in_threadgroup]],
@@ -335,7 +335,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
                                device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
                                device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
-                               device const int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
+                               constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
                                uint tg [[threadgroup_position_in_grid]],
                                uint tid [[thread_index_in_threadgroup]],
                                uint nthreads [[threads_per_threadgroup]]) {
@@ -458,7 +458,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   template [[host_name("attn_forward_" #NAME "_" #DS)]] kernel void attn_forward<T, DS>(            \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
-      device float* lse [[buffer(6)]], device const int* geom [[buffer(7)]],                       \
+      device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
       constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
       uint tid [[thread_index_in_threadgroup]], uint nthreads [[threads_per_threadgroup]]);        \
   template [[host_name("attn_backward_dq_" #NAME "_" #DS)]] kernel void attn_backward_dq<T, DS>(    \
@@ -466,14 +466,14 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
       device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
       device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
-      device const int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
+      constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);                                                  \
   template [[host_name("attn_backward_dkdv_" #NAME "_" #DS)]] kernel void attn_backward_dkdv<T, DS>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
-      device const int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
+      constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);
 

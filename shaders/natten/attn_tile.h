@@ -22,7 +22,7 @@ struct Geom {
   bool has_dlse;
 };
 
-inline Geom load_geom(device const int* g) {
+inline Geom load_geom(constant int* g) {
   Geom G;
   G.B = g[0]; G.H = g[1]; G.Hkv = g[2]; G.D = g[3]; G.Dv = g[4];
   for (int i = 0; i < 3; ++i) {
