@@ -5,6 +5,9 @@ heads_kv, head_dim]``, ``value`` ``[batch, *spatial, heads_kv, head_dim_v]``; ou
 ``[batch, *spatial, heads, head_dim_v]`` in the input dtype and, with ``return_lse=True``, the
 log-sum-exp ``[batch, *spatial, heads]`` (float32, natural log) of the attention scores.
 
+Under ``torch.autocast`` the functions follow SDPA's rule: floating inputs are cast to the autocast
+dtype of their device (mixed input dtypes are then accepted) and the output has that dtype.
+
 The neighborhood rule (kernel size, stride, dilation, causal, borders) is written out in
 :mod:`natten_mps.semantics`. ``heads`` must be a multiple of ``heads_kv`` (GQA/MQA); K/V heads are
 shared by consecutive query heads and never repeated in memory.
@@ -22,8 +25,20 @@ from .semantics import is_full_attention
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions"]
 
 
+def autocast_inputs(*tensors):
+    """SDPA's autocast rule: under ``torch.autocast`` for the tensors' device, floating tensors are
+    cast to the autocast dtype (``None`` entries pass through)."""
+    first = next((t for t in tensors if isinstance(t, Tensor)), None)
+    if first is None or first.device.type == "meta" or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                             additional_keys, additional_values, return_lse):
+    query, key, value, additional_keys, additional_values = autocast_inputs(
+        query, key, value, additional_keys, additional_values)
     heads, heads_kv = checks.check_qkv(query, key, value, rank)
     spatial, ks, st, dil, causal = checks.check_na_params(query, key, kernel_size, stride, dilation,
                                                           is_causal, rank)
@@ -98,6 +113,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
 
     ``is_causal`` requires ``Lq == Lk``. Returns ``[B, Lq, H, Dv]`` (and the LSE ``[B, Lq, H]``).
     """
+    query, key, value = autocast_inputs(query, key, value)
     names = ("query", "key", "value")
     for t, n in zip((query, key, value), names):
         checks.check_tensor(t, n)

@@ -116,6 +116,12 @@ def _na_backward_fake(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilati
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _refuse_double_backward():
+    if torch.is_grad_enabled():
+        raise RuntimeError("natten_mps: double backward (create_graph=True, gradients of gradients) is not "
+                           "supported by the attention ops; compute first-order gradients only")
+
+
 def _incoming(out, dout, dlse):
     """Gradients reaching (out, lse). An unused output's gradient arrives as None: a zero ``dout``
     becomes a stride-0 view, a zero ``dlse`` stays None. Any strides are fine: the backward
@@ -133,6 +139,7 @@ def _na_setup_context(ctx, inputs, output):
 
 
 def _na_backward_rule(ctx, dout, dlse):
+    _refuse_double_backward()
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = na_backward(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
@@ -177,6 +184,7 @@ def _na_extra_setup_context(ctx, inputs, output):
 
 
 def _na_extra_backward_rule(ctx, dout, dlse):
+    _refuse_double_backward()
     q, k, v, xk, xv, out, lse = ctx.saved_tensors
     grads = na_backward_extra(*_incoming(out, dout, dlse), q, k, v, xk, xv, out, lse, *ctx.params)
     return tuple(grads) + (None,) * 5
@@ -216,6 +224,7 @@ def _attn_setup_context(ctx, inputs, output):
 
 
 def _attn_backward_rule(ctx, dout, dlse):
+    _refuse_double_backward()
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = attention_backward(*_incoming(out, dout, dlse), q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None
@@ -246,8 +255,25 @@ def _mode_probes():
 _MODE_PROBES = _mode_probes()
 
 
+def _functorch_active() -> bool:
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
+def _refuse_func_grad(tensors) -> None:
+    """torch.func.grad/vjp/jacrev cannot see through torch.library ops' autograd: say so clearly."""
+    is_grad = getattr(torch._C._functorch, "is_gradtrackingtensor", None)
+    if is_grad is not None and any(t is not None and is_grad(t) for t in tensors):
+        raise RuntimeError("natten_mps: torch.func.grad / vjp / jacrev / jvp over the attention ops are not "
+                           "supported; use torch.autograd (loss.backward() or torch.autograd.grad). "
+                           "torch.func.vmap is supported")
+
+
 def _eager(*tensors: Tensor) -> bool:
-    if _MODE_PROBES is None or torch.compiler.is_compiling() or any(probe() for probe in _MODE_PROBES):
+    if _functorch_active():
+        _refuse_func_grad(tensors)
+    if (_MODE_PROBES is None or torch.compiler.is_compiling() or _functorch_active()
+            or any(probe() for probe in _MODE_PROBES)):
         return False
     return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
 
@@ -267,6 +293,7 @@ class _EagerOp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlse):
+        _refuse_double_backward()
         saved = ctx.saved_tensors
         inputs, out, lse = saved[:-2], saved[-2], saved[-1]
         grads = ctx.backward_impl(*_incoming(out, dout, dlse), *inputs, out, lse, *ctx.params)
@@ -297,3 +324,30 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: flo
     if _eager(q, k, v):
         return _EagerOp.apply(_attention_forward_impl, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
+
+
+# ---- torch.func.vmap: a vmapped dimension folds into the batch dimension ------------------------
+def _fold_vmap(op, n_tensors, n_outputs):
+    """vmap rule for an op whose first ``n_tensors`` arguments are tensors with a leading batch
+    dimension (None allowed): move each vmapped dimension to the front, merge it with the batch,
+    run the op once, split the batch again. Unbatched tensors are expanded along the vmapped size."""
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        tensors, rest = list(args[:n_tensors]), args[n_tensors:]
+        for i, (t, d) in enumerate(zip(tensors, in_dims[:n_tensors])):
+            if t is None:
+                continue
+            t = t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(size, *t.shape)
+            tensors[i] = t.reshape(size * t.shape[1], *t.shape[2:])
+        outs = op(*tensors, *rest)
+        outs = tuple(o.reshape(size, o.shape[0] // size, *o.shape[1:]) for o in outs)
+        return outs, (0,) * n_outputs
+    return rule
+
+
+torch.library.register_vmap("natten_mps::na_forward", _fold_vmap(na_forward, 3, 2))
+torch.library.register_vmap("natten_mps::na_forward_extra", _fold_vmap(na_forward_extra, 5, 2))
+torch.library.register_vmap("natten_mps::attention_forward", _fold_vmap(attention_forward, 3, 2))
+torch.library.register_vmap("natten_mps::na_backward", _fold_vmap(na_backward, 7, 3))
+torch.library.register_vmap("natten_mps::na_backward_extra", _fold_vmap(na_backward_extra, 9, 5))
+torch.library.register_vmap("natten_mps::attention_backward", _fold_vmap(attention_backward, 7, 3))

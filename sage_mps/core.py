@@ -6,6 +6,7 @@ from typing import Optional
 from torch import Tensor
 
 from natten_mps import checks, ops
+from natten_mps.functional import autocast_inputs
 
 _LAYOUTS = ("HND", "NHD")
 
@@ -29,6 +30,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     unknown = set(kwargs) - {"qk_quant_gran", "pv_accum_dtype"}
     if unknown:
         raise TypeError(f"sageattn got unexpected keyword arguments {sorted(unknown)}")
+    q, k, v = autocast_inputs(q, k, v)        # SDPA's autocast rule
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
         checks.check_tensor(t, n)
         if t.dim() != 4:

@@ -194,3 +194,55 @@ def test_without_mode_probes_every_call_takes_the_registered_op(monkeypatch):
     assert out.grad_fn is not None and "EagerOp" not in type(out.grad_fn).__name__
     out.sum().backward()
     assert q.grad is not None
+
+
+# ---- fitting into PyTorch: autocast, double backward, vmap ------------------------------------
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_autocast_follows_sdpa(path):
+    """Under torch.autocast inputs are cast to the autocast dtype (mixed dtypes accepted), as SDPA does."""
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 12, 2, 8, generator=g)
+    k = torch.randn(2, 12, 2, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = natten_mps.na1d(q, k.half(), k, 3)                 # fp32, fp16, fp32: accepted
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, k)
+        dense = natten_mps.attention(q, k, k)
+        sage = sage_mps.sageattn(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2))
+    assert out.dtype == sdpa.dtype == dense.dtype == sage.dtype == torch.bfloat16
+    expected = natten_mps.na1d(q.bfloat16(), k.half().bfloat16(), k.bfloat16(), 3)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        natten_mps.na1d(q, k.half(), k, 3)                       # outside autocast: refused
+
+
+def test_double_backward_is_a_clear_error():
+    natten_mps.set_backend("pure")
+    x = torch.randn(1, 10, 2, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(natten_mps.na1d(x, x, x, 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(natten_mps.attention(x, x, x).sum(), x, create_graph=True)
+    g, = torch.autograd.grad(natten_mps.na1d(x, x, x, 3).sum(), x)     # first order still works
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+def test_vmap_over_a_leading_batch(path):
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 2, 7, 6, 2, 8, generator=g)               # vmapped dim, then [B, X, Y, H, D]
+    kv = torch.randn(2, 7, 6, 1, 8, generator=g)                 # not vmapped (broadcast), GQA
+    xk = torch.randn(3, 2, 2, 1, 8, generator=g)
+
+    def f(q, xk):
+        out, lse = natten_mps.na2d(q, kv, kv, (3, 2), dilation=(2, 1), additional_keys=xk, additional_values=xk,
+                                   return_lse=True)
+        return out, lse, natten_mps.attention(q.flatten(1, 2), kv.flatten(1, 2), kv.flatten(1, 2))
+
+    got = torch.vmap(f)(q, xk)
+    want = [torch.stack(t) for t in zip(*(f(q[i], xk[i]) for i in range(3)))]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError, match="torch.func.grad"):      # func transforms other than vmap: refused
+        torch.func.grad(lambda t: natten_mps.na2d(t, t, t, 3).sum())(q[0])
