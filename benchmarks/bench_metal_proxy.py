@@ -330,7 +330,7 @@ def fmt(x, unit=""):
     return f"{x:.3f}{unit}" if x < 1 else f"{x:.2f}{unit}"
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--natten-mps-path", help="folder holding natten-mps 0.3.3 (pip install --target)")
     ap.add_argument("--quick", action="store_true", help="seed configurations only")
@@ -338,8 +338,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of a saved --json run (no GPU needed)")
     ap.add_argument("--worker", choices=["ours", "natten-mps"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        ours = saved.get("ours") or [r["ours"] for r in saved["rows"]]
+        theirs = saved.get("theirs") or [r["theirs"] for r in saved["rows"] if r.get("theirs")]
+        report(saved["ceilings"], ours, theirs, saved.get("repeats", 20))
+        return 0
     if args.worker:
         worker(args)
         return 0
@@ -350,6 +357,15 @@ def main() -> int:
     ceil = ceilings()
     ours = run_worker("ours", args)
     theirs = run_worker("natten-mps", args) if args.natten_mps_path else []
+    table = report(ceil, ours, theirs, args.repeats)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(title=table["title"], ceilings=ceil, rows=table["rows"],
+                                                   ours=ours, theirs=theirs, repeats=args.repeats), indent=1))
+    return 0
+
+
+def report(ceil, ours, theirs, repeats) -> dict:
+    """Print the tables; returns the title and the per-row roofline fractions."""
     their_by = {(r["config"], r["dtype"]): r for r in theirs}
     title = f"Metal kernels translated to CUDA on {ceil['gpu']}"
     print(f"\n{title} (ranks designs; not Apple timings)")
@@ -358,7 +374,7 @@ def main() -> int:
     pct = lambda work, ms, peak: work / (ms / 1e3) / peak * 100 if ms else None  # noqa: E731
     ratio = lambda a, b: a / b if a and b else None  # noqa: E731
     table = []
-    print("\nNeighborhood attention forward (ms, medians of %d): whole call, kernels only" % args.repeats)
+    print("\nNeighborhood attention forward (ms, medians of %d): whole call, kernels only" % repeats)
     print("| config | dtype | ours call | ours kernel | natten-mps call | natten-mps kernel | ours/theirs call "
           "| ours/theirs kernel | per-query kernel | per-query/ours | ours % BW | ours % FMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -379,8 +395,8 @@ def main() -> int:
               + (f" {err}" if err else ""))
     print("\nNeighborhood attention forward + backward (ms): whole call; backward kernels = fwd+bwd kernels - fwd kernels")
     print("| config | dtype | ours call | ours bwd kernels | launches | natten-mps call | natten-mps bwd kernels "
-          "| launches | ours/theirs call | ours/theirs bwd kernels | ours bwd % FMA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| launches | ours/theirs call | ours/theirs fwd+bwd kernels | ours/theirs bwd kernels | ours bwd % FMA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in ours:
         if r.get("dense"):
             continue
@@ -392,7 +408,8 @@ def main() -> int:
         print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwdbwd_ms'))} | {fmt(ob)} "
               f"| {r.get('fwdbwd_launches', 0) - r.get('fwd_launches', 0)} | {fmt(t.get('fwdbwd_ms'))} | {fmt(tb)} "
               f"| {t.get('fwdbwd_launches', 0) - t.get('fwd_launches', 0) if t else '—'} "
-              f"| {fmt(ratio(r.get('fwdbwd_ms'), t.get('fwdbwd_ms')), 'x')} | {fmt(ratio(ob, tb), 'x')} "
+              f"| {fmt(ratio(r.get('fwdbwd_ms'), t.get('fwdbwd_ms')), 'x')} "
+              f"| {fmt(ratio(r.get('fwdbwd_kernel_ms'), t.get('fwdbwd_kernel_ms')), 'x')} | {fmt(ratio(ob, tb), 'x')} "
               f"| {fmt(pct(2.5 * flops, ob, ceil['fma_flops']))} |")
     print("\nDense (flash) attention, not causal (ms): kernels only")
     print("| config | dtype | fwd kernel | fwd % FMA | bwd kernels | bwd % FMA | per-query kernel | per-query/ours |")
@@ -413,9 +430,7 @@ def main() -> int:
         if r.get("fwd_kernels"):
             ks = ", ".join(f"{k} {fmt(v)} ms" for k, v in sorted(r["fwd_kernels"].items()))
             print(f"  {r['contender']}: {r['config']} {r['dtype']}: {ks}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(title=title, ceilings=ceil, rows=table), indent=1))
-    return 0
+    return dict(title=title, rows=table)
 
 
 if __name__ == "__main__":

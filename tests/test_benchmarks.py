@@ -70,3 +70,14 @@ def test_interleaved_rounds_alternate_and_settle():
     assert [name for name, _ in calls] == ["a", "b"] * 3
     gaps = [t1 - t0 for (_, t0), (_, t1) in zip(calls, calls[1:])]
     assert min(gaps) >= 0.02
+
+
+def test_bench_metal_proxy_report_of_a_saved_run(capsys):
+    """The proxy's tables re-render from the saved H200 run (no GPU needed), with the label."""
+    import bench_metal_proxy
+    saved = os.path.join(BENCH, "results", "metal_proxy_h200.json")
+    assert bench_metal_proxy.main(["--report", saved]) == 0
+    out = capsys.readouterr().out
+    assert "Metal kernels translated to CUDA on NVIDIA H200" in out and "not Apple timings" in out
+    assert "| 2D 64x64 K=7 | float32 |" in out and "ours/theirs fwd+bwd kernels" in out
+    assert "Dense (flash) attention" in out
