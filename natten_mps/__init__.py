@@ -8,12 +8,13 @@ autograd) -> ``backends.metal`` / ``backends.pure`` (device implementations) -> 
 from .backend import get_backend, last_backend, set_backend
 from .functional import attention, merge_attentions, na1d, na2d, na3d
 from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
+from .support import get_support_matrix, has_metal, has_mps
 
 __version__ = "0.1.0"
 
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "set_backend", "get_backend",
            "last_backend", "set_emulation", "emulation_enabled", "set_metal_on_cuda", "metal_on_cuda_enabled",
-           "__version__"]
+           "has_mps", "has_metal", "get_support_matrix", "__version__"]
 
 # On a Mac, compile the shaders once per process at import; elsewhere nothing is compiled here.
 from .metal import runtime as _runtime  # noqa: E402

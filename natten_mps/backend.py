@@ -1,6 +1,7 @@
 """Which implementation runs: ``auto`` (Metal on MPS, pure PyTorch elsewhere), ``metal`` or ``pure``.
 
-Set with :func:`set_backend` or the ``NATTEN_MPS_BACKEND`` environment variable; :func:`last_backend`
+Set with :func:`set_backend` or the ``NATTEN_MPS_BACKEND`` environment variable (``NATTEN_BACKEND``,
+natten-mps' name, is an alias); :func:`last_backend`
 reports the path the most recent op took (``"metal"`` or ``"pure"``).
 """
 from __future__ import annotations
@@ -12,9 +13,11 @@ import torch
 from .metal import runtime
 
 _CHOICES = ("auto", "metal", "pure")
-_backend = os.environ.get("NATTEN_MPS_BACKEND", "auto").lower()
+# NATTEN_BACKEND (natten-mps' name) is accepted as an alias; NATTEN_MPS_BACKEND wins when both are set.
+_env_name = "NATTEN_MPS_BACKEND" if "NATTEN_MPS_BACKEND" in os.environ else "NATTEN_BACKEND"
+_backend = os.environ.get(_env_name, "auto").lower()
 if _backend not in _CHOICES:
-    raise ValueError(f"NATTEN_MPS_BACKEND must be one of {_CHOICES}, got {_backend!r}")
+    raise ValueError(f"{_env_name} must be one of {_CHOICES}, got {_backend!r}")
 _last = {"path": None}
 
 
