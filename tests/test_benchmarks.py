@@ -81,3 +81,20 @@ def test_bench_metal_proxy_report_of_a_saved_run(capsys):
     assert "Metal kernels translated to CUDA on NVIDIA H200" in out and "not Apple timings" in out
     assert "| 2D 64x64 K=7 | float32 |" in out and "ours/theirs fwd+bwd kernels" in out
     assert "Dense (flash) attention" in out
+
+
+def test_bench_sage_smoke(tmp_path):
+    """The seed table's columns for a few lengths, the published reference, emulator counters, accuracy."""
+    import bench_sage
+    path = tmp_path / "sage.json"
+    payload = bench_sage.main(["--seq-len", "64", "256", "--iterations", "2", "--warmup", "1", "--device", "cpu",
+                               "--accuracy", "--json", str(path), "--plot", str(tmp_path / "sage.png")])
+    rows = payload["results"]
+    assert [r["seq_len"] for r in rows] == [64, 256]
+    for r in rows:
+        assert r["manual_ms"] > 0 and r["sdpa_ms"] > 0 and r["sage_ms"] > 0 and not r["errors"]
+        assert r["emulator"]["dispatches"] >= 1 and r["emulator"]["bytes"] > 0
+    assert rows[1]["published_mlx"] == list(bench_sage.PUBLISHED[256]) or rows[1]["published_mlx"] == bench_sage.PUBLISHED[256]
+    acc = {a["test"]: a for a in payload["accuracy"]}
+    assert all(a["cosine"] > 0.9999 and a["max_diff"] < 1e-4 for a in acc.values())
+    assert (tmp_path / "sage.png").read_bytes()[:4] == b"\x89PNG"
