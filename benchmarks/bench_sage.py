@@ -10,8 +10,8 @@ time, above 1 = sage faster), medians of ``--iterations`` calls after a warm-up,
 rounds. The seed's published MLX figures are printed beside ours as reference (another framework,
 another machine). Without MPS it also prints the Metal kernels each row would launch on a Mac,
 counted by the CPU emulator (dispatches, device bytes). ``--accuracy`` prints max / mean absolute
-difference, cosine similarity and relative L1 of sageattn with and without smoothing against
-float64 attention, on inputs with a large common key offset.
+difference, cosine similarity and relative L1 of sageattn with and without smoothing, float and
+INT8 (``qk_quant="int8"``), against float64 attention, on inputs with a large common key offset.
 """
 from __future__ import annotations
 
@@ -85,7 +85,9 @@ def accuracy(L: int, device: str, dtype) -> List[Dict]:
     ref = manual_attention(q.double(), k.double(), v.double())
     rows = []
     for name, kw in (("sageattn (no smooth) vs standard", dict(smooth_k=False)),
-                     ("sageattn (smooth_k) vs standard", dict(smooth_k=True))):
+                     ("sageattn (smooth_k) vs standard", dict(smooth_k=True)),
+                     ("sageattn INT8 (no smooth) vs standard", dict(smooth_k=False, qk_quant="int8")),
+                     ("sageattn INT8 (smooth_k) vs standard", dict(smooth_k=True, qk_quant="int8"))):
         out = sage_mps.sageattn(q, k, v, tensor_layout="HND", **kw).double()
         diff = (out - ref).abs()
         cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()

@@ -5,6 +5,9 @@ the sequence before the scores are formed: every score of a query row shifts by 
 ``scale * q . mean(k)``, so the softmax (and the output) is unchanged while outliers shrink. With
 ``return_lse=True`` the LSE is corrected back exactly by adding that constant.
 
+``qk_quant="int8"`` reproduces SageAttention 1.x's INT8 QK numerics (:mod:`sage_mps.int8`) on
+PyTorch ops, with a straight-through backward.
+
 The attention itself runs through ``natten_mps``'s registered ``attention_forward`` op, so it
 trains, compiles and runs on the Metal path under MPS (or the emulator) like the rest.
 """
