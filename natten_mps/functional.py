@@ -111,7 +111,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
               scale: Optional[float] = None, return_lse: bool = False):
     """Dense attention. ``query`` ``[B, Lq, H, D]``, ``key``/``value`` ``[B, Lk, Hkv, D|Dv]``.
 
-    ``is_causal`` requires ``Lq == Lk``. Returns ``[B, Lq, H, Dv]`` (and the LSE ``[B, Lq, H]``).
+    ``is_causal``: query ``i`` sees keys ``j <= i`` (SDPA's top-left alignment when ``Lq != Lk``). Returns ``[B, Lq, H, Dv]`` (and the LSE ``[B, Lq, H]``).
     """
     query, key, value = autocast_inputs(query, key, value)
     names = ("query", "key", "value")
@@ -129,8 +129,6 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
         raise ValueError(f"query heads ({query.shape[2]}) must be a multiple of key/value heads ({key.shape[2]})")
     if not isinstance(is_causal, bool):
         raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
-    if is_causal and query.shape[1] != key.shape[1]:
-        raise ValueError(f"is_causal=True needs equal query and key lengths, got {query.shape[1]} and {key.shape[1]}")
     scale = checks.check_scale(scale, query.shape[-1])
     out, lse = ops.dense_attention(query, key, value, is_causal, scale)
     return (out, lse) if return_lse else out

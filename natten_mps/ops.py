@@ -76,8 +76,8 @@ def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, 
 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
-    # causal cross-attention keeps the pure path's alignment rules
-    return metal.supported(q, k, v) and (not is_causal or q.shape[1] == k.shape[1])
+    # causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths
+    return metal.supported(q, k, v)
 
 
 def _attention_forward_impl(q, k, v, is_causal, scale):

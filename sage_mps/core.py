@@ -22,7 +22,8 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     Args:
         q, k, v: ``[B, H, N, D]`` (``tensor_layout="HND"``) or ``[B, N, H, D]`` (``"NHD"``); K/V may
             have fewer heads than Q (GQA, ``H % H_kv == 0``).
-        is_causal: causal mask (needs equal query and key lengths).
+        is_causal: causal mask: query ``i`` sees keys ``j <= i`` (as SDPA aligns it when the query and
+            key lengths differ: top-left).
         sm_scale: score scale, default ``D ** -0.5``.
         smooth_k: subtract the mean key over the sequence (exact; reduces outliers).
         return_lse: also return the log-sum-exp of the (unsmoothed) scores, ``[B, H, N]``, natural log.
@@ -54,8 +55,6 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
                          f"(layout {tensor_layout})")
     if q.shape[2] % k.shape[2] != 0:
         raise ValueError(f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]})")
-    if is_causal and q.shape[1] != k.shape[1]:
-        raise ValueError(f"is_causal=True needs equal q and k lengths, got {q.shape[1]} and {k.shape[1]}")
     scale = checks.check_scale(sm_scale, q.shape[-1])
     k_mean = None
     if smooth_k and k.shape[1] > 0:

@@ -137,7 +137,8 @@ def test_backward_is_bit_identical_across_runs(dev):
 
 
 @pytest.mark.parametrize("lq,lk,causal,h,hkv,d", [(37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64),
-                                                  (70, 9, False, 3, 3, 16), (33, 33, False, 2, 2, 128)])
+                                                  (70, 9, False, 3, 3, 16), (33, 33, False, 2, 2, 128),
+                                                  (20, 45, True, 2, 1, 32), (70, 9, True, 2, 2, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dense_attention(lq, lk, causal, h, hkv, d, dtype, dev):
     g = torch.Generator().manual_seed(lq + lk)
@@ -146,7 +147,13 @@ def test_dense_attention(lq, lk, causal, h, hkv, d, dtype, dev):
     v = torch.randn(2, lk, hkv, d, generator=g).to(dtype)
     out, lse = (t.cpu() for t in metal.dense_forward(q.to(dev), k.to(dev), v.to(dev), causal, d ** -0.5))
     qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
-    ro, rl = reference_attention(qr, kr, vr, causal)
+    if causal and lq != lk:   # SDPA's top-left alignment, written out
+        s = torch.einsum("bqhd,bkhd->bhqk", qr, kr.repeat_interleave(h // hkv, 2)) * d ** -0.5
+        s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool).triu(1), float("-inf"))
+        ro = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vr.repeat_interleave(h // hkv, 2))
+        rl = torch.logsumexp(s, -1).transpose(1, 2)
+    else:
+        ro, rl = reference_attention(qr, kr, vr, causal)
     torch.testing.assert_close(out.double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
     torch.testing.assert_close(lse.double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
     dout = torch.randn(out.shape, generator=g).to(dtype)

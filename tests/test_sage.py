@@ -45,3 +45,18 @@ def test_sageattn_bad_input():
         sage_mps.sageattn(torch.randn(1, 3, 8, 4), q, q)
     with pytest.raises(TypeError, match="unexpected keyword"):
         sage_mps.sageattn(q, q, q, bogus=1)
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+@pytest.mark.parametrize("lq,lk", [(12, 20), (20, 12)])
+def test_sageattn_causal_cross_attention_aligns_like_sdpa(path, lq, lk):
+    import natten_mps
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(lq)
+    q = torch.randn(1, 2, lq, 16, generator=g)
+    k = torch.randn(1, 2, lk, 16, generator=g) + 2.0
+    v = torch.randn(1, 2, lk, 16, generator=g)
+    out = sage_mps.sageattn(q, k, v, is_causal=True)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    torch.testing.assert_close(out.double(), sdpa, atol=3e-5, rtol=3e-5)
+    assert natten_mps.last_backend() == path

@@ -44,7 +44,8 @@ def test_matrix_features_match_the_dispatch(emulate):
     cross = natten_mps.get_support_matrix()["metal"]["ops"]["attention_causal_cross"]["float32"]
     natten_mps.attention(torch.randn(1, 5, 2, 8), torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 8))
     assert natten_mps.last_backend() == "metal"
-    assert cross is False
+    natten_mps.attention(torch.randn(1, 5, 2, 8), torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 8), is_causal=True)
+    assert (natten_mps.last_backend() == "metal") == cross
 
 
 @pytest.mark.parametrize("env,expected", [({"NATTEN_BACKEND": "pure"}, "pure"),

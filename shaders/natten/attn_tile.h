@@ -55,9 +55,10 @@ inline Span key_span(thread const Geom& G, int ax, int i, int qlen) {
 }
 
 // The queries (group coordinates) whose window on axis `ax` holds key `j`: `lo` is the first query
-// whose window ends at or after j, `hi` the last whose window starts at or before j. Both ends of a
-// window never decrease with the query, so exactly the queries in [lo, hi] hold j (empty: hi < lo),
-// and the union over a run of keys j0..j1 is [bounds(j0).lo, bounds(j1).hi]. Found by bisection.
+// whose window ends at or after j (qlen if none), `hi` the last whose window starts at or before j
+// (-1 if none). Both ends of a window never decrease with the query, so exactly the queries in
+// [lo, hi] hold j (none when hi < lo), and for a run of keys j0..j1 every query holding one of them
+// lies in [bounds(j0).lo, bounds(j1).hi]. Found by bisection.
 inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
   int lo = 0, hi = qlen - 1;
   while (lo < hi) {
@@ -65,11 +66,7 @@ inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
     if (key_span(G, ax, mid, qlen).hi >= j) hi = mid; else lo = mid + 1;
   }
   Span s;
-  s.lo = lo;
-  if (key_span(G, ax, lo, qlen).hi < j) {    // no window reaches j
-    s.hi = lo - 1;
-    return s;
-  }
+  s.lo = key_span(G, ax, lo, qlen).hi >= j ? lo : qlen;
   lo = 0;
   hi = qlen - 1;
   while (lo < hi) {
