@@ -11,7 +11,7 @@ PyTorch ops, with a straight-through backward.
 The attention itself runs through ``natten_mps``'s registered ``attention_forward`` op, so it
 trains, compiles and runs on the Metal path under MPS (or the emulator) like the rest.
 """
-from .core import sageattn
+from .core import sageattn, sageattn_varlen
 
 __version__ = "0.1.0"
-__all__ = ["sageattn", "__version__"]
+__all__ = ["sageattn", "sageattn_varlen", "__version__"]

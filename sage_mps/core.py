@@ -79,3 +79,56 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     if not return_lse:
         return out
     return out, lse.transpose(1, 2)  # [B, H, N] like sageattention
+
+
+def _check_cu_seqlens(cu: Tensor, name: str, total: int) -> list:
+    if not isinstance(cu, Tensor) or cu.dim() != 1 or cu.dtype not in (torch.int32, torch.int64) or cu.numel() < 2:
+        raise TypeError(f"{name} must be a 1-D int32/int64 tensor of batch + 1 offsets, got "
+                        f"{getattr(cu, 'dtype', type(cu).__name__)} of shape {tuple(getattr(cu, 'shape', ()))}")
+    offs = [int(x) for x in cu.tolist()]
+    if offs[0] != 0 or any(b < a for a, b in zip(offs, offs[1:])) or offs[-1] != total:
+        raise ValueError(f"{name} must start at 0, never decrease and end at the packed length {total}, "
+                         f"got {offs}")
+    return offs
+
+
+def sageattn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                    max_seqlen_q: int, max_seqlen_k: int, is_causal: bool = False,
+                    sm_scale: Optional[float] = None, smooth_k: bool = True, **kwargs) -> Tensor:
+    """SageAttention over a packed batch of sequences of different lengths (sageattention's layout).
+
+    Args:
+        q: ``[total_q, H, D]``; k, v: ``[total_k, H_kv, D|Dv]``; sequence ``i`` is rows
+            ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` of ``q`` and ``cu_seqlens_k[i]:cu_seqlens_k[i+1]`` of
+            ``k``/``v`` (``cu_seqlens_*``: ``[batch + 1]`` int32/int64 offsets).
+        max_seqlen_q, max_seqlen_k: the longest sequences (checked against the offsets).
+        is_causal, sm_scale, smooth_k: as :func:`sageattn`; the K mean is taken per sequence.
+
+    Returns ``[total_q, H, Dv]``. Forward and backward (each sequence runs :func:`sageattn`).
+    """
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        checks.check_tensor(t, n)
+        if t.dim() != 3:
+            raise ValueError(f"{n} must be 3-D [total_tokens, heads, head_dim], got shape {tuple(t.shape)}")
+    oq = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
+    ok = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", k.shape[0])
+    if len(oq) != len(ok):
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k describe {len(oq) - 1} and {len(ok) - 1} sequences")
+    lq = [b - a for a, b in zip(oq, oq[1:])]
+    lk = [b - a for a, b in zip(ok, ok[1:])]
+    if max(lq) > max_seqlen_q or max(lk) > max_seqlen_k:
+        raise ValueError(f"max_seqlen_q/max_seqlen_k ({max_seqlen_q}, {max_seqlen_k}) are below the longest "
+                         f"sequences ({max(lq)}, {max(lk)})")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"k and v must have the same packed length, got {k.shape[0]} and {v.shape[0]}")
+    outs = []
+    for i in range(len(lq)):
+        if lq[i] == 0:
+            outs.append(q.new_empty(0, q.shape[1], v.shape[-1]))
+            continue
+        if lk[i] == 0:
+            raise ValueError(f"sequence {i} has {lq[i]} queries but no keys")
+        seq = [t[None, a:b] for t, (a, b) in ((q, (oq[i], oq[i + 1])), (k, (ok[i], ok[i + 1])), (v, (ok[i], ok[i + 1])))]
+        outs.append(sageattn(*seq, tensor_layout="NHD", is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k,
+                             **kwargs)[0])
+    return torch.cat(outs, dim=0)

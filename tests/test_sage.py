@@ -60,3 +60,51 @@ def test_sageattn_causal_cross_attention_aligns_like_sdpa(path, lq, lk):
     sdpa = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
     torch.testing.assert_close(out.double(), sdpa, atol=3e-5, rtol=3e-5)
     assert natten_mps.last_backend() == path
+
+
+@pytest.mark.parametrize("path", ["pure", "metal"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sageattn_varlen_uneven_lengths(path, causal):
+    import natten_mps
+    natten_mps.set_emulation(path == "metal")
+    g = torch.Generator().manual_seed(8)
+    lens_q, lens_k = [5, 0, 17, 9], [5, 3, 17, 9] if causal else [7, 3, 11, 20]
+    H, Hkv, D = 4, 2, 16
+    q = torch.randn(sum(lens_q), H, D, generator=g, requires_grad=True)
+    k = torch.randn(sum(lens_k), Hkv, D, generator=g)
+    offsets = torch.tensor([0.0, 5.0, -3.0, 9.0]).repeat_interleave(torch.tensor(lens_k))[:, None, None]
+    k = (k + offsets).requires_grad_()                 # a different key mean per sequence
+    v = torch.randn(sum(lens_k), Hkv, D, generator=g, requires_grad=True)
+    cq = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32)
+    ck = torch.tensor([0] + list(torch.tensor(lens_k).cumsum(0)), dtype=torch.int32)
+    out = sage_mps.sageattn_varlen(q, k, v, cq, ck, max(lens_q), max(lens_k), is_causal=causal, sm_scale=0.3)
+    assert out.shape == (sum(lens_q), H, D)
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+    refs, rq, rk, rv = [], q.detach().double().requires_grad_(), k.detach().double().requires_grad_(), \
+        v.detach().double().requires_grad_()
+    for i in range(4):
+        a, b, c, d = int(cq[i]), int(cq[i + 1]), int(ck[i]), int(ck[i + 1])
+        if b == a:
+            continue
+        o, _ = ref(rq[a:b].transpose(0, 1)[None], rk[c:d].transpose(0, 1)[None], rv[c:d].transpose(0, 1)[None],
+                   causal, 0.3)
+        refs.append(o[0].transpose(0, 1))
+    ro = torch.cat(refs)
+    torch.testing.assert_close(out.double(), ro, atol=3e-5, rtol=3e-5)
+    (ro * w.double()).sum().backward()
+    for t, r in ((q, rq), (k, rk), (v, rv)):
+        torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_sageattn_varlen_bad_offsets():
+    q = torch.randn(10, 2, 8)
+    good = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match="end at the packed length 10"):
+        sage_mps.sageattn_varlen(q, q, q, torch.tensor([0, 4, 9], dtype=torch.int32), good, 6, 6)
+    with pytest.raises(TypeError, match="int32/int64"):
+        sage_mps.sageattn_varlen(q, q, q, good.float(), good, 6, 6)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        sage_mps.sageattn_varlen(q, q, q, good, good, 5, 6)
+    with pytest.raises(ValueError, match="must be 3-D"):
+        sage_mps.sageattn_varlen(q[None], q, q, good, good, 6, 6)
