@@ -108,3 +108,37 @@ def test_sageattn_varlen_bad_offsets():
         sage_mps.sageattn_varlen(q, q, q, good, good, 5, 6)
     with pytest.raises(ValueError, match="must be 3-D"):
         sage_mps.sageattn_varlen(q[None], q, q, good, good, 6, 6)
+
+
+def test_sageattn_compiles_checkpoints_and_merges():
+    """fullgraph compile (the graph holds the registered op), checkpointing, and merge_attentions
+    composing two sageattn calls over disjoint key sets into the attention over their union."""
+    import natten_mps
+    from torch.utils.checkpoint import checkpoint
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 2, 24, 16, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, 40, 16, generator=g) + 3.0
+    v = torch.randn(1, 2, 40, 16, generator=g)
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q: sage_mps.sageattn(q, k, v, return_lse=True), backend=record, fullgraph=True)
+    out_c, lse_c = compiled(q)
+    assert any("natten_mps.attention_forward" in t for t in seen), seen
+    out, lse = sage_mps.sageattn(q, k, v, return_lse=True)
+    torch.testing.assert_close(out_c, out)
+    ck = checkpoint(lambda q: sage_mps.sageattn(q, k, v), q, use_reentrant=False)
+    ck.sum().backward()
+    g1 = q.grad.clone()
+    q.grad = None
+    out.sum().backward()
+    torch.testing.assert_close(q.grad, g1)
+    o1, l1 = sage_mps.sageattn(q, k[:, :, :15], v[:, :, :15], return_lse=True)
+    o2, l2 = sage_mps.sageattn(q, k[:, :, 15:], v[:, :, 15:], return_lse=True)
+    merged, mlse = natten_mps.merge_attentions([o1.transpose(1, 2), o2.transpose(1, 2)],
+                                               [l1.transpose(1, 2), l2.transpose(1, 2)])
+    torch.testing.assert_close(merged.transpose(1, 2), out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(mlse.transpose(1, 2), lse, atol=2e-5, rtol=2e-5)
