@@ -63,7 +63,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     needs_float = qk_quant is None or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
     if needs_float:
         out, lse = ops.dense_attention(q, k, v, bool(is_causal), scale)
-        if k_mean is not None:
+        if k_mean is not None and (return_lse or qk_quant == "int8"):
             G = q.shape[2] // k_mean.shape[2]
             km = k_mean.repeat_interleave(G, dim=2) if G > 1 else k_mean
             lse = lse + (q.float() * km.float()).sum(-1) * scale

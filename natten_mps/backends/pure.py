@@ -511,6 +511,9 @@ def attention_forward(q, k, v, is_causal: bool, scale: float):
     N, G = qi.shape[:2]
     if _dense_fused_ok(qi, ki, vi, is_causal):
         qf, kf, vf = _dense_fused_layout(qi, ki, vi, is_causal)
+        # [B, Hkv, ...] rather than [B*Hkv, 1, ...]: the kernel splits its work over the first two
+        # axes, and this is the split SDPA's own call gets (measured 15% faster at B=2, H=8, L=256)
+        qf, kf, vf = (t.reshape(B, -1, *t.shape[2:]) for t in (qf, kf, vf))
         o, m = _flash_fwd(qf, kf, vf, 0.0, is_causal, scale=scale)
         o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq, 1)
         return _public(o, B, Hkv, q.dtype), _public(m, B, Hkv, lse_dtype(q.dtype))[..., 0]
