@@ -49,13 +49,13 @@ def check_qkv(query, key, value, rank: int) -> Tuple[int, int]:
     for t, n in zip((query, key, value), names):
         check_tensor(t, n)
         if t.dim() != rank + 3:
-            raise ValueError(f"{n} must be a {rank + 3}-D tensor [batch, {'*spatial, ' if rank else ''}"
+            raise ValueError(f"na{rank}d: {n} must be a {rank + 3}-D tensor [batch, {'*spatial, ' if rank else ''}"
                              f"heads, head_dim] for {rank}-D attention, got shape {tuple(t.shape)}")
     check_same((query, key, value), names, "dtype")
     check_same((query, key, value), names, "device")
     if key.shape[:-1] != value.shape[:-1]:
-        raise ValueError(f"key and value must agree on [batch, *spatial, heads], got {tuple(key.shape)} "
-                         f"and {tuple(value.shape)}")
+        raise ValueError(f"Spatial dimensions must match: key and value must agree on [batch, *spatial, heads], "
+                         f"got {tuple(key.shape)} and {tuple(value.shape)}")
     if query.shape[0] != key.shape[0]:
         raise ValueError(f"query and key must have the same batch size, got {query.shape[0]} and {key.shape[0]}")
     if query.shape[-1] != key.shape[-1]:

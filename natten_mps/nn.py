@@ -38,7 +38,7 @@ class _NeighborhoodAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.num_kv_heads = num_heads if num_kv_heads is None else int(num_kv_heads)
         if self.num_kv_heads < 1 or num_heads % self.num_kv_heads != 0:
-            raise ValueError(f"num_kv_heads must divide num_heads, got num_kv_heads={num_kv_heads}, "
+            raise ValueError(f"num_heads must be divisible by num_kv_heads, got num_kv_heads={num_kv_heads}, "
                              f"num_heads={num_heads}")
         r = self.rank
         self.kernel_size = checks.as_tuple(kernel_size, r, "kernel_size")
@@ -70,7 +70,7 @@ class _NeighborhoodAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``[batch, *spatial, embed_dim]`` -> same shape."""
         if not isinstance(x, Tensor) or x.dim() != self.rank + 2:
-            raise ValueError(f"{type(self).__name__} expects [batch, {'x'.join(['L'] * self.rank)}, embed_dim] "
+            raise ValueError(f"{type(self).__name__} expects input shape [batch, {'x'.join(['L'] * self.rank)}, embed_dim] "
                              f"(rank {self.rank + 2}), got shape {tuple(getattr(x, 'shape', ()))}")
         if x.shape[-1] != self.embed_dim:
             raise ValueError(f"expected embed_dim {self.embed_dim}, got {x.shape[-1]} (input shape {tuple(x.shape)})")
