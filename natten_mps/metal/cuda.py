@@ -35,8 +35,6 @@ import ctypes
 import hashlib
 import os
 import re
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -283,25 +281,8 @@ def build(cuda_source: str, label: str, arch: Optional[str] = None, shared: bool
     nvcc = msl.compiler_for("nvcc")
     arch = arch or target_arch()
     flags = _NVCC_FLAGS + [f"-arch={arch}"] + (["-shared"] if shared else ["-c"])
-    key = hashlib.sha256("\0".join([_shim_text(), cuda_source, nvcc, " ".join(flags)]).encode()).hexdigest()[:24]
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    out_path = cache / f"{key}.{'so' if shared else 'o'}"
-    if out_path.exists():
-        return out_path
-    if msl.which(nvcc) is None:
-        raise ShaderCompileError(f"the CUDA back end needs nvcc ({nvcc!r} not found)")
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cu = Path(tmp) / "kernel.cu"
-        cu.write_text(cuda_source)
-        out = Path(tmp) / out_path.name
-        proc = subprocess.run([nvcc, *flags, "-I", str(_SHIM_DIR), str(cu), "-o", str(out)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ShaderCompileError(f"nvcc could not compile the CUDA translation of {label}:\n"
-                                     f"{(proc.stderr + proc.stdout)[-6000:]}")
-        os.replace(out, out_path)
-    return out_path
+    return msl.cached_build(cuda_source, nvcc, flags, _SHIM_DIR, _cache_dir(), ".so" if shared else ".o", "kernel.cu",
+                            _shim_text(), f"nvcc could not compile the CUDA translation of {label}")
 
 
 # ------------------------------------------------------------------------------------------------

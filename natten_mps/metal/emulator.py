@@ -32,9 +32,6 @@ import ctypes
 import hashlib
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,27 +189,13 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "natten_mps" / "emulator"
 
 
+def _shim_text() -> str:
+    return "\0".join((_SHIM_DIR / f).read_text() for f in ("metal_common.h", "metal_stdlib"))
+
+
 def _build(cxx_source: str, label: str) -> Path:
-    shim = (_SHIM_DIR / "metal_stdlib").read_text()
-    compiler = os.environ.get("CXX", "g++")
-    key = hashlib.sha256("\0".join([shim, cxx_source, compiler, " ".join(_CXX_FLAGS)]).encode()).hexdigest()[:24]
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    so = cache / f"{key}.so"
-    if so.exists():
-        return so
-    if shutil.which(compiler) is None:
-        raise ShaderCompileError(f"the Metal emulator needs a C++17 compiler ({compiler!r} not found)")
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cpp = Path(tmp) / "kernel.cpp"
-        cpp.write_text(cxx_source)
-        out = Path(tmp) / "kernel.so"
-        proc = subprocess.run([compiler, *_CXX_FLAGS, "-I", str(_SHIM_DIR), str(cpp), "-o", str(out)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ShaderCompileError(f"emulator could not compile {label}:\n{proc.stderr[-6000:]}")
-        os.replace(out, so)  # atomic: concurrent builders agree on the result
-    return so
+    return msl.cached_build(cxx_source, os.environ.get("CXX", "g++"), _CXX_FLAGS, _SHIM_DIR, _cache_dir(), ".so",
+                            "kernel.cpp", _shim_text(), f"emulator could not compile {label}")
 
 
 class EmulatedKernel:

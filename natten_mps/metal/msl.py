@@ -347,3 +347,32 @@ class KernelLibrary:
             return kernels[name]
         raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {name!r}; "
                              f"kernels: {sorted(kernels)}")
+
+
+def cached_build(source: str, compiler: str, flags: List[str], include_dir: str, cache_dir, suffix: str,
+                 source_name: str, fingerprint: str, failure: str) -> "os.PathLike":
+    """Compile ``source`` with ``compiler flags -I include_dir`` into ``cache_dir/<hash><suffix>``,
+    keyed by the source, the compiler, its flags and ``fingerprint`` (the shim headers' text); an
+    existing file is reused. ``failure`` starts the error message (the compiler's output follows).
+    The result is moved into place atomically, so concurrent builders agree on it."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+    key = hashlib.sha256("\0".join([fingerprint, source, compiler, " ".join(flags)]).encode()).hexdigest()[:24]
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{key}{suffix}"
+    if target.exists():
+        return target
+    if shutil.which(compiler) is None:
+        raise ShaderCompileError(f"{failure}: the compiler {compiler!r} is not installed")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src = Path(tmp) / source_name
+        src.write_text(source)
+        out = Path(tmp) / target.name
+        proc = subprocess.run([compiler, *flags, "-I", str(include_dir), str(src), "-o", str(out)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ShaderCompileError(f"{failure}:\n{(proc.stderr + proc.stdout)[-6000:]}")
+        os.replace(out, target)
+    return target
