@@ -165,27 +165,23 @@ template <class T, int R, int C> __device__ simdgroup_matrix<T, R, C> make_fille
   s.e[1] = v;
   return s;
 }
+// Memory offset of this lane's element j (row l / 4, column 2 (l % 4) + j) of a matrix at `origin`.
+__device__ inline int64_t fragment_offset(int j, ulong elements_per_row, ulong2 origin, bool transpose) {
+  int l = (int)mtl::lane_id(), r = l >> 2, c = (l & 3) * 2 + j;
+  ulong row = transpose ? origin.y + c : origin.y + r, col = transpose ? origin.x + r : origin.x + c;
+  return (int64_t)(row * elements_per_row + col);
+}
 template <class T, int R, int C, class P>
 __device__ void simdgroup_load(simdgroup_matrix<T, R, C>& d, P src, ulong elements_per_row = C,
                                ulong2 origin = ulong2(0, 0), bool transpose = false) {
-  int l = (int)mtl::lane_id(), r = l >> 2;
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    int c = (l & 3) * 2 + j;
-    ulong row = transpose ? origin.y + c : origin.y + r, col = transpose ? origin.x + r : origin.x + c;
-    d.e[j] = T(src[(int64_t)(row * elements_per_row + col)]);
-  }
+  for (int j = 0; j < 2; ++j) d.e[j] = T(src[fragment_offset(j, elements_per_row, origin, transpose)]);
 }
 template <class T, int R, int C, class P>
 __device__ void simdgroup_store(const simdgroup_matrix<T, R, C>& s, P dst, ulong elements_per_row = C,
                                 ulong2 origin = ulong2(0, 0), bool transpose = false) {
-  int l = (int)mtl::lane_id(), r = l >> 2;
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    int c = (l & 3) * 2 + j;
-    ulong row = transpose ? origin.y + c : origin.y + r, col = transpose ? origin.x + r : origin.x + c;
-    dst[(int64_t)(row * elements_per_row + col)] = s.e[j];
-  }
+  for (int j = 0; j < 2; ++j) dst[fragment_offset(j, elements_per_row, origin, transpose)] = s.e[j];
 }
 template <class T, class U, class V, int N>
 __device__ void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, N>& d, const simdgroup_matrix<U, N, N>& a,
