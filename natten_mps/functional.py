@@ -164,3 +164,8 @@ def merge_attentions(outputs: Sequence[Tensor], lse_tensors: Sequence[Tensor]) -
     weights = torch.exp(lses - lse.unsqueeze(0)).unsqueeze(-1)
     out = sum(w * o.to(acc_dtype) for w, o in zip(weights, outputs))
     return out.to(ref.dtype), lse.to(lse_tensors[0].dtype)
+
+
+# The split ops (scores, then weighted values) live in their own module; exported here too, where
+# natten-mps has them.
+from .split import na1d_av, na1d_qk, na2d_av, na2d_qk, na3d_av, na3d_qk  # noqa: E402,F401

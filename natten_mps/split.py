@@ -1,0 +1,165 @@
+"""Split neighborhood-attention ops: ``na{1,2,3}d_qk`` (scores) and ``na{1,2,3}d_av`` (weighted values).
+
+``na1d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None)``
+returns ``[B, *spatial, heads, prod(kernel_size)]``: entry ``n`` of a query is its ``n``-th neighbour,
+neighbours in row-major order over the axes. On each axis, in the query's dilation group, neighbour
+``n`` is the key at group coordinate ``lo + n``, where ``[lo, lo + K - 1]`` is the query's window
+(NATTEN's rule, :mod:`natten_mps.semantics`). Causal axes use the same key order as
+natten-mps and older NATTEN: ``leader - (K - 1) + n``, the last entry being the query itself at stride 1;
+positions before the sequence start (or after the query) are masked with ``-inf``. ``scale`` multiplies
+the scores (``None``: unscaled, as the historical split ops returned them); ``rpb``, the relative
+positional bias of the historical APIs (``[heads, 2K_0 - 1, ...]``), adds
+``rpb[h, K - 1 + (key - query)]`` per axis (group coordinates).
+
+``na1d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False)`` returns
+``sum_n attn[..., n] * value[neighbour n]`` (masked entries contribute nothing). GQA: ``heads`` may
+be a multiple of the key/value heads. ``softmax(qk * scale) -> av`` equals ``na{1,2,3}d``.
+
+These run on PyTorch ops on every device (gathered neighbourhoods, autograd through them); they
+have no Metal kernel yet.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import checks
+from .semantics import window_bounds
+
+__all__ = ["na1d_qk", "na1d_av", "na2d_qk", "na2d_av", "na3d_qk", "na3d_av"]
+
+
+def _axis_table(n: int, kernel: int, stride: int, dilation: int, causal: bool, device):
+    """Per position of one axis: its K neighbours (positions) and which exist, [n, K] each, and the
+    group-coordinate offsets key - query [n, K] (for rpb)."""
+    pos = torch.arange(n)
+    group, coord = pos % dilation, pos // dilation
+    glen = torch.tensor([len(range(g, n, dilation)) for g in range(dilation)])[group]
+    keys = torch.empty(n, kernel, dtype=torch.long)
+    for g in range(min(dilation, n)):
+        sel = group == g
+        c = coord[sel]
+        lo, _ = window_bounds(c, int(glen[sel][0]), kernel, stride, causal)
+        if causal:
+            leader = torch.clamp((c // stride) * stride + stride - 1, max=int(glen[sel][0]) - 1)
+            lo = leader - (kernel - 1)
+        keys[sel] = lo[:, None] + torch.arange(kernel)[None, :]
+    valid = (keys >= 0) & (keys < glen[:, None])
+    if causal:
+        valid &= keys <= coord[:, None]
+    offsets = keys - coord[:, None]
+    spatial = keys.clamp(min=0) * dilation + group[:, None]
+    spatial = torch.where(valid, spatial, torch.zeros_like(spatial))
+    return spatial.to(device), valid.to(device), offsets.to(device)
+
+
+def _neighbourhood(spatial, ks, st, dil, causal, device):
+    """Flat key token per (query token, neighbour) [T, Kvol], validity [T, Kvol], per-axis offsets."""
+    tok = torch.zeros(1, 1, dtype=torch.long, device=device)
+    ok = torch.ones(1, 1, dtype=torch.bool, device=device)
+    offs = []
+    for ax, n in enumerate(spatial):
+        sp, va, of = _axis_table(n, ks[ax], st[ax], dil[ax], causal[ax], device)
+        tok = (tok[:, None, :, None] * n + sp[None, :, None, :]).reshape(tok.shape[0] * n, -1)
+        ok = (ok[:, None, :, None] & va[None, :, None, :]).reshape(ok.shape[0] * n, -1)
+        offs.append(of)
+    return tok, ok, offs
+
+
+def _rpb_bias(rpb: Tensor, offs, ks, spatial) -> Tensor:
+    """[H, T, Kvol] bias: rpb[h, K_0 - 1 + off_0, K_1 - 1 + off_1, ...]."""
+    rank = len(ks)
+    index = []
+    for ax in range(rank):
+        idx = (offs[ax] + ks[ax] - 1).clamp(0, 2 * ks[ax] - 2)            # [n_ax, K_ax]
+        shape = [1] * (2 * rank)
+        shape[ax], shape[rank + ax] = spatial[ax], ks[ax]
+        index.append(idx.reshape(shape))
+    return rpb[(slice(None),) + tuple(index)].reshape(rpb.shape[0], -1, int(torch.tensor(ks).prod()))
+
+
+def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name, same_dim):
+    checks.check_tensor(a, a_name)
+    checks.check_tensor(b, b_name)
+    for t, n in ((a, a_name), (b, b_name)):
+        if t.dim() != rank + 3:
+            raise ValueError(f"{name}: {n} must be a {rank + 3}-D tensor [batch, *spatial, heads, ...], "
+                             f"got shape {tuple(t.shape)}")
+    if a.shape[:rank + 1] != b.shape[:rank + 1]:
+        raise ValueError(f"{name}: Spatial dimensions must match: {a_name} {tuple(a.shape)} and {b_name} "
+                         f"{tuple(b.shape)} must agree on [batch, *spatial]")
+    if a.shape[-2] % b.shape[-2] != 0:
+        raise ValueError(f"{name}: {a_name} heads ({a.shape[-2]}) must be a multiple of {b_name} heads "
+                         f"({b.shape[-2]})")
+    if same_dim and a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{name}: {a_name} and {b_name} must have the same head_dim, got {a.shape[-1]} and {b.shape[-1]}")
+    spatial, ks, st, dil, causal = checks.check_na_params(a, a, kernel_size, stride, dilation, is_causal, rank)
+    return spatial, ks, st, dil, causal
+
+
+def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale: Optional[float] = None,
+        rpb: Optional[Tensor] = None) -> Tensor:
+    name = f"na{rank}d_qk"
+    spatial, ks, st, dil, causal = _check_split(name, rank, query, key, kernel_size, dilation, stride, is_causal,
+                                                "query", "key", True)
+    B, H, D = query.shape[0], query.shape[-2], query.shape[-1]
+    Hkv = key.shape[-2]
+    tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
+    T, Kvol = tok.shape
+    kf = key.reshape(B, T, Hkv, D).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, D)
+    qf = query.reshape(B, T, Hkv, H // Hkv, D)
+    logits = torch.einsum("btkgd,btnkd->btkgn", qf, kf).reshape(B, T, H, Kvol)
+    if scale is not None:
+        logits = logits * checks.check_scale(scale, D)
+    if rpb is not None:
+        want = (H,) + tuple(2 * k - 1 for k in ks)
+        if not isinstance(rpb, Tensor) or tuple(rpb.shape) != want:
+            raise ValueError(f"{name}: rpb must be a tensor of shape {want}, got {tuple(getattr(rpb, 'shape', ()))}")
+        logits = logits + _rpb_bias(rpb.to(logits.dtype), offs, ks, spatial).permute(1, 0, 2)[None]
+    logits = logits.masked_fill(~ok[None, :, None, :], float("-inf"))
+    return logits.reshape(*query.shape[:-1], Kvol)
+
+
+def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    name = f"na{rank}d_av"
+    spatial, ks, st, dil, causal = _check_split(name, rank, attn, value, kernel_size, dilation, stride, is_causal,
+                                                "attn", "value", False)
+    B, H, Kvol = attn.shape[0], attn.shape[-2], attn.shape[-1]
+    Hkv, Dv = value.shape[-2], value.shape[-1]
+    want = int(torch.tensor(ks).prod())
+    if Kvol != want:
+        raise ValueError(f"{name}: attn's last dimension must be prod(kernel_size) = {want}, got {Kvol}")
+    tok, ok, _ = _neighbourhood(spatial, ks, st, dil, causal, attn.device)
+    T = tok.shape[0]
+    vf = value.reshape(B, T, Hkv, Dv).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, Dv)
+    w = attn.reshape(B, T, Hkv, H // Hkv, Kvol).masked_fill(~ok[None, :, None, None, :], 0.0)
+    out = torch.einsum("btkgn,btnkd->btkgd", w.to(vf.dtype), vf)
+    return out.reshape(*attn.shape[:-1], Dv)
+
+
+def na1d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    return _qk(1, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
+
+
+def na2d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    return _qk(2, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
+
+
+def na3d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    return _qk(3, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
+
+
+def na1d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    return _av(1, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
+
+
+def na2d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    return _av(2, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
+
+
+def na3d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    return _av(3, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
+
+
