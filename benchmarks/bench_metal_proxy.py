@@ -374,16 +374,21 @@ def report(ceil, ours, theirs, repeats) -> dict:
     pct = lambda work, ms, peak: work / (ms / 1e3) / peak * 100 if ms else None  # noqa: E731
     ratio = lambda a, b: a / b if a and b else None  # noqa: E731
     table = []
+
+    def na_rows():
+        """(ours, theirs, useful bytes, useful FLOPs) of every neighborhood-attention row."""
+        for r in ours:
+            if r.get("dense"):
+                continue
+            _, rank, spatial, K, B, H, D = configs[r["config"]]
+            nbytes, flops = useful_work(rank, spatial, K, B, H, D, 4 if r["dtype"] == "float32" else 2)
+            yield r, their_by.get((r["config"], r["dtype"]), {}), nbytes, flops
+
     print("\nNeighborhood attention forward (ms, medians of %d): whole call, kernels only" % repeats)
     print("| config | dtype | ours call | ours kernel | natten-mps call | natten-mps kernel | ours/theirs call "
           "| ours/theirs kernel | per-query kernel | per-query/ours | ours % BW | ours % FMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in ours:
-        if r.get("dense"):
-            continue
-        t = their_by.get((r["config"], r["dtype"]), {})
-        _, rank, spatial, K, B, H, D = configs[r["config"]]
-        nbytes, flops = useful_work(rank, spatial, K, B, H, D, 4 if r["dtype"] == "float32" else 2)
+    for r, t, nbytes, flops in na_rows():
         kt = r.get("fwd_kernel_ms")
         row = dict(ours=r, theirs=t, bw_pct=pct(nbytes, kt, ceil["bandwidth"]), fma_pct=pct(flops, kt, ceil["fma_flops"]))
         table.append(row)
@@ -397,12 +402,7 @@ def report(ceil, ours, theirs, repeats) -> dict:
     print("| config | dtype | ours call | ours bwd kernels | launches | natten-mps call | natten-mps bwd kernels "
           "| launches | ours/theirs call | ours/theirs fwd+bwd kernels | ours/theirs bwd kernels | ours bwd % FMA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in ours:
-        if r.get("dense"):
-            continue
-        t = their_by.get((r["config"], r["dtype"]), {})
-        _, rank, spatial, K, B, H, D = configs[r["config"]]
-        _, flops = useful_work(rank, spatial, K, B, H, D, 4)
+    for r, t, _, flops in na_rows():
         ob = r["fwdbwd_kernel_ms"] - r["fwd_kernel_ms"] if r.get("fwdbwd_kernel_ms") else None
         tb = t["fwdbwd_kernel_ms"] - t["fwd_kernel_ms"] if t.get("fwdbwd_kernel_ms") else None
         print(f"| {r['config']} | {r['dtype']} | {fmt(r.get('fwdbwd_ms'))} | {fmt(ob)} "
