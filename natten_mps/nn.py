@@ -8,7 +8,11 @@ natten-mps 0.3.3's extras are accepted too: ``num_kv_heads`` (GQA/MQA; then the 
 weights; while training with ``attn_drop > 0`` the module computes the weights explicitly, a slower
 path; ``eval()`` uses the fused kernels).
 
-Input and output: ``[batch, *spatial, embed_dim]`` (channels last), as upstream.
+Input and output: ``[batch, *spatial, embed_dim]`` (channels last), as upstream. As in natten-mps,
+``forward`` takes the per-sample extents of a padded batch (``seq_lens`` ``[B]`` for 1-D,
+``spatial_sizes`` ``[B, rank]`` for 2-D/3-D; see :mod:`natten_mps.varlen`): each sample attends
+within its own extents and the attention output is zero at padding positions (the output
+projection then adds its bias there, as in natten-mps).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import checks, functional
+from . import checks, functional, varlen
 from .semantics import window_bounds
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
@@ -67,21 +71,37 @@ class _NeighborhoodAttention(nn.Module):
         k, v = self.kv_proj(x).reshape(B, *spatial, 2, self.num_kv_heads, self.head_dim).unbind(-3)
         return q, k, v
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` ``[batch, *spatial, embed_dim]`` -> same shape."""
+    def _attend(self, x: Tensor, sizes: Optional[Tensor]) -> Tensor:
+        """``x`` ``[batch, *spatial, embed_dim]`` -> same shape; ``sizes``: per-sample extents or None."""
         if not isinstance(x, Tensor) or x.dim() != self.rank + 2:
             raise ValueError(f"{type(self).__name__} expects input shape [batch, {'x'.join(['L'] * self.rank)}, embed_dim] "
                              f"(rank {self.rank + 2}), got shape {tuple(getattr(x, 'shape', ()))}")
         if x.shape[-1] != self.embed_dim:
             raise ValueError(f"expected embed_dim {self.embed_dim}, got {x.shape[-1]} (input shape {tuple(x.shape)})")
         q, k, v = self._qkv(x)
-        if self.attn_drop_p > 0.0 and self.training:
+        if sizes is not None and self.attn_drop_p > 0.0 and self.training:
+            out = self._explicit_varlen(q, k, v, sizes)
+        elif sizes is not None:
+            fn = {1: varlen.na1d_varlen, 2: varlen.na2d_varlen, 3: varlen.na3d_varlen}[self.rank]
+            out = fn(q, k, v, sizes, self.kernel_size, self.dilation, self.scale, stride=self.stride,
+                     is_causal=self.is_causal)
+        elif self.attn_drop_p > 0.0 and self.training:
             out = self._explicit_attention(q, k, v)
         else:
             fn = {1: functional.na1d, 2: functional.na2d, 3: functional.na3d}[self.rank]
             out = fn(q, k, v, self.kernel_size, stride=self.stride, dilation=self.dilation,
                      is_causal=self.is_causal, scale=self.scale)
         return self.proj_drop(self.proj(out.reshape(x.shape)))
+
+    def _explicit_varlen(self, q: Tensor, k: Tensor, v: Tensor, sizes: Tensor) -> Tensor:
+        """Explicit weights (for dropout) per sample on its own extents; zeros at padding."""
+        rows = varlen.check_sizes(sizes, "seq_lens" if self.rank == 1 else "spatial_sizes", q.shape[0],
+                                  tuple(q.shape[1:1 + self.rank]), self.kernel_size, self.dilation, self.rank)
+        out = q.new_zeros(q.shape[:-1] + (v.shape[-1],))
+        for b, extent in enumerate(rows.tolist()):
+            r = (slice(b, b + 1),) + tuple(slice(0, e) for e in extent)
+            out[r] = self._explicit_attention(q[r], k[r], v[r])
+        return out
 
     def _axis_mask(self, ax: int, n: int) -> Tensor:
         """[n, n] bool: key j is in query i's window on axis ``ax`` (NATTEN's rule, semantics.py)."""
@@ -120,12 +140,27 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
     """1-D neighborhood attention over ``[batch, length, embed_dim]``."""
     rank = 1
 
+    def forward(self, x: Tensor, seq_lens: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``[B, L, embed_dim]`` -> same shape. ``seq_lens`` ``[B]`` int: length of each sample of a
+        padded batch (positions past it are padding), or None."""
+        return self._attend(x, seq_lens)
+
 
 class NeighborhoodAttention2D(_NeighborhoodAttention):
     """2-D neighborhood attention over ``[batch, height, width, embed_dim]``."""
     rank = 2
 
+    def forward(self, x: Tensor, spatial_sizes: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``[B, H, W, embed_dim]`` -> same shape. ``spatial_sizes`` ``[B, 2]`` int: ``(H_b, W_b)`` of
+        each sample of a padded batch, or None."""
+        return self._attend(x, spatial_sizes)
+
 
 class NeighborhoodAttention3D(_NeighborhoodAttention):
     """3-D neighborhood attention over ``[batch, depth, height, width, embed_dim]``."""
     rank = 3
+
+    def forward(self, x: Tensor, spatial_sizes: Optional[Tensor] = None) -> Tensor:
+        """``x`` ``[B, D, H, W, embed_dim]`` -> same shape. ``spatial_sizes`` ``[B, 3]`` int: ``(D_b, H_b, W_b)``
+        of each sample of a padded batch, or None."""
+        return self._attend(x, spatial_sizes)

@@ -14,6 +14,9 @@ Ops (all tensors heads-last):
 * ``natten_mps::na_forward_extra(q, k, v, xk, xv, ...) -> (out, lse)``  (NA plus additional keys/values
   ``[B, E, Hkv, D|Dv]`` every query attends to; on Metal one fused dispatch)
 * ``natten_mps::na_backward_extra(dout, dlse?, q, k, v, xk, xv, out, lse, ...) -> (dq, dk, dv, dxk, dxv)``
+* ``natten_mps::na_varlen_forward(q, k, v, sizes, ...) -> (out, lse)``  (per-sample extents ``sizes``
+  ``[B, rank]`` in a padded batch; padding zero; on Metal one launch for the whole batch)
+* ``natten_mps::na_varlen_backward(dout, dlse?, q, k, v, sizes, out, lse, ...) -> (dq, dk, dv)``
 * ``natten_mps::attention_forward(q, k, v, is_causal, scale) -> (out, lse)``  (dense; Lq may differ from Lk)
 * ``natten_mps::attention_backward(dout, dlse?, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
 """
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import backend
-from .backends import metal, pure
+from .backends import metal, pure, pure_varlen
 
 
 def _lse_dtype(dtype):
@@ -73,6 +76,23 @@ def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, 
                                             _flat(q), xk, xv, _flat(out), lse.reshape(lse.shape[0], -1, lse.shape[-1]),
                                             False, scale)
     return dq1 + dq2.reshape(dq1.shape), dk, dv, dxk, dxv
+
+
+def _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
+    if backend.use_metal(q, metal.supported(q, k, v)):
+        return metal.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
+    return pure_varlen.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
+
+
+def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation, is_causal,
+                             scale):
+    """-> (dq, dk, dv, None): the last entry is the (absent) gradient of ``sizes``."""
+    if backend.use_metal(q, metal.supported(q, k, v)):
+        dq, dk, dv, _, _ = metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
+                                                    is_causal, scale, sizes=sizes)
+        return dq, dk, dv, None
+    return pure_varlen.na_varlen_backward(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation,
+                                          is_causal, scale)
 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
@@ -191,6 +211,49 @@ def _na_extra_backward_rule(ctx, dout, dlse):
 
 
 na_forward_extra.register_autograd(_na_extra_backward_rule, setup_context=_na_extra_setup_context)
+
+
+@torch.library.custom_op("natten_mps::na_varlen_forward", mutates_args=())
+def na_varlen_forward(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
+    return _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
+
+
+@na_varlen_forward.register_fake
+def _na_varlen_forward_fake(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
+    return _na_forward_fake(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+
+
+@torch.library.custom_op("natten_mps::na_varlen_backward", mutates_args=())
+def na_varlen_backward(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, sizes: Tensor,
+                       out: Tensor, lse: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+                       is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    dq, dk, dv, _ = _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation,
+                                             is_causal, scale)
+    return dq, dk, dv
+
+
+@na_varlen_backward.register_fake
+def _na_varlen_backward_fake(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation, is_causal, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _na_varlen_setup_context(ctx, inputs, output):
+    q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale = inputs
+    out, lse = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(q, k, v, sizes, out, lse)
+    ctx.params = (kernel_size, stride, dilation, is_causal, scale)
+
+
+def _na_varlen_backward_rule(ctx, dout, dlse):
+    _refuse_double_backward()
+    q, k, v, sizes, out, lse = ctx.saved_tensors
+    dq, dk, dv = na_varlen_backward(*_incoming(out, dout, dlse), q, k, v, sizes, out, lse, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+na_varlen_forward.register_autograd(_na_varlen_backward_rule, setup_context=_na_varlen_setup_context)
 
 
 @torch.library.custom_op("natten_mps::attention_forward", mutates_args=())
@@ -319,6 +382,16 @@ def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv
     return na_forward_extra(*args)
 
 
+def neighborhood_attention_varlen(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor, kernel_size: List[int],
+                                  stride: List[int], dilation: List[int], is_causal: List[bool],
+                                  scale: float) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::na_varlen_forward`` with its autograd, as the public API calls it."""
+    args = (q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
+    if _eager(q, k, v, sizes):
+        return _EagerOp.apply(_na_varlen_forward_impl, _na_varlen_backward_impl, 4, *args)
+    return na_varlen_forward(*args)
+
+
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
     """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
     if _eager(q, k, v):
@@ -348,6 +421,8 @@ def _fold_vmap(op, n_tensors, n_outputs):
 torch.library.register_vmap("natten_mps::na_forward", _fold_vmap(na_forward, 3, 2))
 torch.library.register_vmap("natten_mps::na_forward_extra", _fold_vmap(na_forward_extra, 5, 2))
 torch.library.register_vmap("natten_mps::attention_forward", _fold_vmap(attention_forward, 3, 2))
+torch.library.register_vmap("natten_mps::na_varlen_forward", _fold_vmap(na_varlen_forward, 4, 2))
+torch.library.register_vmap("natten_mps::na_varlen_backward", _fold_vmap(na_varlen_backward, 8, 3))
 torch.library.register_vmap("natten_mps::na_backward", _fold_vmap(na_backward, 7, 3))
 torch.library.register_vmap("natten_mps::na_backward_extra", _fold_vmap(na_backward_extra, 9, 5))
 torch.library.register_vmap("natten_mps::attention_backward", _fold_vmap(attention_backward, 7, 3))

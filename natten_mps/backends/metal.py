@@ -171,10 +171,18 @@ class _Problem:
             n *= -(-longest // (self.u[ax] * self.a[ax]))
         return n
 
-    def geometry(self, device, has_dlse=False) -> torch.Tensor:
+    def geometry(self, device, has_dlse=False, sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The kernels' ``geom`` buffer (attn_tile.h); with ``sizes`` (``[B, rank]`` per-sample extents,
+        varlen) those follow, padded to 3-D, built on the device without a host round trip."""
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
-             + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse)])
-        return torch.tensor(g, dtype=torch.int32, device=device)
+             + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
+                                                                       int(sizes is not None)])
+        fixed = torch.tensor(g, dtype=torch.int32, device=device)
+        if sizes is None:
+            return fixed
+        per_sample = torch.ones(self.B, 3, dtype=torch.int32, device=device)
+        per_sample[:, 3 - sizes.shape[1]:] = sizes.to(device=device, dtype=torch.int32)
+        return torch.cat([fixed, per_sample.reshape(-1)])
 
     def kernel(self, lib, name: str, dtype):
         return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}")
@@ -194,22 +202,26 @@ def _extras(q, extra_k, extra_v):
 
 
 def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, dense=False,
-                      extra_k=None, extra_v=None):
+                      extra_k=None, extra_v=None, sizes=None):
     """Forward: ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L(k), Hkv, D|Dv]``, optional additional
-    ``extra_k``/``extra_v`` ``[B, E, Hkv, D|Dv]`` -> (out ``[B, *L, H, Dv]``, lse ``[B, *L, H]`` float32)."""
+    ``extra_k``/``extra_v`` ``[B, E, Hkv, D|Dv]`` -> (out ``[B, *L, H, Dv]``, lse ``[B, *L, H]`` float32).
+    ``sizes`` (varlen NA): ``[B, rank]`` int extents of each sample inside the padded ``L``; padding
+    positions are never attended and come out as zeros (output and LSE)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     xk, xv, E = _extras(q, extra_k, extra_v)
     prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
     out = _new_output(q.shape[:-1] + (prob.Dv,), q.dtype, q.device)
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
-    prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse, prob.geometry(q.device), float(scale))
+    prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse, prob.geometry(q.device, sizes=sizes),
+                float(scale))
     return out, lse
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
-                       dense=False, extra_k=None, extra_v=None):
-    """Backward of :func:`attention_forward`: (dq, dk, dv) and, with additional keys, (dxk, dxv).
+                       dense=False, extra_k=None, extra_v=None, sizes=None):
+    """Backward of :func:`attention_forward`: (dq, dk, dv) and, with additional keys, (dxk, dxv);
+    with ``sizes`` (varlen) the gradients of padding positions are zeros.
 
     Three dispatches at most: dQ and delta = rowsum(dout * out) - dlse; dK/dV over the inverse
     neighbourhood; dK/dV of the additional keys (dense geometry over every query).
@@ -225,12 +237,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
     prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta,
-                prob.geometry(q.device, has_dlse), float(scale))
+                prob.geometry(q.device, has_dlse, sizes), float(scale))
     kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
     kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
-                 kprob.geometry(q.device), float(scale))
+                 kprob.geometry(q.device, sizes=sizes), float(scale))
     if E == 0:
         return dq, dk, dv, None, None
     tokens = q[0, ..., 0, 0].numel()
@@ -250,6 +262,18 @@ def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
 def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
     dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
                                           is_causal, scale)
+    return dq, dk, dv
+
+
+def na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
+    """Varlen neighborhood attention forward: one launch for the padded batch, each sample's windows
+    inside its own extents ``sizes[b]`` (``[B, rank]`` int tensor on the device)."""
+    return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, sizes=sizes)
+
+
+def na_varlen_backward(dout, q, k, v, out, lse, sizes, kernel_size, stride, dilation, is_causal, scale):
+    dq, dk, dv, _, _ = attention_backward(dout, None, q, k, v, out, lse, kernel_size, stride, dilation,
+                                          is_causal, scale, sizes=sizes)
     return dq, dk, dv
 
 

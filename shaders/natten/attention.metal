@@ -69,7 +69,9 @@ struct Place {
   int lane, slice;
   int first[3], last[3];     // the SIMD-group's sub-tile (group coordinates, clipped)
   int c[3];                  // this lane's position
-  bool valid, sub_empty;
+  bool valid;                // a real position of the sample
+  bool inside;               // a position of the padded tensor (valid, or varlen padding)
+  bool sub_empty;
 };
 
 inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid) {
@@ -82,6 +84,7 @@ inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid)
   sc[2] = sg % G.a[2]; sc[1] = (sg / G.a[2]) % G.a[1]; sc[0] = sg / (G.a[2] * G.a[1]);
   lc[2] = pos % G.u[2]; lc[1] = (pos / G.u[2]) % G.u[1]; lc[0] = pos / (G.u[2] * G.u[1]);
   P.valid = true;
+  P.inside = true;
   P.sub_empty = false;
   for (int ax = 0; ax < 3; ++ax) {
     P.first[ax] = T.origin[ax] + sc[ax] * G.u[ax];
@@ -89,8 +92,23 @@ inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid)
     P.sub_empty = P.sub_empty || P.first[ax] >= T.glen[ax];
     P.c[ax] = P.first[ax] + lc[ax];
     P.valid = P.valid && P.c[ax] < T.glen[ax];
+    P.inside = P.inside && P.c[ax] < T.plen[ax];
   }
   return P;
+}
+
+// Zeros in `width` entries of this lane's slice of row `row` (padding positions of varlen).
+template <typename T, int DS>
+inline void zero_slice(device T* dst, int row, int width, int slice) {
+  for (int e = 0; e < DS; ++e) {
+    const int d = slice * DS + e;
+    if (d < width) dst[row * width + d] = T(0.0f);
+  }
+}
+
+// Whether the tile lies past the padded extents of its dilation group (no thread has work).
+inline bool tile_outside(thread const Tile& T) {
+  return T.origin[0] >= T.plen[0] || T.origin[1] >= T.plen[1] || T.origin[2] >= T.plen[2];
 }
 
 // Keys of a query tile: the box of the tile's windows, the SIMD-group's and the lane's spans.
@@ -163,16 +181,21 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          uint nthreads [[threads_per_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, tg, G.H, G.Lq);
-  for (int ax = 0; ax < 3; ++ax) {
-    if (Tl.origin[ax] >= Tl.glen[ax]) return;          // the whole tile lies past a short group
-  }
+  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
   const Place P = locate_thread(G, Tl, tid);
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
+  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
+  if (Tl.padding) {                                      // varlen: the tile is all padding
+    if (P.inside) {
+      zero_slice<T, DS>(out, row, G.Dv, P.slice);
+      if (P.slice == 0) lse[row] = 0.0f;
+    }
+    return;
+  }
   const KeyBox K = key_box(G, Tl, P);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
-  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
-  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
 
   float4 qv[DS / 4], av[DS / 4];
   const float qscale = scale * kLog2e;
@@ -227,7 +250,13 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
       }
     }
   }
-  if (!P.valid) return;
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(out, row, G.Dv, P.slice);
+      if (P.slice == 0) lse[row] = 0.0f;
+    }
+    return;
+  }
   const float inv = 1.0f / l;
   for (int i = 0; i < DS / 4; ++i) {
     for (int j = 0; j < 4; ++j) {
@@ -254,16 +283,21 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              uint nthreads [[threads_per_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, tg, G.H, G.Lq);
-  for (int ax = 0; ax < 3; ++ax) {
-    if (Tl.origin[ax] >= Tl.glen[ax]) return;
-  }
+  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  if (tile_outside(Tl)) return;
   const Place P = locate_thread(G, Tl, tid);
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
+  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
+  if (Tl.padding) {
+    if (P.inside) {
+      zero_slice<T, DS>(dq, row, G.D, P.slice);
+      if (P.slice == 0) delta[row] = 0.0f;
+    }
+    return;
+  }
   const KeyBox K = key_box(G, Tl, P);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
-  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
-  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
 
   float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
   const float qscale = scale * kLog2e;
@@ -317,7 +351,13 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
       }
     }
   }
-  if (!P.valid) return;
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(dq, row, G.D, P.slice);
+      if (P.slice == 0) delta[row] = 0.0f;
+    }
+    return;
+  }
   for (int i = 0; i < DS / 4; ++i) {
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
@@ -342,15 +382,20 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
-  for (int ax = 0; ax < 3; ++ax) {
-    if (Tl.origin[ax] >= Tl.glen[ax]) return;
-  }
+  const Tile Tl = locate_tile(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
+  if (tile_outside(Tl)) return;
   const Place P = locate_thread(G, Tl, tid);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h, groups = G.H / G.Hkv;
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+  if (Tl.padding) {
+    if (P.inside) {
+      zero_slice<T, DS>(dk, krow, G.D, P.slice);
+      zero_slice<T, DS>(dv, krow, G.Dv, P.slice);
+    }
+    return;
+  }
 
   // Query positions of this key group: the same group in NA (queries and keys share extents),
   // the whole query space in dense attention.
@@ -444,7 +489,13 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       }
     }
   }
-  if (!P.valid) return;
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(dk, krow, G.D, P.slice);
+      zero_slice<T, DS>(dv, krow, G.Dv, P.slice);
+    }
+    return;
+  }
   for (int i = 0; i < DS / 4; ++i) {
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;

@@ -7,7 +7,9 @@
 //   [0] B  [1] H  [2] Hkv  [3] D  [4] Dv  [5..7] Lq  [8..10] Lk  [11..13] K  [14..16] stride
 //   [17..19] dilation  [20..22] causal  [23] dense  [24] NG (lanes per query: D split in slices)
 //   [25..27] sub-tile (queries per SIMD-group, per axis)  [28..30] SIMD-groups per tile, per axis
-//   [31] KC (tokens per staged chunk)  [32] E (additional keys)  [33] has_dlse
+//   [31] KC (tokens per staged chunk)  [32] E (additional keys)  [33] has_dlse  [34] varlen
+//   [35 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
+//   its positions past them are padding, never attended and written as zeros.
 #pragma once
 #include "na_window.h"
 
@@ -19,8 +21,10 @@ struct Geom {
   int NG;
   int u[3], a[3];
   int KC, E;
-  bool has_dlse;
+  bool has_dlse, varlen;
 };
+
+constant constexpr int kGeomFixed = 35;   // entries before the per-sample extents of varlen
 
 inline Geom load_geom(constant int* g) {
   Geom G;
@@ -30,6 +34,7 @@ inline Geom load_geom(constant int* g) {
     G.DIL[i] = g[17 + i]; G.C[i] = g[20 + i] != 0; G.u[i] = g[25 + i]; G.a[i] = g[28 + i];
   }
   G.dense = g[23] != 0; G.NG = g[24]; G.KC = g[31]; G.E = g[32]; G.has_dlse = g[33] != 0;
+  G.varlen = g[34] != 0;
   return G;
 }
 
@@ -79,13 +84,16 @@ inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
 
 // The tile a threadgroup owns: `tile_origin` (group coordinates) of a box of t[ax] = u[ax] a[ax]
 // positions in dilation group `grp` of batch `b`, head `h`. The grid is one-dimensional over
-// (b, h, dilation group, tile), tiles fastest; `len` are the extents of the tiled space.
+// (b, h, dilation group, tile), tiles fastest; `len` are the (padded) extents of the tiled space.
+// `glen`: positions of the group in the sample's own extents (varlen), `plen` in the padded ones;
+// `padding`: the whole tile lies in the sample's padding (its threads only write zeros).
 struct Tile {
   int b, h;
-  int grp[3], glen[3], origin[3], t[3];
+  int grp[3], glen[3], plen[3], origin[3], t[3];
+  bool padding;
 };
 
-inline Tile locate_tile(thread const Geom& G, uint tg, int heads, thread const int* len) {
+inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int heads, thread const int* len) {
   Tile T;
   int ntiles[3];
   int rest = int(tg);
@@ -99,9 +107,13 @@ inline Tile locate_tile(thread const Geom& G, uint tg, int heads, thread const i
   for (int ax = 2; ax >= 0; --ax) { T.grp[ax] = rest % G.DIL[ax]; rest /= G.DIL[ax]; }
   T.h = rest % heads;
   T.b = rest / heads;
+  T.padding = false;
   for (int ax = 0; ax < 3; ++ax) {
-    T.glen[ax] = group_len(len[ax], G.DIL[ax], T.grp[ax]);
+    const int own = G.varlen ? geom[kGeomFixed + 3 * T.b + ax] : len[ax];
+    T.plen[ax] = group_len(len[ax], G.DIL[ax], T.grp[ax]);
+    T.glen[ax] = group_len(own, G.DIL[ax], T.grp[ax]);
     T.origin[ax] = tidx[ax] * T.t[ax];
+    T.padding = T.padding || T.origin[ax] >= T.glen[ax];
   }
   return T;
 }
