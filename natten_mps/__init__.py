@@ -22,5 +22,6 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "
 # On a Mac, compile the shaders once per process at import; elsewhere nothing is compiled here.
 from .metal import runtime as _runtime  # noqa: E402
 from .backends import metal as _metal_backend  # noqa: E402
+from .backends import metal_split as _metal_split  # noqa: E402
 
-_runtime.precompile([_metal_backend.ATTENTION_SHADER])
+_runtime.precompile([_metal_backend.ATTENTION_SHADER, _metal_split.SPLIT_SHADER])

@@ -18,6 +18,10 @@ Ops (all tensors heads-last):
   ``[B, rank]`` in a padded batch; padding zero; on Metal one launch for the whole batch)
 * ``natten_mps::na_varlen_backward(dout, dlse?, q, k, v, sizes, out, lse, ...) -> (dq, dk, dv)``
 * ``natten_mps::attention_forward(q, k, v, is_causal, scale) -> (out, lse)``  (dense; Lq may differ from Lk)
+* ``natten_mps::split_qk(q, k, kernel_size, stride, dilation, is_causal) -> weights``,
+  ``natten_mps::split_av(weights, v, ...) -> out``: the split ops' Metal kernels (explicit weights
+  ``[B, *L, H, prod(kernel_size)]``, masked entries ``-inf``); the pure path of the split ops is
+  plain PyTorch autograd (:mod:`natten_mps.split`).
 * ``natten_mps::attention_backward(dout, dlse?, q, k, v, out, lse, is_causal, scale) -> (dq, dk, dv)``
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import backend
-from .backends import metal, pure, pure_varlen
+from .backends import metal, metal_split, pure, pure_varlen
 
 
 def _lse_dtype(dtype):
@@ -426,3 +430,88 @@ torch.library.register_vmap("natten_mps::na_varlen_backward", _fold_vmap(na_varl
 torch.library.register_vmap("natten_mps::na_backward", _fold_vmap(na_backward, 7, 3))
 torch.library.register_vmap("natten_mps::na_backward_extra", _fold_vmap(na_backward_extra, 9, 5))
 torch.library.register_vmap("natten_mps::attention_backward", _fold_vmap(attention_backward, 7, 3))
+
+
+# ---- split ops on Metal (explicit attention weights) ---------------------------------------------
+@torch.library.custom_op("natten_mps::split_qk", mutates_args=())
+def split_qk(q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+             is_causal: List[bool]) -> Tensor:
+    return metal_split.qk(q, k, kernel_size, stride, dilation, is_causal)
+
+
+@split_qk.register_fake
+def _split_qk_fake(q, k, kernel_size, stride, dilation, is_causal):
+    n = 1
+    for x in kernel_size:
+        n *= x
+    return q.new_empty(q.shape[:-1] + (n,))
+
+
+@torch.library.custom_op("natten_mps::split_qk_backward", mutates_args=())
+def split_qk_backward(dw: Tensor, q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    args = (kernel_size, stride, dilation, is_causal)
+    dw = dw.to(q.dtype)
+    return metal_split.av(dw, k, *args), metal_split.inverse(dw, q, k.shape[-2], *args)
+
+
+@split_qk_backward.register_fake
+def _split_qk_backward_fake(dw, q, k, kernel_size, stride, dilation, is_causal):
+    return torch.empty_like(q), torch.empty_like(k)
+
+
+def _split_qk_setup(ctx, inputs, output):
+    q, k = inputs[:2]
+    ctx.save_for_backward(q, k)
+    ctx.params = tuple(inputs[2:])
+
+
+def _split_qk_rule(ctx, dw):
+    _refuse_double_backward()
+    q, k = ctx.saved_tensors
+    dq, dk = split_qk_backward(dw, q, k, *ctx.params)
+    return dq, dk, None, None, None, None
+
+
+split_qk.register_autograd(_split_qk_rule, setup_context=_split_qk_setup)
+
+
+@torch.library.custom_op("natten_mps::split_av", mutates_args=())
+def split_av(w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+             is_causal: List[bool]) -> Tensor:
+    return metal_split.av(w, v, kernel_size, stride, dilation, is_causal)
+
+
+@split_av.register_fake
+def _split_av_fake(w, v, kernel_size, stride, dilation, is_causal):
+    return v.new_empty(w.shape[:-1] + (v.shape[-1],))
+
+
+@torch.library.custom_op("natten_mps::split_av_backward", mutates_args=())
+def split_av_backward(dout: Tensor, w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    args = (kernel_size, stride, dilation, is_causal)
+    dout = dout.to(v.dtype)
+    dw = metal_split.qk(dout, v, *args, fill=0.0).to(w.dtype)
+    return dw, metal_split.inverse(w.to(v.dtype), dout, v.shape[-2], *args)
+
+
+@split_av_backward.register_fake
+def _split_av_backward_fake(dout, w, v, kernel_size, stride, dilation, is_causal):
+    return torch.empty_like(w), torch.empty_like(v)
+
+
+def _split_av_setup(ctx, inputs, output):
+    w, v = inputs[:2]
+    ctx.save_for_backward(w, v)
+    ctx.params = tuple(inputs[2:])
+
+
+def _split_av_rule(ctx, dout):
+    _refuse_double_backward()
+    w, v = ctx.saved_tensors
+    dw, dv = split_av_backward(dout, w, v, *ctx.params)
+    return dw, dv, None, None, None, None
+
+
+split_av.register_autograd(_split_av_rule, setup_context=_split_av_setup)

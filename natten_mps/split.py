@@ -15,17 +15,21 @@ positional bias of the historical APIs (``[heads, 2K_0 - 1, ...]``), adds
 ``sum_n attn[..., n] * value[neighbour n]`` (masked entries contribute nothing). GQA: ``heads`` may
 be a multiple of the key/value heads. ``softmax(qk * scale) -> av`` equals ``na{1,2,3}d``.
 
-These run on PyTorch ops on every device (gathered neighbourhoods, autograd through them); they
-have no Metal kernel yet.
+On Metal (MPS, or the emulator / MSL -> CUDA back end when selected) the weights and the weighted
+values come from the kernels of ``shaders/natten/split.metal`` through the registered ops
+``natten_mps::split_qk`` / ``split_av`` (forward and backward, :mod:`natten_mps.ops`); ``scale`` and
+``rpb`` are then applied on PyTorch ops. Elsewhere they run on PyTorch ops (gathered neighbourhoods,
+autograd through them).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import checks
+from . import backend, checks
 from .semantics import window_bounds
 
 __all__ = ["na1d_qk", "na1d_av", "na2d_qk", "na2d_av", "na3d_qk", "na3d_av"]
@@ -99,6 +103,11 @@ def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_n
     return spatial, ks, st, dil, causal
 
 
+def _on_metal(a: Tensor, b: Tensor) -> bool:
+    from .backends import metal_split
+    return backend.use_metal(a, metal_split.split_supported(a, b) and a.dtype == b.dtype)
+
+
 def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale: Optional[float] = None,
         rpb: Optional[Tensor] = None) -> Tensor:
     name = f"na{rank}d_qk"
@@ -106,19 +115,29 @@ def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False,
                                                 "query", "key", True)
     B, H, D = query.shape[0], query.shape[-2], query.shape[-1]
     Hkv = key.shape[-2]
-    tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
-    T, Kvol = tok.shape
-    kf = key.reshape(B, T, Hkv, D).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, D)
-    qf = query.reshape(B, T, Hkv, H // Hkv, D)
-    logits = torch.einsum("btkgd,btnkd->btkgn", qf, kf).reshape(B, T, H, Kvol)
+    Kvol = math.prod(ks)
+    metal_path = _on_metal(query, key)
+    if metal_path:
+        from . import ops
+        logits = ops.split_qk(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
+    else:
+        tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
+        T = tok.shape[0]
+        kf = key.reshape(B, T, Hkv, D).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, D)
+        qf = query.reshape(B, T, Hkv, H // Hkv, D)
+        logits = torch.einsum("btkgd,btnkd->btkgn", qf, kf).reshape(*query.shape[:-1], Kvol)
     if scale is not None:
         logits = logits * checks.check_scale(scale, D)
     if rpb is not None:
         want = (H,) + tuple(2 * k - 1 for k in ks)
         if not isinstance(rpb, Tensor) or tuple(rpb.shape) != want:
             raise ValueError(f"{name}: rpb must be a tensor of shape {want}, got {tuple(getattr(rpb, 'shape', ()))}")
-        logits = logits + _rpb_bias(rpb.to(logits.dtype), offs, ks, spatial).permute(1, 0, 2)[None]
-    logits = logits.masked_fill(~ok[None, :, None, :], float("-inf"))
+        if metal_path:
+            _, _, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
+        bias = _rpb_bias(rpb.to(logits.dtype), offs, ks, spatial).permute(1, 0, 2)
+        logits = logits + bias.reshape(*spatial, H, Kvol)
+    if not metal_path:
+        logits = logits.masked_fill(~ok.reshape(*spatial, 1, Kvol), float("-inf"))
     return logits.reshape(*query.shape[:-1], Kvol)
 
 
@@ -131,6 +150,9 @@ def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False
     want = int(torch.tensor(ks).prod())
     if Kvol != want:
         raise ValueError(f"{name}: attn's last dimension must be prod(kernel_size) = {want}, got {Kvol}")
+    if _on_metal(attn, value):
+        from . import ops
+        return ops.split_av(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
     tok, ok, _ = _neighbourhood(spatial, ks, st, dil, causal, attn.device)
     T = tok.shape[0]
     vf = value.reshape(B, T, Hkv, Dv).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, Dv)

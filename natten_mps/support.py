@@ -11,7 +11,7 @@ from typing import Dict
 import torch
 
 from . import ops
-from .backends import metal
+from .backends import metal, metal_split
 from .metal import runtime
 
 __all__ = ["has_mps", "has_metal", "get_support_matrix"]
@@ -47,7 +47,8 @@ def get_support_matrix() -> Dict[str, dict]:
 
     Shape: ``{"metal": {"available": bool, "ops": {op: {dtype: bool}}, "features": {name: bool}},
     "pure": {...}}``; ops: ``na1d``/``na2d``/``na3d`` forward and backward, ``na*_additional_kv``,
-    ``attention`` (dense), ``attention_causal_cross`` (causal with Lq != Lk).
+    ``attention`` (dense), ``attention_causal_cross`` (causal with Lq != Lk), ``na*d_varlen``,
+    ``na*d_qk`` / ``na*d_av`` (split ops, explicit weights).
     """
     metal_ops: Dict[str, Dict[str, bool]] = {}
     for name, dtype in _DTYPES.items():
@@ -57,6 +58,10 @@ def get_support_matrix() -> Dict[str, dict]:
                 metal_ops.setdefault(op, {})[name] = metal.supported(q, k, v)
             xk = _t(1, 2, 4, 32, dtype=dtype)
             metal_ops.setdefault(f"na{rank}d_additional_kv", {})[name] = metal.supported(q, k, v, xk, xk)
+            metal_ops.setdefault(f"na{rank}d_varlen", {})[name] = metal.supported(q, k, v)
+            w = _t(*q.shape[:-1], 9, dtype=dtype)
+            metal_ops.setdefault(f"na{rank}d_qk", {})[name] = metal_split.split_supported(q, k)
+            metal_ops.setdefault(f"na{rank}d_av", {})[name] = metal_split.split_supported(w, v)
         q, k, v = _na_case(1, dtype)
         metal_ops.setdefault("attention", {})[name] = ops._dense_on_metal(q, k, v, False)
         metal_ops.setdefault("attention_causal_cross", {})[name] = ops._dense_on_metal(q, k[:, :5], v[:, :5], True)
@@ -73,6 +78,6 @@ def get_support_matrix() -> Dict[str, dict]:
     pure_ops = {op: {name: True for name in _DTYPES} for op in metal_ops}
     return {
         "metal": {"available": has_metal(), "ops": metal_ops, "features": features,
-                  "shaders": [metal.ATTENTION_SHADER]},
+                  "shaders": [metal.ATTENTION_SHADER, metal_split.SPLIT_SHADER]},
         "pure": {"available": True, "ops": pure_ops, "features": {k: True for k in features}},
     }

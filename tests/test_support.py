@@ -30,6 +30,13 @@ def test_matrix_matches_the_dispatch(emulate, rank, dtype):
     xk = torch.randn(1, 2, 2, 8, dtype=dtype)
     fn(q, q, q, 3, additional_keys=xk, additional_values=xk)
     assert (natten_mps.last_backend() == "metal") == matrix["ops"][f"na{rank}d_additional_kv"][name]
+    sizes = torch.full((1,) if rank == 1 else (1, rank), 5)
+    getattr(natten_mps, f"na{rank}d_varlen")(q, q, q, sizes, 3)
+    assert (natten_mps.last_backend() == "metal") == matrix["ops"][f"na{rank}d_varlen"][name]
+    w = getattr(natten_mps, f"na{rank}d_qk")(q, q, 3)
+    assert (natten_mps.last_backend() == "metal") == matrix["ops"][f"na{rank}d_qk"][name]
+    getattr(natten_mps, f"na{rank}d_av")(w, q, 3)
+    assert (natten_mps.last_backend() == "metal") == matrix["ops"][f"na{rank}d_av"][name]
 
 
 def test_matrix_features_match_the_dispatch(emulate):
