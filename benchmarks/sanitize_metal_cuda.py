@@ -11,7 +11,8 @@ Workload (``--workload sweep``): the NA sweep of the test suite through the publ
 ``NATTEN_MPS_METAL_ON_CUDA`` (float32 over random ranks, kernels, dilations, strides, causal flags,
 GQA; float16 and bfloat16), the tiled kernels' own sweep (tests/test_attention_kernels.py: forward
 and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), sageattn
-through the same kernels, and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
+through the same kernels, the split-op kernels (tests/test_split_kernels.py) and varlen
+(tests/test_varlen.py), and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
 matrices, partial threadgroups).
 """
 from __future__ import annotations
@@ -84,6 +85,16 @@ def workload_sweep() -> None:
         tk.test_dense_attention(*args, torch.float32, "cuda")
         n += 1
     tk.test_nan_stays_in_its_windows("cuda")
+    import test_split_kernels as ts
+    import test_varlen as tv
+    natten_mps.set_backend("auto")          # their float64 references run the pure path on the CPU
+    for rank, seed, dtype in ((1, 0, torch.float32), (2, 3, torch.bfloat16), (3, 5, torch.float16)):
+        ts.test_split_kernels_forward_backward("cuda", rank, seed, dtype)
+        natten_mps.set_metal_on_cuda(True)
+        tv.test_kernels_match_per_sample_reference("cuda", rank, seed, dtype)
+        n += 2
+    tv.test_kernels_write_zeros_in_tiles_that_are_all_padding("cuda")
+    n += 1
     for name in dir(te):
         fn = getattr(te, name)
         if name.startswith("test_") and callable(fn) and "backend" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
