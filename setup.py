@@ -14,7 +14,8 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["natten_mps", "natten_mps.backends", "natten_mps.metal", "natten_mps._shaders", "sage_mps"],
+    packages=["natten_mps", "natten_mps.backends", "natten_mps.compat", "natten_mps.extras", "natten_mps.extras.allin1",
+              "natten_mps.metal", "natten_mps.utils", "natten_mps._shaders", "sage_mps"],
     # The Metal sources live in shaders/ at the top of the repo and ship as natten_mps/_shaders.
     package_dir={"natten_mps._shaders": "shaders"},
     package_data={"natten_mps._shaders": SHADER_FILES, "natten_mps.metal": ["emulator_shim/metal_stdlib", "emulator_shim/*.h", "emulator_shim/*.cuh"]},

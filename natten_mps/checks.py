@@ -59,10 +59,11 @@ def check_qkv(query, key, value, rank: int) -> Tuple[int, int]:
     if query.shape[0] != key.shape[0]:
         raise ValueError(f"query and key must have the same batch size, got {query.shape[0]} and {key.shape[0]}")
     if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query and key must have the same head_dim, got {query.shape[-1]} and {key.shape[-1]}")
+        raise ValueError(f"Head dim mismatch: query and key must have the same head_dim, got {query.shape[-1]} and "
+                         f"{key.shape[-1]}")
     heads, heads_kv = query.shape[-2], key.shape[-2]
     if heads_kv < 1 or heads % heads_kv != 0:
-        raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({heads_kv}) for GQA/MQA")
+        raise ValueError(f"query heads ({heads}) must be divisible by key/value heads ({heads_kv}) for GQA/MQA")
     return heads, heads_kv
 
 
@@ -90,7 +91,7 @@ def check_na_params(query, key, kernel_size, stride, dilation, is_causal, rank: 
 
 def check_additional_kv(query, additional_keys, additional_values, heads_kv: int):
     if (additional_keys is None) != (additional_values is None):
-        raise ValueError("additional_keys and additional_values must be given together, got "
+        raise ValueError("additional_keys and additional_values must both be provided (or both None), got "
                          f"additional_keys={'None' if additional_keys is None else 'a tensor'}, "
                          f"additional_values={'None' if additional_values is None else 'a tensor'}")
     if additional_keys is None:
@@ -98,7 +99,7 @@ def check_additional_kv(query, additional_keys, additional_values, heads_kv: int
     for t, n in ((additional_keys, "additional_keys"), (additional_values, "additional_values")):
         check_tensor(t, n)
         if t.dim() != 4:
-            raise ValueError(f"{n} must be [batch, tokens, heads_kv, head_dim], got shape {tuple(t.shape)}")
+            raise ValueError(f"{n} must be a 4D tensor [batch, tokens, heads_kv, head_dim], got shape {tuple(t.shape)}")
         if t.dtype != query.dtype:
             raise TypeError(f"{n} must have the query's dtype {query.dtype}, got {t.dtype}")
         if t.device != query.device:
@@ -109,7 +110,7 @@ def check_additional_kv(query, additional_keys, additional_values, heads_kv: int
         raise ValueError(f"additional_keys and additional_values must agree on [batch, tokens, heads], got "
                          f"{tuple(additional_keys.shape)} and {tuple(additional_values.shape)}")
     if additional_keys.shape[-1] != query.shape[-1]:
-        raise ValueError(f"additional_keys head_dim must equal the query's ({query.shape[-1]}), got "
+        raise ValueError(f"additional_keys head dim must equal the query's ({query.shape[-1]}), got "
                          f"{additional_keys.shape[-1]}")
 
 

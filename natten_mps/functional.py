@@ -134,18 +134,22 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
     return (out, lse) if return_lse else out
 
 
-def merge_attentions(outputs: Sequence[Tensor], lse_tensors: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+def merge_attentions(outputs: Sequence[Tensor], lse_tensors: Sequence[Tensor], torch_compile: bool = True,
+                     use_autograd_fix: bool = True) -> Tuple[Tensor, Tensor]:
     """Merge attentions over disjoint key sets into the attention over their union.
 
     ``outputs[i]`` is ``[B, *spatial, H, Dv]`` and ``lse_tensors[i]`` ``[B, *spatial, H]``. Returns
     ``(output, lse)`` with ``lse = logsumexp_i(lse_i)`` and ``output = sum_i exp(lse_i - lse) * output_i``;
-    differentiable with respect to every output and every LSE.
+    differentiable with respect to every output and every LSE. ``torch_compile`` and
+    ``use_autograd_fix`` (upstream's switches for its own implementation) are accepted and change nothing.
     """
     if not isinstance(outputs, (list, tuple)) or not isinstance(lse_tensors, (list, tuple)):
         raise TypeError("outputs and lse_tensors must be lists of tensors")
-    if len(outputs) < 2 or len(outputs) != len(lse_tensors):
-        raise ValueError(f"merge_attentions needs at least 2 outputs and one LSE per output, got "
-                         f"{len(outputs)} outputs and {len(lse_tensors)} LSE tensors")
+    if len(outputs) < 2:
+        raise ValueError(f"merge_attentions needs at least two outputs, got {len(outputs)}")
+    if len(outputs) != len(lse_tensors):
+        raise ValueError(f"the number of outputs and LSE tensors must match, got {len(outputs)} outputs and "
+                         f"{len(lse_tensors)} LSE tensors")
     ref = outputs[0]
     for i, (o, l) in enumerate(zip(outputs, lse_tensors)):
         if not isinstance(o, Tensor) or not isinstance(l, Tensor):
@@ -169,3 +173,4 @@ def merge_attentions(outputs: Sequence[Tensor], lse_tensors: Sequence[Tensor]) -
 # The split ops (scores, then weighted values) live in their own module; exported here too, where
 # natten-mps has them.
 from .split import na1d_av, na1d_qk, na2d_av, na2d_qk, na3d_av, na3d_qk  # noqa: E402,F401
+from .varlen import na1d_varlen, na2d_varlen, na3d_varlen  # noqa: E402,F401

@@ -53,7 +53,7 @@ def check_sizes(sizes, name: str, batch: int, max_extents, kernel_size, dilation
                              f"All seq_lens must be >= kernel_size * dilation = {need} (kernel_size={kernel_size}, "
                              f"dilation={dilation}), but min(seq_lens)={low[ax]}")
         if high[ax] > max_extents[ax]:
-            raise ValueError(f"every {name}[:, {ax}] must be <= the padded extent {max_extents[ax]}, got max "
+            raise ValueError(f"every {name}[:, {ax}] must be <= the padded extent max_spatial[{ax}] = {max_extents[ax]}, got max "
                              f"{high[ax]}" if rank > 1 else
                              f"All seq_lens must be <= L_max ({max_extents[ax]}), but max(seq_lens)={high[ax]}")
     return sizes

@@ -1,0 +1,65 @@
+"""Fused QK + relative positional bias and AV entry points for DiNAT-style models (the All-In-One
+music structure model and its kin), heads-last, as natten-mps 0.3.3's ``extras.allin1``.
+
+``na1d_qk_rpb(query, key, rpb, kernel_size, dilation=1, *, scale=None)`` -> scores
+``[B, L, heads, K]`` (``query``/``key`` ``[B, L, heads, D]``, ``rpb`` ``[heads, 2K - 1]`` or None;
+``scale`` multiplies the query first); ``na1d_av_fused(attn, value, kernel_size, dilation=1)`` ->
+``[B, L, heads, D]``; 2-D: ``[B, X, Y, heads, D]``, ``rpb`` ``[heads, 2K - 1, 2K - 1]``, weights
+``[..., K * K]``. ``natten1dqkrpb``/``natten1dav``/``natten2dqkrpb``/``natten2dav`` are the same with
+NATTEN 0.14's positional arguments (heads-last here, as in natten-mps). On Metal they run the
+split-op kernels; elsewhere PyTorch ops; autograd throughout (``rpb`` included).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from ... import split
+
+__all__ = ["na1d_qk_rpb", "na1d_av_fused", "na2d_qk_rpb", "na2d_av_fused", "natten1dqkrpb", "natten1dav",
+           "natten2dqkrpb", "natten2dav"]
+
+
+def _check(name: str, t, rank: int, what: str) -> None:
+    if not isinstance(t, Tensor) or t.dim() != rank + 3:
+        raise ValueError(f"{name}: {what} must be a {rank + 3}-D tensor [batch, *spatial, heads, dim], got shape "
+                         f"{tuple(getattr(t, 'shape', ()))}")
+
+
+def na1d_qk_rpb(query: Tensor, key: Tensor, rpb: Optional[Tensor], kernel_size: int, dilation: int = 1, *,
+                scale: Optional[float] = None) -> Tensor:
+    _check("na1d_qk_rpb", query, 1, "query")
+    return split.na1d_qk(query, key, kernel_size, dilation, scale=scale, rpb=rpb)
+
+
+def na2d_qk_rpb(query: Tensor, key: Tensor, rpb: Optional[Tensor], kernel_size: int, dilation: int = 1, *,
+                scale: Optional[float] = None) -> Tensor:
+    _check("na2d_qk_rpb", query, 2, "query")
+    return split.na2d_qk(query, key, kernel_size, dilation, scale=scale, rpb=rpb)
+
+
+def na1d_av_fused(attn: Tensor, value: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
+    _check("na1d_av_fused", attn, 1, "attn")
+    return split.na1d_av(attn, value, kernel_size, dilation)
+
+
+def na2d_av_fused(attn: Tensor, value: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
+    _check("na2d_av_fused", attn, 2, "attn")
+    return split.na2d_av(attn, value, kernel_size, dilation)
+
+
+def natten1dqkrpb(query, key, rpb, kernel_size, dilation):
+    return na1d_qk_rpb(query, key, rpb, kernel_size, dilation)
+
+
+def natten2dqkrpb(query, key, rpb, kernel_size, dilation):
+    return na2d_qk_rpb(query, key, rpb, kernel_size, dilation)
+
+
+def natten1dav(attn, value, kernel_size, dilation):
+    return na1d_av_fused(attn, value, kernel_size, dilation)
+
+
+def natten2dav(attn, value, kernel_size, dilation):
+    return na2d_av_fused(attn, value, kernel_size, dilation)
