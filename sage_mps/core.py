@@ -30,7 +30,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
         qk_quant: ``None`` (float scores) or ``"int8"``: SageAttention 1.x's INT8 QK numerics
             (:mod:`sage_mps.int8`: Q in blocks of 128 tokens, smoothed K in blocks of 64, integer
             products, base-2 softmax, float32 PV); the backward is straight-through (the gradient of
-            the unquantized attention). Runs on PyTorch ops on every device (no INT8 Metal kernel yet).
+            the unquantized attention). On Metal: quantization kernels and an integer-dot attention kernel.
 
     Returns the output in ``q``'s layout and dtype (and the LSE, float32).
     """

@@ -12,7 +12,9 @@ Forward, per batch and head (layout ``[B, N, H, D]``):
 4. The LSE is returned in natural log, with the smoothing correction ``sm_scale * q . mean(k)``.
 
 Backward is straight-through: the gradient of the unquantized attention at the same inputs.
-On MPS this runs as PyTorch ops too (no INT8 Metal kernel yet).
+On Metal (MPS; the emulator or the CUDA back end when selected) steps 1-3 run as kernels
+(:mod:`sage_mps.metal_int8`: quantization on the device, integer dot products); elsewhere as the
+PyTorch ops below, which are also the kernels' reference.
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from natten_mps import backend
+
+from . import metal_int8
 
 Q_BLOCK = 128
 K_BLOCK = 64
@@ -56,6 +62,9 @@ def int8_attention_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, sca
     B, Nq, H, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
+    if backend.use_metal(q, metal_int8.supported(q, k, v)):
+        out, lse = int8_attention_metal(q, k, v, bool(is_causal), float(scale))
+        return out, _smoothing_correction(lse, q, k_mean, G, scale)
     qi, sq = quantize_blocks(q.float() * (scale * _LOG2E), Q_BLOCK)
     ki, sk = quantize_blocks(k.float(), K_BLOCK)
     if G > 1:
@@ -75,7 +84,24 @@ def int8_attention_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, sca
     out = torch.matmul(p, vv.permute(0, 2, 1, 3).float()) / den
     lse = (m + torch.log2(den)).squeeze(-1) * math.log(2.0)              # natural log, [B, H, Nq]
     lse = lse.permute(0, 2, 1)
-    if k_mean is not None:
-        km = k_mean.float().repeat_interleave(G, dim=2) if G > 1 else k_mean.float()
-        lse = lse + (q.float() * km).sum(-1) * scale
-    return out.permute(0, 2, 1, 3).to(q.dtype), lse.contiguous()
+    return out.permute(0, 2, 1, 3).to(q.dtype), _smoothing_correction(lse, q, k_mean, G, scale).contiguous()
+
+
+def _smoothing_correction(lse: Tensor, q: Tensor, k_mean: Optional[Tensor], G: int, scale: float) -> Tensor:
+    """The LSE of the unsmoothed scores: add ``scale * q . mean(k)`` (``lse`` ``[B, Nq, H]``)."""
+    if k_mean is None:
+        return lse
+    km = k_mean.float().repeat_interleave(G, dim=2) if G > 1 else k_mean.float()
+    return lse + (q.float() * km).sum(-1) * scale
+
+
+@torch.library.custom_op("sage_mps::int8_attention", mutates_args=())
+def int8_attention_metal(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+    """The Metal kernels as one registered op (opaque under ``torch.compile``): (out, natural-log LSE
+    without the smoothing correction). Forward only: ``sageattn`` makes the backward straight-through."""
+    return metal_int8.int8_attention_forward(q, k, v, is_causal, scale, Q_BLOCK, K_BLOCK)
+
+
+@int8_attention_metal.register_fake
+def _int8_attention_fake(q, k, v, is_causal, scale):
+    return q.new_empty(q.shape[:-1] + (v.shape[-1],)), q.new_empty(q.shape[:-1], dtype=torch.float32)

@@ -47,7 +47,7 @@ from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
 __all__ = ["compile", "translate", "build", "CudaLaunchError", "ShaderCompileError", "nvcc_available"]
 
 _SHIM_DIR = Path(__file__).with_name("emulator_shim")
-_NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC",
+_NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC,-fsigned-char",
                "-cudart", "shared"]  # the process shares the CUDA runtime torch has loaded
 
 

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 _SHIM_DIR = Path(__file__).with_name("emulator_shim")
-_CXX_FLAGS = ["-std=c++17", "-O2", "-shared", "-fPIC", "-w", "-fno-strict-aliasing"]
+_CXX_FLAGS = ["-std=c++17", "-O2", "-shared", "-fPIC", "-w", "-fno-strict-aliasing", "-fsigned-char"]
 
 
 class MetalEmulatorError(RuntimeError):
