@@ -104,10 +104,14 @@ def _dense_on_metal(q, k, v, is_causal) -> bool:
     return metal.supported(q, k, v)
 
 
-def _attention_forward_impl(q, k, v, is_causal, scale):
+def _attention_forward_impl(q, k, v, is_causal, scale, contiguous=True):
     if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
         return metal.dense_forward(q, k, v, is_causal, scale)
-    return pure.attention_forward(q, k, v, is_causal, scale)
+    return pure.attention_forward(q, k, v, is_causal, scale, contiguous)
+
+
+def _attention_forward_eager(q, k, v, is_causal, scale):
+    return _attention_forward_impl(q, k, v, is_causal, scale, contiguous=False)
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
@@ -399,7 +403,9 @@ def neighborhood_attention_varlen(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
     """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
     if _eager(q, k, v):
-        return _EagerOp.apply(_attention_forward_impl, _attention_backward_impl, 3, q, k, v, is_causal, scale)
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            return _attention_forward_eager(q, k, v, is_causal, scale)     # nothing to differentiate
+        return _EagerOp.apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
 
 

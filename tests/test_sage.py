@@ -142,3 +142,17 @@ def test_sageattn_compiles_checkpoints_and_merges():
                                                [l1.transpose(1, 2), l2.transpose(1, 2)])
     torch.testing.assert_close(merged.transpose(1, 2), out, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(mlse.transpose(1, 2), lse, atol=2e-5, rtol=2e-5)
+
+
+def test_smoothing_buffer_never_reaches_autograd():
+    """Only q requires grad: the smoothed K is saved for backward, so it must not be a kept buffer
+    that the next call overwrites."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 40, 16, generator=g, requires_grad=True)
+    k, v = torch.randn(1, 2, 40, 16, generator=g), torch.randn(1, 2, 40, 16, generator=g)
+    out = sage_mps.sageattn(q, k, v)
+    sage_mps.sageattn(q.detach(), k + 1.0, v)          # a no-grad call of the same shape in between
+    out.sum().backward()
+    q2 = q.detach().clone().requires_grad_()
+    torch.nn.functional.scaled_dot_product_attention(q2, k, v).sum().backward()
+    torch.testing.assert_close(q.grad, q2.grad, atol=1e-5, rtol=1e-5)

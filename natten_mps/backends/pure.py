@@ -500,12 +500,22 @@ def _dense_score_chunks(qi, ki, is_causal: bool):
         yield r0, r1, s
 
 
-def attention_forward(q, k, v, is_causal: bool, scale: float):
-    """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse)."""
+def attention_forward(q, k, v, is_causal: bool, scale: float, contiguous: bool = True):
+    """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse).
+
+    ``contiguous=False`` (eager callers only, never the registered op, whose fake kernel promises
+    contiguous outputs) lets ``out`` be a strided view of the kernel's buffer instead of a copy."""
     B, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     if B == 0 or Lq == 0 or Lk == 0:
         return (q.new_zeros(B, Lq, H, v.shape[-1]), q.new_full((B, Lq, H), float("-inf"), dtype=lse_dtype(q.dtype)))
+    if H == Hkv and q.dtype in (torch.float32, torch.float64) and _fused_route(q, v) \
+            and (not is_causal or (_finite(k) and _finite(v))):
+        # one head per key head: the kernel's [B, H, L, D] layout is a transpose away (no copies),
+        # and so is ours for its output (sageattn's common case; a few tensor ops matter at L=256)
+        o, m = _flash_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, is_causal, scale=scale)
+        o = o.transpose(1, 2)
+        return (o.contiguous() if contiguous else o), m.transpose(1, 2).contiguous()
     qi = to_internal(q, Hkv, True)                   # [N, G, Lq, D]
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     N, G = qi.shape[:2]
@@ -515,8 +525,12 @@ def attention_forward(q, k, v, is_causal: bool, scale: float):
         # axes, and this is the split SDPA's own call gets (measured 15% faster at B=2, H=8, L=256)
         qf, kf, vf = (t.reshape(B, -1, *t.shape[2:]) for t in (qf, kf, vf))
         o, m = _flash_fwd(qf, kf, vf, 0.0, is_causal, scale=scale)
-        o, m = o.reshape(N, G, Lq, -1), m.reshape(N, G, Lq, 1)
-        return _public(o, B, Hkv, q.dtype), _public(m, B, Hkv, lse_dtype(q.dtype))[..., 0]
+        # o is [B, Hkv, G*Lq | Lq, Dv] (the kernel's memory is token-major, so for G = 1 the public
+        # layout is a view of it: no copy); m is [B, Hkv, G*Lq | Lq]
+        o = o.reshape(B, Hkv, G, Lq, -1).permute(0, 3, 1, 2, 4).reshape(B, Lq, H, -1)
+        m = m.reshape(B, Hkv, G, Lq).permute(0, 3, 1, 2).reshape(B, Lq, H)
+        o = o.to(q.dtype)
+        return (o.contiguous() if contiguous else o), m.to(lse_dtype(q.dtype)).contiguous()
     qi = qi * scale
     out = qi.new_empty(N, G, Lq, vi.shape[-1])
     lse = qi.new_empty(N, G, Lq, 1)
