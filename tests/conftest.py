@@ -41,3 +41,19 @@ def metal_on_cuda():
     yield
     natten_mps.set_metal_on_cuda(False)
     runtime.set_poison_outputs(False)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def dev(request):
+    """Kernel tests: ``cpu`` runs the Metal kernels in the emulator, ``cuda`` through the MSL -> CUDA
+    back end (skipped without a GPU). Outputs are poisoned before the kernels write them."""
+    import natten_mps
+    from natten_mps.metal import runtime
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        natten_mps.set_metal_on_cuda(True)
+    natten_mps.set_emulation(True)
+    runtime.set_poison_outputs(True)
+    yield request.param
+    runtime.set_poison_outputs(False)

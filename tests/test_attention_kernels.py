@@ -82,20 +82,6 @@ def check_na(c, dtype, seed, extra=0, grad=True, dev="cpu"):
     return grads, (dout, dlse)
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def dev(request):
-    """cpu: the kernels run in the emulator; cuda: through the MSL -> CUDA back end. Outputs poisoned."""
-    from natten_mps.metal import runtime
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU")
-        natten_mps.set_metal_on_cuda(True)
-    natten_mps.set_emulation(True)
-    runtime.set_poison_outputs(True)
-    yield request.param
-    runtime.set_poison_outputs(False)
-
-
 @pytest.mark.parametrize("rank,i", [(r, i) for r in (1, 2, 3) for i in range(6 if r < 3 else 4)])
 def test_na_float32_forward_backward(rank, i, dev):
     check_na(random_case(random.Random(31 * rank + 1000 * i), rank), torch.float32, seed=i, dev=dev)

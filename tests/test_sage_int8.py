@@ -101,18 +101,6 @@ def test_int8_bad_argument():
 
 
 # ---- the Metal kernels (shaders/sage/int8_attention.metal): emulator, and CUDA where present ----
-@pytest.fixture(params=["cpu", "cuda"])
-def dev(request):
-    import natten_mps
-    from natten_mps.metal import runtime
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU")
-        natten_mps.set_metal_on_cuda(True)
-    natten_mps.set_emulation(True)
-    runtime.set_poison_outputs(True)
-    yield request.param
-    runtime.set_poison_outputs(False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

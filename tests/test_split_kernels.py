@@ -16,19 +16,6 @@ from natten_mps.metal import emulator
 from reference import reference_na
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def dev(request):
-    from natten_mps.metal import runtime
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU")
-        natten_mps.set_metal_on_cuda(True)
-    natten_mps.set_emulation(True)
-    runtime.set_poison_outputs(True)
-    yield request.param
-    runtime.set_poison_outputs(False)
-
-
 def case(rank, seed):
     rng = random.Random(seed)
     spatial = {1: (13,), 2: (7, 9), 3: (5, 4, 6)}[rank]

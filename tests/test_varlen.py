@@ -18,19 +18,6 @@ from natten_mps.metal import emulator
 from reference import reference_na
 
 
-@pytest.fixture(params=["cpu", "cuda"])
-def dev(request):
-    from natten_mps.metal import runtime
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU")
-        natten_mps.set_metal_on_cuda(True)
-    natten_mps.set_emulation(True)
-    runtime.set_poison_outputs(True)
-    yield request.param
-    runtime.set_poison_outputs(False)
-
-
 def random_varlen_case(rng, rank):
     ks, dil, st, causal, pad = [], [], [], [], []
     for _ in range(rank):
