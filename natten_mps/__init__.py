@@ -9,13 +9,16 @@ from .backend import get_backend, last_backend, set_backend
 from .functional import attention, merge_attentions, na1d, na2d, na3d
 from .split import na1d_av, na1d_qk, na2d_av, na2d_qk, na3d_av, na3d_qk
 from .varlen import na1d_varlen, na2d_varlen, na3d_varlen
+from . import nn
+from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
 from .support import get_support_matrix, has_metal, has_mps
 
 __version__ = "0.1.0"
 
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "na1d_av", "na2d_qk", "na2d_av",
-           "na3d_qk", "na3d_av", "na1d_varlen", "na2d_varlen", "na3d_varlen", "set_backend", "get_backend",
+           "na3d_qk", "na3d_av", "na1d_varlen", "na2d_varlen", "na3d_varlen",
+           "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D", "set_backend", "get_backend",
            "last_backend", "set_emulation", "emulation_enabled", "set_metal_on_cuda", "metal_on_cuda_enabled",
            "has_mps", "has_metal", "get_support_matrix", "__version__"]
 
