@@ -71,10 +71,14 @@ def emulator_costs(L: int) -> Optional[Dict[str, int]]:
         q, k, v = (torch.randn(1, 1, L, D, generator=g).half() for _ in range(3))
         with emulator.counting() as c:
             sage_mps.sageattn(q, k, v)
-        t = c.total()
+        with emulator.counting() as ci:
+            sage_mps.sageattn(q, k, v, qk_quant="int8")
+        t, ti = c.total(), ci.total()
         scale = B * H
         return {"dispatches": t.dispatches, "kernels": sorted(c.by_kernel()),
-                "bytes": (t.bytes_read + t.bytes_written) * scale}
+                "bytes": (t.bytes_read + t.bytes_written) * scale,
+                "int8_dispatches": ti.dispatches, "int8_kernels": sorted(ci.by_kernel()),
+                "int8_bytes": (ti.bytes_read + ti.bytes_written) * scale}
     finally:
         natten_mps.set_emulation(was)
 
@@ -136,14 +140,16 @@ def main(argv=None) -> Dict:
             rec["emulator"] = emulator_costs(L) if L <= 1024 else None
             c = rec["emulator"]
             row += [f"{', '.join(c['kernels'])} x{c['dispatches']}" if c else "(L > 1024: not emulated)",
-                    f"{c['bytes'] / 1e6:.1f} MB" if c else "—"]
+                    f"{c['bytes'] / 1e6:.1f} MB" if c else "—",
+                    f"{', '.join(c['int8_kernels'])} x{c['int8_dispatches']}" if c else "—",
+                    f"{c['int8_bytes'] / 1e6:.1f} MB" if c else "—"]
         rows.append(row)
         records.append(rec)
     print(file=sys.stderr)
     headers = ["seq_len", "manual", "SDPA", "sageattn", "vs manual", "vs SDPA",
                "published MLX manual / SDPA / sage (ms, ref.)"]
     if show_costs:
-        headers += ["Metal kernels (emu)", "device bytes (emu)"]
+        headers += ["Metal kernels (emu)", "device bytes (emu)", "INT8 Metal kernels (emu)", "INT8 device bytes (emu)"]
     print(f"\nbench_sage: B={B}, H={H}, D={D}, {str(dtype).replace('torch.', '')}, device={args.device}, "
           f"median of {args.iterations}")
     harness.print_table(headers, rows, markdown=True)

@@ -12,7 +12,7 @@ Workload (``--workload sweep``): the NA sweep of the test suite through the publ
 GQA; float16 and bfloat16), the tiled kernels' own sweep (tests/test_attention_kernels.py: forward
 and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), sageattn
 through the same kernels, the split-op kernels (tests/test_split_kernels.py) and varlen
-(tests/test_varlen.py), and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
+(tests/test_varlen.py), the INT8 sage kernels (tests/test_sage_int8.py), and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
 matrices, partial threadgroups).
 """
 from __future__ import annotations
@@ -95,6 +95,12 @@ def workload_sweep() -> None:
         n += 2
     tv.test_kernels_write_zeros_in_tiles_that_are_all_padding("cuda")
     n += 1
+    import test_sage_int8 as t8
+    natten_mps.set_metal_on_cuda(True)
+    t8.test_int8_quantization_kernel_is_exact("cuda", torch.float16)
+    t8.test_int8_kernels_match_the_block_rule("cuda", True, True)
+    t8.test_int8_kernels_agree_with_the_pytorch_numerics("cuda", torch.bfloat16)
+    n += 3
     for name in dir(te):
         fn = getattr(te, name)
         if name.startswith("test_") and callable(fn) and "backend" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:

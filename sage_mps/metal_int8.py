@@ -17,8 +17,8 @@ from natten_mps.metal import runtime
 
 INT8_SHADER = "sage/int8_attention.metal"
 MAX_HEAD_DIM = 256
-QUERIES_PER_GROUP = 16
-THREADS = 128
+QUERIES_PER_GROUP = 32
+THREADS = 256
 _LOG2E = 1.0 / math.log(2.0)
 
 

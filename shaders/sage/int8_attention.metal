@@ -7,7 +7,7 @@
 //
 //   sage_quantize_<T>     one threadgroup per (batch, head, token block): scale = max|x * mult| / 127
 //                         (0 for a block of zeros); x * mult / scale rounded half away from zero.
-//   sage_int8_forward_<T> a threadgroup owns 16 queries of one (batch, head): 4 SIMD-groups of 4
+//   sage_int8_forward_<T> a threadgroup owns 32 queries of one (batch, head): 8 SIMD-groups of 4
 //                         queries, 8 lanes per query splitting D in char4 slices. Chunks of 16
 //                         keys (int8 K, V in T, key scales) are staged in threadgroup memory; the
 //                         score of a key is an integer dot product (int32 multiply-adds, partial
@@ -21,7 +21,7 @@ using namespace metal;
 
 constant constexpr int kLanes = 8;          // lanes per query
 constant constexpr int kQueriesPerSimd = 4; // 32 / kLanes
-constant constexpr int kSimdGroups = 4;
+constant constexpr int kSimdGroups = 8;
 constant constexpr int kQueries = kQueriesPerSimd * kSimdGroups;
 constant constexpr int kChunk = 16;         // keys per staged chunk
 constant constexpr int kMaxD4 = 64;         // head dim / 4
