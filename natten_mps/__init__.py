@@ -14,7 +14,7 @@ from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAt
 from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
 from .support import get_support_matrix, has_metal, has_mps
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "na1d_av", "na2d_qk", "na2d_av",
            "na3d_qk", "na3d_av", "na1d_varlen", "na2d_varlen", "na3d_varlen",
