@@ -167,3 +167,11 @@ def test_int8_kernels_accuracy_and_compile(emulate):
     torch.testing.assert_close(compiled, out, atol=1e-2, rtol=1e-2)
     cos = torch.nn.functional.cosine_similarity(compiled.double().flatten(), ro.flatten(), dim=0).item()
     assert cos >= 0.999
+
+
+def test_int8_kernel_op_passes_opcheck(emulate):
+    from sage_mps.int8 import int8_attention_metal
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 40, 2, 16, generator=g)
+    k, v = torch.randn(1, 50, 1, 16, generator=g), torch.randn(1, 50, 1, 8, generator=g)
+    torch.library.opcheck(int8_attention_metal, (q, k, v, True, 0.25))
