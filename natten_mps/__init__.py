@@ -9,7 +9,7 @@ from .backend import get_backend, last_backend, set_backend
 from .functional import attention, merge_attentions, na1d, na2d, na3d
 from .split import na1d_av, na1d_qk, na2d_av, na2d_qk, na3d_av, na3d_qk
 from .varlen import na1d_varlen, na2d_varlen, na3d_varlen
-from . import nn
+from . import nn  # noqa: F401  (natten_mps.nn, as natten-mps has it)
 from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
 from .support import get_support_matrix, has_metal, has_mps

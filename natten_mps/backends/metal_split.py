@@ -14,7 +14,7 @@ from typing import List
 import torch
 
 from ..metal import runtime
-from .metal import _DTYPE_SUFFIX, _INT32_MAX, _new_output, _pad3, supported
+from .metal import _DTYPE_SUFFIX, _INT32_MAX, _new_output, _pad3
 
 SPLIT_SHADER = "natten/split.metal"
 THREADS_PER_GROUP = 256
@@ -71,4 +71,4 @@ def inverse(w, x, heads_kv: int, kernel_size, stride, dilation, is_causal) -> to
     return out
 
 
-__all__ = ["qk", "av", "inverse", "split_supported", "supported", "SPLIT_SHADER"]
+__all__ = ["qk", "av", "inverse", "split_supported", "SPLIT_SHADER"]
