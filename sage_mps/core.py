@@ -54,7 +54,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     if smooth_k and k.shape[seq_dim] > 0:
         # smoothed in the caller's layout, so the smoothed K keeps its memory order (the attention
         # kernels read it as the caller laid it out)
-        k_mean = k.mean(dim=seq_dim, keepdim=True)
+        k_mean = _key_mean(k, seq_dim)
         saved = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))   # autograd keeps K
         k = k - k_mean if saved else _smooth(k, k_mean)
     if tensor_layout == "HND":
@@ -85,6 +85,19 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     if not return_lse:
         return out
     return out, lse.transpose(1, 2)  # [B, H, N] like sageattention
+
+
+def _key_mean(k: Tensor, seq_dim: int) -> Tensor:
+    """Mean key over the sequence, ``keepdim``. For float32 on CPU with the sequence as the
+    second-to-last axis of contiguous memory (``HND``), one BLAS product with a ``1/N`` row per
+    (batch, head): half the cost of ``mean`` in the benchmark's rounds at L=256 (0.06 vs 0.11 ms
+    with the subtraction)."""
+    if k.device.type == "cpu" and k.dtype == torch.float32 and seq_dim == 2 and k.is_contiguous() \
+            and k.shape[2] > 0 and not torch.compiler.is_compiling():
+        w = workspace.kept(("sage_mean_row", k.shape[2]), lambda: 4 * k.shape[2],
+                           lambda: torch.full((1, 1, 1, k.shape[2]), 1.0 / k.shape[2]))
+        return torch.matmul(w, k)
+    return k.mean(dim=seq_dim, keepdim=True)
 
 
 def _smooth(k: Tensor, k_mean: Tensor) -> Tensor:
