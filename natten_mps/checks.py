@@ -120,3 +120,20 @@ def check_scale(scale: Optional[float], head_dim: int) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {scale!r}")
     return float(scale)
+
+
+# Upstream NATTEN's choices of its own CUDA kernels (backend, tile shapes, schedules): accepted by
+# the functional API for drop-in compatibility; they choose nothing here and change no result.
+TUNING_ARGUMENTS = frozenset({
+    "attention_kwargs", "backend", "q_tile_shape", "kv_tile_shape", "backward_q_tile_shape",
+    "backward_kv_tile_shape", "backward_kv_splits", "backward_use_pt_reduction", "run_persistent_kernel",
+    "kernel_schedule", "torch_compile", "try_fuse_additional_kv", "q_tile_size", "kv_tile_size",
+    "backward_q_tile_size", "backward_kv_tile_size"})
+
+
+def check_tuning(name: str, tuning: dict) -> None:
+    """Refuse keywords that are neither attention arguments nor upstream's kernel choices."""
+    unknown = sorted(set(tuning) - TUNING_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword arguments {unknown} (besides its attention arguments it "
+                        f"accepts upstream NATTEN's kernel choices {sorted(TUNING_ARGUMENTS)}, which choose nothing here)")

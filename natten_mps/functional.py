@@ -68,7 +68,7 @@ def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilati
 
 def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size, stride=1, dilation=1, is_causal=False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
-         additional_values: Optional[Tensor] = None, return_lse: bool = False):
+         additional_values: Optional[Tensor] = None, return_lse: bool = False, **tuning):
     """1-D neighborhood attention. ``query`` ``[B, L, H, D]``; ints or 1-tuples for the window args.
 
     Args:
@@ -80,39 +80,54 @@ def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size, stride=1, dilat
         additional_keys / additional_values: ``[B, N_extra, heads_kv, D|Dv]`` tokens every query
             attends to in addition to its neighborhood (merged exactly by log-sum-exp).
         return_lse: also return the log-sum-exp ``[B, L, H]``.
+        **tuning: upstream NATTEN's kernel choices (``backend``, ``q_tile_shape``, ``kv_tile_shape``,
+            ``backward_*``, ``run_persistent_kernel``, ``kernel_schedule``, ``torch_compile``,
+            ``attention_kwargs``, ...), accepted for compatibility; they choose nothing here. Any
+            other keyword raises ``TypeError``.
     """
+    checks.check_tuning("na1d", tuning)
     return _neighborhood_attention(1, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                                    additional_keys, additional_values, return_lse)
 
 
 def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size, stride=1, dilation=1, is_causal=False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
-         additional_values: Optional[Tensor] = None, return_lse: bool = False):
+         additional_values: Optional[Tensor] = None, return_lse: bool = False, **tuning):
     """2-D neighborhood attention. ``query`` ``[B, X, Y, H, D]``; window args are ints or 2-tuples.
 
     Additional keys/values are ``[B, N_extra, heads_kv, D|Dv]``. See :func:`na1d` for the arguments.
     """
+    checks.check_tuning("na2d", tuning)
     return _neighborhood_attention(2, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                                    additional_keys, additional_values, return_lse)
 
 
 def na3d(query: Tensor, key: Tensor, value: Tensor, kernel_size, stride=1, dilation=1, is_causal=False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
-         additional_values: Optional[Tensor] = None, return_lse: bool = False):
+         additional_values: Optional[Tensor] = None, return_lse: bool = False, **tuning):
     """3-D neighborhood attention. ``query`` ``[B, X, Y, Z, H, D]``; window args are ints or 3-tuples.
 
     Additional keys/values are ``[B, N_extra, heads_kv, D|Dv]``. See :func:`na1d` for the arguments.
     """
+    checks.check_tuning("na3d", tuning)
     return _neighborhood_attention(3, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                                    additional_keys, additional_values, return_lse)
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False,
-              scale: Optional[float] = None, return_lse: bool = False):
+              scale: Optional[float] = None, return_lse: bool = False, **tuning):
     """Dense attention. ``query`` ``[B, Lq, H, D]``, ``key``/``value`` ``[B, Lk, Hkv, D|Dv]``.
 
     ``is_causal``: query ``i`` sees keys ``j <= i`` (SDPA's top-left alignment when ``Lq != Lk``). Returns ``[B, Lq, H, Dv]`` (and the LSE ``[B, Lq, H]``).
+    Upstream's kernel choices (``backend``, tile sizes, ...) are accepted and choose nothing; its varlen
+    arguments (``seqlens_Q``, ``cumulative_seqlen_Q``, ...) are refused with a ``ValueError``.
     """
+    varlen = [n for n in ("seqlens_Q", "seqlens_KV", "cumulative_seqlen_Q", "cumulative_seqlen_KV", "max_seqlen_Q",
+                          "max_seqlen_KV") if tuning.pop(n, None) is not None]
+    if varlen:
+        raise ValueError(f"attention: upstream's varlen arguments {varlen} are not supported; run each sequence "
+                         f"separately (or use sage_mps.sageattn_varlen)")
+    checks.check_tuning("attention", tuning)
     query, key, value = autocast_inputs(query, key, value)
     names = ("query", "key", "value")
     for t, n in zip((query, key, value), names):

@@ -59,3 +59,17 @@ def test_metal_backend_without_mps_is_a_clear_error():
     natten_mps.set_backend("metal")
     with pytest.raises(RuntimeError, match="needs MPS tensors"):
         natten_mps.na1d(t(1, 8, 2, 4), t(1, 8, 2, 4), t(1, 8, 2, 4), 3)
+
+
+def test_upstream_kernel_choices_are_accepted_and_change_nothing():
+    q = torch.randn(1, 12, 2, 8)
+    base = natten_mps.na1d(q, q, q, 5)
+    got = natten_mps.na1d(q, q, q, 5, backend="cutlass-fna", q_tile_shape=(64,), kv_tile_shape=(64,),
+                          run_persistent_kernel=False, torch_compile=False)
+    torch.testing.assert_close(got, base)
+    torch.testing.assert_close(natten_mps.attention(q, q, q, backend="flex-fmha", q_tile_size=64),
+                               natten_mps.attention(q, q, q))
+    with pytest.raises(TypeError, match=r"na1d\(\) got unexpected keyword arguments \['tile'\]"):
+        natten_mps.na1d(q, q, q, 5, tile=3)
+    with pytest.raises(ValueError, match="varlen arguments \\['seqlens_Q'\\] are not supported"):
+        natten_mps.attention(q, q, q, seqlens_Q=torch.tensor([12]))

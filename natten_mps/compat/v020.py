@@ -12,7 +12,7 @@ heads-last split ops ``na*d_qk``/``na*d_av``, ``has_cuda``, ``has_mps``, ``has_f
 """
 from __future__ import annotations
 
-from .. import functional, nn
+from .. import checks, functional, nn
 from ..split import na1d_av, na1d_qk, na2d_av, na2d_qk, na3d_av, na3d_qk  # noqa: F401
 from ._legacy import has_cuda, has_mps  # noqa: F401
 
@@ -24,17 +24,8 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "
            "na3d_qk", "na3d_av", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
            "has_cuda", "has_mps", "has_fna"]
 
-_TUNING = {"attention_kwargs", "backend", "q_tile_shape", "kv_tile_shape", "backward_q_tile_shape",
-           "backward_kv_tile_shape", "backward_kv_splits", "backward_use_pt_reduction", "run_persistent_kernel",
-           "kernel_schedule", "torch_compile", "try_fuse_additional_kv", "q_tile_size", "kv_tile_size",
-           "backward_q_tile_size", "backward_kv_tile_size"}
-
-
 def _check_tuning(name: str, tuning: dict) -> None:
-    unknown = sorted(set(tuning) - _TUNING)
-    if unknown:
-        raise TypeError(f"{name}() got unexpected keyword arguments {unknown} (NATTEN 0.20 accepts "
-                        f"{sorted(_TUNING)} besides the attention arguments)")
+    checks.check_tuning(name, tuning)
 
 
 def _na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values,
