@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backend, checks
+from . import backend, checks, ops
+from .backends import metal_split
 from .semantics import window_bounds
 
 __all__ = ["na1d_qk", "na1d_av", "na2d_qk", "na2d_av", "na3d_qk", "na3d_av"]
@@ -104,7 +105,6 @@ def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_n
 
 
 def _on_metal(a: Tensor, b: Tensor) -> bool:
-    from .backends import metal_split
     return backend.use_metal(a, metal_split.split_supported(a, b) and a.dtype == b.dtype)
 
 
@@ -118,7 +118,6 @@ def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False,
     Kvol = math.prod(ks)
     metal_path = _on_metal(query, key)
     if metal_path:
-        from . import ops
         logits = ops.split_qk(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
     else:
         tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
@@ -151,7 +150,6 @@ def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False
     if Kvol != want:
         raise ValueError(f"{name}: attn's last dimension must be prod(kernel_size) = {want}, got {Kvol}")
     if _on_metal(attn, value):
-        from . import ops
         return ops.split_av(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
     tok, ok, _ = _neighbourhood(spatial, ks, st, dil, causal, attn.device)
     T = tok.shape[0]

@@ -24,13 +24,9 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "
            "na3d_qk", "na3d_av", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
            "has_cuda", "has_mps", "has_fna"]
 
-def _check_tuning(name: str, tuning: dict) -> None:
-    checks.check_tuning(name, tuning)
-
-
 def _na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values,
         tuning):
-    _check_tuning(f"na{rank}d", tuning)
+    checks.check_tuning(f"na{rank}d", tuning)
     fn = {1: functional.na1d, 2: functional.na2d, 3: functional.na3d}[rank]
     return fn(query, key, value, kernel_size, stride=stride, dilation=dilation, is_causal=is_causal, scale=scale,
               additional_keys=additional_keys, additional_values=additional_values)
@@ -55,7 +51,7 @@ def na3d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, 
 
 
 def attention(query, key, value, scale=None, return_lse=False, **tuning):
-    _check_tuning("attention", tuning)
+    checks.check_tuning("attention", tuning)
     return functional.attention(query, key, value, scale=scale, return_lse=return_lse)
 
 
