@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import backend
 from .backends import metal, metal_split, pure, pure_varlen
+from .metal import runtime
 
 
 def _lse_dtype(dtype):
@@ -407,6 +408,20 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: flo
             return _attention_forward_eager(q, k, v, is_causal, scale)     # nothing to differentiate
         return _EagerOp.apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
+
+
+def dense_attention_heads_first(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+    """:func:`dense_attention` on heads-first tensors: ``q`` ``[B, H, Lq, D]``, ``k``/``v``
+    ``[B, Hkv, Lk, D(v)]`` -> (out ``[B, H, Lq, Dv]``, lse ``[B, H, Lq]``), either possibly a strided
+    view. An eager call off Metal with nothing to differentiate runs the CPU flash kernel straight
+    on these tensors where it applies (no layout round trip); everything else is ``dense_attention``."""
+    if (not runtime.runs_metal(q) and not backend.use_metal(q, False) and _eager(q, k, v)
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+        fast = pure.attention_forward_heads_first(q, k, v, is_causal, scale)
+        if fast is not None:
+            return fast
+    out, lse = dense_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale)
+    return out.transpose(1, 2), lse.transpose(1, 2)
 
 
 # ---- torch.func.vmap: a vmapped dimension folds into the batch dimension ------------------------

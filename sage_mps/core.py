@@ -1,7 +1,7 @@
 """``sageattn``: argument handling, K smoothing and the exact LSE correction."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -49,67 +49,64 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
             raise ValueError(f"{n} must be 4-D ({tensor_layout}), got shape {tuple(t.shape)}")
     checks.check_same((q, k, v), ("q", "k", "v"), "dtype")
     checks.check_same((q, k, v), ("q", "k", "v"), "device")
-    seq_dim = 2 if tensor_layout == "HND" else 1
-    k_mean = None
-    if smooth_k and k.shape[seq_dim] > 0:
-        # smoothed in the caller's layout, so the smoothed K keeps its memory order (the attention
-        # kernels read it as the caller laid it out)
-        k_mean = _key_mean(k, seq_dim)
-        saved = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))   # autograd keeps K
-        k = k - k_mean if saved else _smooth(k, k_mean)
-    if tensor_layout == "HND":
+    if tensor_layout == "NHD":        # heads-first views: every step below works on [B, H, N, D]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        k_mean = None if k_mean is None else k_mean.transpose(1, 2)
     if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not agree "
-                         f"(layout {tensor_layout})")
-    if q.shape[2] % k.shape[2] != 0:
-        raise ValueError(f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]})")
+        shapes = [tuple(t.transpose(1, 2).shape if tensor_layout == "NHD" else t.shape) for t in (q, k, v)]
+        raise ValueError(f"q {shapes[0]}, k {shapes[1]}, v {shapes[2]} do not agree (layout {tensor_layout})")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]})")
     scale = checks.check_scale(sm_scale, q.shape[-1])
-    needs_float = qk_quant is None or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    k_mean = None
+    if smooth_k and k.shape[2] > 0:
+        # smoothed in the caller's memory order (the attention kernels read K as the caller laid it out)
+        if grads:                       # autograd keeps the smoothed K and the mean
+            k_mean = k.mean(dim=2, keepdim=True)
+            k = k - k_mean
+        else:
+            k, k_mean = _smooth(k)
+    needs_float = qk_quant is None or grads
     if needs_float:
-        out, lse = ops.dense_attention(q, k, v, bool(is_causal), scale)
+        out, lse = ops.dense_attention_heads_first(q, k, v, bool(is_causal), scale)
         if k_mean is not None and (return_lse or qk_quant == "int8"):
-            G = q.shape[2] // k_mean.shape[2]
-            km = k_mean.repeat_interleave(G, dim=2) if G > 1 else k_mean
+            G = q.shape[1] // k_mean.shape[1]
+            km = k_mean.repeat_interleave(G, dim=1) if G > 1 else k_mean
             lse = lse + (q.float() * km.float()).sum(-1) * scale
     if qk_quant == "int8":
-        out_q, lse_q = int8_attention_forward(q, k, v, bool(is_causal), scale, k_mean)
+        # the INT8 path works token-major: [B, N, H, D]
+        out_q, lse_q = int8_attention_forward(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              bool(is_causal), scale,
+                                              None if k_mean is None else k_mean.transpose(1, 2))
+        out_q, lse_q = out_q.transpose(1, 2), lse_q.transpose(1, 2)
         if needs_float:      # straight-through: INT8 values, the unquantized attention's gradient
             out = out + (out_q - out).detach()
             lse = lse + (lse_q - lse).detach()
         else:
             out, lse = out_q, lse_q
-    if tensor_layout == "HND":
+    if tensor_layout == "NHD":
         out = out.transpose(1, 2)
-    if not return_lse:
-        return out
-    return out, lse.transpose(1, 2)  # [B, H, N] like sageattention
+    return (out, lse.contiguous()) if return_lse else out    # LSE [B, H, N] like sageattention
 
 
-def _key_mean(k: Tensor, seq_dim: int) -> Tensor:
-    """Mean key over the sequence, ``keepdim``. For float32 on CPU with the sequence as the
-    second-to-last axis of contiguous memory (``HND``), one BLAS product with a ``1/N`` row per
-    (batch, head): half the cost of ``mean`` in the benchmark's rounds at L=256 (0.06 vs 0.11 ms
-    with the subtraction)."""
-    if k.device.type == "cpu" and k.dtype == torch.float32 and seq_dim == 2 and k.is_contiguous() \
-            and k.shape[2] > 0 and not torch.compiler.is_compiling():
-        w = workspace.kept(("sage_mean_row", k.shape[2]), lambda: 4 * k.shape[2],
-                           lambda: torch.full((1, 1, 1, k.shape[2]), 1.0 / k.shape[2]))
-        return torch.matmul(w, k)
-    return k.mean(dim=seq_dim, keepdim=True)
-
-
-def _smooth(k: Tensor, k_mean: Tensor) -> Tensor:
-    """``k - k_mean`` for a call whose smoothed K nothing keeps (no autograd). On CPU in eager mode
-    into a buffer this thread keeps per shape (:mod:`natten_mps.backends.workspace`): a fresh
-    allocation of K's size each call costs more than the subtraction (page faults; measured +0.3 ms
-    at B=2, H=8, L=256, D=64 on the 2-core CI machine)."""
+def _smooth(k: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(k - mean, mean)`` over the sequence of a heads-first ``k`` ``[B, Hkv, N, D]`` (mean
+    ``keepdim``) for a call that nothing differentiates. On CPU in eager mode both land in buffers
+    this thread keeps per shape (:mod:`natten_mps.backends.workspace`; neither escapes the call):
+    a fresh allocation of K's size each call costs more than the subtraction (page faults; measured
+    +0.3 ms at B=2, H=8, L=256, D=64 on the 2-core CI machine), and in the benchmark's interleaved
+    rounds at L=256 ``mean(out=)`` into a kept buffer beats both a fresh ``mean`` and a BLAS product
+    with a ``1/N`` row by 1-3% of the whole call."""
     if k.device.type != "cpu" or torch.compiler.is_compiling():
-        return k - k_mean
-    buf = workspace.kept(("sage_smoothed_k", tuple(k.shape), k.stride(), k.dtype), lambda: k.numel() * k.element_size(),
-                         lambda: torch.empty_strided(k.shape, k.stride(), dtype=k.dtype))
-    return torch.sub(k, k_mean, out=buf)
+        k_mean = k.mean(dim=2, keepdim=True)
+        return k - k_mean, k_mean
+    mean_shape = k.shape[:2] + (1, k.shape[3])
+    smoothed, k_mean = workspace.kept(
+        ("sage_smoothing", tuple(k.shape), k.stride(), k.dtype),
+        lambda: (k.numel() + k.shape[0] * k.shape[1] * k.shape[3]) * k.element_size(),
+        lambda: (torch.empty_strided(k.shape, k.stride(), dtype=k.dtype), torch.empty(mean_shape, dtype=k.dtype)))
+    torch.mean(k, 2, keepdim=True, out=k_mean)
+    return torch.sub(k, k_mean, out=smoothed), k_mean
 
 
 def _check_cu_seqlens(cu: Tensor, name: str, total: int) -> list:

@@ -500,6 +500,21 @@ def _dense_score_chunks(qi, ki, is_causal: bool):
         yield r0, r1, s
 
 
+def attention_forward_heads_first(q, k, v, is_causal: bool, scale: float):
+    """Dense attention on heads-first tensors in one call of the CPU flash kernel, where it applies
+    directly: ``q`` ``[B, H, Lq, D]``, ``k``/``v`` ``[B, H, Lk, D]`` (one head per key head, float32
+    or float64, any strides, non-empty) -> (out ``[B, H, Lq, D]``, a strided view of token-major
+    memory; lse ``[B, H, Lq]``). Returns ``None`` where it does not apply (the caller then takes
+    :func:`attention_forward`). No copies: sageattn's common case, where a few tensor ops matter at
+    L=256."""
+    if (q.shape[1] != k.shape[1] or q.dtype not in (torch.float32, torch.float64) or not _fused_route(q, v)
+            or 0 in (q.shape[0], q.shape[2], k.shape[2])):
+        return None
+    if is_causal and not (_finite(k) and _finite(v)):
+        return None
+    return _flash_fwd(q, k, v, 0.0, is_causal, scale=scale)
+
+
 def attention_forward(q, k, v, is_causal: bool, scale: float, contiguous: bool = True):
     """Dense attention. ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D(v)]`` -> (out, lse).
 
@@ -509,13 +524,10 @@ def attention_forward(q, k, v, is_causal: bool, scale: float, contiguous: bool =
     Lk, Hkv = k.shape[1], k.shape[2]
     if B == 0 or Lq == 0 or Lk == 0:
         return (q.new_zeros(B, Lq, H, v.shape[-1]), q.new_full((B, Lq, H), float("-inf"), dtype=lse_dtype(q.dtype)))
-    if H == Hkv and q.dtype in (torch.float32, torch.float64) and _fused_route(q, v) \
-            and (not is_causal or (_finite(k) and _finite(v))):
-        # one head per key head: the kernel's [B, H, L, D] layout is a transpose away (no copies),
-        # and so is ours for its output (sageattn's common case; a few tensor ops matter at L=256)
-        o, m = _flash_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, is_causal, scale=scale)
-        o = o.transpose(1, 2)
-        return (o.contiguous() if contiguous else o), m.transpose(1, 2).contiguous()
+    fast = attention_forward_heads_first(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale)
+    if fast is not None:
+        o = fast[0].transpose(1, 2)
+        return (o.contiguous() if contiguous else o), fast[1].transpose(1, 2).contiguous()
     qi = to_internal(q, Hkv, True)                   # [N, G, Lq, D]
     ki, vi = to_internal(k, Hkv, False), to_internal(v, Hkv, False)
     N, G = qi.shape[:2]
