@@ -160,6 +160,8 @@ def _annotate_device(src: str) -> str:
 
 def _rewrite(clean: str) -> str:
     src = _drop_instantiations(clean)
+    # clang's full-unroll loop pragma (Metal) is spelled `#pragma unroll` by nvcc
+    src = re.sub(r"^([ \t]*)#pragma clang loop unroll\(full\)", r"\1#pragma unroll", src, flags=re.M)
     src = _TG_ARRAY_RE.sub(lambda m: f"__shared__ {m.group(1)} {m.group(2)}[{m.group(3)}];", src)
     src = re.sub(r"\[\[[^\]]*\]\]", "", src)
     src = _annotate_device(src)

@@ -86,6 +86,7 @@ inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid)
   P.valid = true;
   P.inside = true;
   P.sub_empty = false;
+  #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
     P.first[ax] = T.origin[ax] + sc[ax] * G.u[ax];
     P.last[ax] = min(P.first[ax] + G.u[ax] - 1, T.glen[ax] - 1);
@@ -121,6 +122,7 @@ struct KeyBox {
 inline KeyBox key_box(thread const Geom& G, thread const Tile& Tl, thread const Place& P) {
   KeyBox K;
   K.vol = 1;
+  #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
     K.win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
     K.sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
@@ -156,6 +158,7 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
     device const T* vs = (extra ? xv : v) + src * G.Dv;
     for (int c = int(tid) % tpr; c < R4; c += tpr) {
       vec<T, 4> a, b;
+      #pragma clang loop unroll(full)
       for (int j = 0; j < 4; ++j) {
         const int d = 4 * c + j;
         a[j] = d < G.D ? T(ks[d]) : T(0.0f);
@@ -199,7 +202,9 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
 
   float4 qv[DS / 4], av[DS / 4];
   const float qscale = scale * kLog2e;
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
@@ -227,6 +232,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
       if (!take) continue;
       threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
       float4 part = float4(0.0f);
+      #pragma clang loop unroll(full)
       for (int i = 0; i < DS / 4; ++i) {
         const vec<T, 4> x = kr[i];
         part += qv[i] * float4(x);
@@ -237,12 +243,14 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
         if (s > m) {
           const float corr = exp2(m - s);
           l *= corr;
+          #pragma clang loop unroll(full)
           for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
           m = s;
         }
         const float p = exp2(s - m);
         l += p;
         threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+        #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
           const vec<T, 4> x = vr[i];
           av[i] += p * float4(x);
@@ -258,7 +266,9 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     return;
   }
   const float inv = 1.0f / l;
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       if (d < G.Dv) out[row * G.Dv + d] = T(av[i][j] * inv);
@@ -302,7 +312,9 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
   float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
   const float qscale = scale * kLog2e;
   float dsum = 0.0f;
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
@@ -334,6 +346,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
       threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
       threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
       float4 ps = float4(0.0f), pd = float4(0.0f);
+      #pragma clang loop unroll(full)
       for (int i = 0; i < DS / 4; ++i) {
         const vec<T, 4> x = kr[i];
         const vec<T, 4> y = vr[i];
@@ -344,6 +357,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
       const float dp = slice_sum(hsum(pd), G.NG);
       if (ok) {
         const float ds = exp2(s - lse2) * (dp - dlt);
+        #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
           const vec<T, 4> x = kr[i];
           dqa[i] += ds * float4(x);
@@ -358,7 +372,9 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     }
     return;
   }
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       if (d < G.D) dq[row * G.D + d] = T(dqa[i][j] * scale);
@@ -400,6 +416,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   // Query positions of this key group: the same group in NA (queries and keys share extents),
   // the whole query space in dense attention.
   int qlen[3], grp_q[3];
+  #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
     qlen[ax] = G.dense ? G.Lq[ax] : Tl.glen[ax];
     grp_q[ax] = G.dense ? 0 : Tl.grp[ax];
@@ -409,6 +426,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   Span sub[3], mine[3];
   int lo[3], ext[3];
   int vol = 1;
+  #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
     mine[ax] = query_bounds(G, ax, P.valid ? P.c[ax] : 0, qlen[ax]);
     sub[ax].lo = query_bounds(G, ax, P.first[ax], qlen[ax]).lo;
@@ -420,7 +438,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   }
 
   float4 kv[DS / 4], vv[DS / 4], dka[DS / 4], dva[DS / 4];
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       kv[i][j] = (P.valid && d < G.D) ? float(k[krow * G.D + d]) * (scale * kLog2e) : 0.0f;
@@ -443,6 +463,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
         for (int c = int(tid) % tpr; c < R4; c += tpr) {
           vec<T, 4> a, b;
+          #pragma clang loop unroll(full)
           for (int j = 0; j < 4; ++j) {
             const int d = 4 * c + j;
             a[j] = d < G.D ? T(q[src * G.D + d]) : T(0.0f);
@@ -468,6 +489,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
         threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
         float4 ps = float4(0.0f), pd = float4(0.0f);
+        #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
           const vec<T, 4> x = qs[i];
           const vec<T, 4> y = gs[i];
@@ -479,6 +501,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         if (ok) {
           const float p = exp2(s - stats[ii]);
           const float ds = p * (dp - stats[kMaxChunk + ii]);
+          #pragma clang loop unroll(full)
           for (int i = 0; i < DS / 4; ++i) {
             const vec<T, 4> x = qs[i];
             const vec<T, 4> y = gs[i];
@@ -496,7 +519,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     }
     return;
   }
+  #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
     for (int j = 0; j < 4; ++j) {
       const int d = P.slice * DS + 4 * i + j;
       if (d < G.D) dk[krow * G.D + d] = T(dka[i][j] * scale);
