@@ -185,7 +185,9 @@ class _Problem:
         return torch.cat([fixed, per_sample.reshape(-1)])
 
     def kernel(self, lib, name: str, dtype):
-        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}")
+        """The kernel ``name`` for this dtype, slice width and rank (the rank template drops the
+        trivial leading axes from the hot loops: fewer registers)."""
+        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}")
 
     def launch(self, lib, name, dtype, *args):
         tiles = self.tiles()

@@ -1,5 +1,5 @@
 // Tiled attention kernels for Apple GPUs: neighborhood attention and dense (flash) attention,
-// forward and backward, one templated family (element type T, head-dim slice DS).
+// forward and backward, one templated family (element type T, head-dim slice DS, rank R).
 //
 // Layout (heads-last, contiguous; 1-D and 2-D problems padded to 3-D with unit leading axes):
 //   q, dout, out [B, Lq0, Lq1, Lq2, H, D|Dv]     k, v [B, Lk0, Lk1, Lk2, Hkv, D|Dv]
@@ -19,7 +19,11 @@
 // accumulation is float. No atomics: dK/dV walk the inverse neighbourhood (attn_tile.h,
 // query_bounds) and loop over the query heads of a key head, so results are bit-identical.
 //
-// Kernels (suffix _<dtype>_<DS>):
+// Template parameters: element type T, head-dim slice DS, and the problem's rank R (1-3): the walks'
+// per-token helpers (box_next, in_spans) skip the 3 - R trivial leading axes, which keeps their
+// coordinates and spans out of registers (dQ at D=64: 194 -> 168 registers a thread in nvcc's report).
+//
+// Kernels (suffix _<dtype>_<DS>_r<R>):
 //   attn_forward       out, lse                 (NA window + additional keys in one pass)
 //   attn_backward_dq   dq, delta = rowsum(dout * out) - dlse
 //   attn_backward_dkdv dk, dv                   (NA keys; with dense geometry: additional keys)
@@ -50,18 +54,27 @@ inline void box_coord(int f, thread const int* lo, thread const int* ext, thread
   c[0] = lo[0] + f / (ext[2] * ext[1]);
 }
 
-// The next position of the box in row-major order (no division).
+// The next position of the box in row-major order (no division). R: the problem's rank; its
+// 3 - R leading axes are trivial (extent 1, coordinate 0), so they never move. Past the box's last
+// position the coordinates are left unspecified (the walks never read them there).
+template <int R>
 inline void box_next(thread const int* lo, thread const int* ext, thread int* c) {
+  if (R == 1) { ++c[2]; return; }
   if (++c[2] < lo[2] + ext[2]) return;
   c[2] = lo[2];
+  if (R == 2) { ++c[1]; return; }
   if (++c[1] < lo[1] + ext[1]) return;
   c[1] = lo[1];
   ++c[0];
 }
 
+// Whether `c` lies in the spans on the problem's R active axes (the trivial ones always hold).
+template <int R>
 inline bool in_spans(thread const int* c, thread const Span* s) {
-  return c[0] >= s[0].lo && c[0] <= s[0].hi && c[1] >= s[1].lo && c[1] <= s[1].hi &&
-         c[2] >= s[2].lo && c[2] <= s[2].hi;
+  bool in = c[2] >= s[2].lo && c[2] <= s[2].hi;
+  if (R >= 2) in = in && c[1] >= s[1].lo && c[1] <= s[1].hi;
+  if (R >= 3) in = in && c[0] >= s[0].lo && c[0] <= s[0].hi;
+  return in;
 }
 
 // Position of this thread: its SIMD-group's sub-tile and its own place in it.
@@ -173,7 +186,7 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
 // ------------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS>
+template <typename T, int DS, int R>
 kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                          device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
                          device const T* xv [[buffer(4)]], device T* out [[buffer(5)]],
@@ -226,9 +239,9 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     int kc[3];
     box_coord(extra ? 0 : base, K.lo, K.ext, kc);
     for (int kk = 0; kk < n; ++kk) {
-      const bool take = extra || in_spans(kc, K.sub);     // SIMD-uniform
-      const bool ok = P.valid && (extra || in_spans(kc, K.win));
-      if (!extra) box_next(K.lo, K.ext, kc);
+      const bool take = extra || in_spans<R>(kc, K.sub);     // SIMD-uniform
+      const bool ok = P.valid && (extra || in_spans<R>(kc, K.win));
+      if (!extra) box_next<R>(K.lo, K.ext, kc);
       if (!take) continue;
       threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
       float4 part = float4(0.0f);
@@ -280,7 +293,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
 // ------------------------------------------------------------------------------------------------
 // Backward, part 1: dQ and delta = rowsum(dout * out) - dlse, per query tile
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS>
+template <typename T, int DS, int R>
 kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                              device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
                              device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
@@ -339,9 +352,9 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     int kc[3];
     box_coord(extra ? 0 : base, K.lo, K.ext, kc);
     for (int kk = 0; kk < n; ++kk) {
-      const bool take = extra || in_spans(kc, K.sub);
-      const bool ok = P.valid && (extra || in_spans(kc, K.win));
-      if (!extra) box_next(K.lo, K.ext, kc);
+      const bool take = extra || in_spans<R>(kc, K.sub);
+      const bool ok = P.valid && (extra || in_spans<R>(kc, K.win));
+      if (!extra) box_next<R>(K.lo, K.ext, kc);
       if (!take) continue;
       threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
       threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
@@ -386,7 +399,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
 // ------------------------------------------------------------------------------------------------
 // Backward, part 2: dK and dV, per key tile, over the queries whose windows hold the keys
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS>
+template <typename T, int DS, int R>
 kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                                device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
                                device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
@@ -482,9 +495,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       int qc[3];
       box_coord(c0, lo, ext, qc);
       for (int ii = 0; ii < n; ++ii) {
-        const bool take = in_spans(qc, sub);             // SIMD-uniform
-        const bool ok = P.valid && in_spans(qc, mine);
-        box_next(lo, ext, qc);
+        const bool take = in_spans<R>(qc, sub);             // SIMD-uniform
+        const bool ok = P.valid && in_spans<R>(qc, mine);
+        box_next<R>(lo, ext, qc);
         if (!take) continue;
         threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
         threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
@@ -530,14 +543,14 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   }
 }
 
-#define INSTANTIATE_ATTN(NAME, T, DS)                                                              \
-  template [[host_name("attn_forward_" #NAME "_" #DS)]] kernel void attn_forward<T, DS>(            \
+#define INSTANTIATE_ATTN(NAME, T, DS, R)                                                           \
+  template [[host_name("attn_forward_" #NAME "_" #DS "_r" #R)]] kernel void attn_forward<T, DS, R>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
       device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
       constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
       uint tid [[thread_index_in_threadgroup]], uint nthreads [[threads_per_threadgroup]]);        \
-  template [[host_name("attn_backward_dq_" #NAME "_" #DS)]] kernel void attn_backward_dq<T, DS>(    \
+  template [[host_name("attn_backward_dq_" #NAME "_" #DS "_r" #R)]] kernel void attn_backward_dq<T, DS, R>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
       device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
@@ -545,7 +558,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);                                                  \
-  template [[host_name("attn_backward_dkdv_" #NAME "_" #DS)]] kernel void attn_backward_dkdv<T, DS>( \
+  template [[host_name("attn_backward_dkdv_" #NAME "_" #DS "_r" #R)]] kernel void attn_backward_dkdv<T, DS, R>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
@@ -553,7 +566,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);
 
-#define INSTANTIATE_ATTN_DTYPE(NAME, T) INSTANTIATE_ATTN(NAME, T, 16) INSTANTIATE_ATTN(NAME, T, 32)
+#define INSTANTIATE_ATTN_RANKS(NAME, T, DS) \
+  INSTANTIATE_ATTN(NAME, T, DS, 1) INSTANTIATE_ATTN(NAME, T, DS, 2) INSTANTIATE_ATTN(NAME, T, DS, 3)
+#define INSTANTIATE_ATTN_DTYPE(NAME, T) INSTANTIATE_ATTN_RANKS(NAME, T, 16) INSTANTIATE_ATTN_RANKS(NAME, T, 32)
 
 INSTANTIATE_ATTN_DTYPE(float32, float)
 INSTANTIATE_ATTN_DTYPE(float16, half)

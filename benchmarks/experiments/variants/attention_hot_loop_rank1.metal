@@ -1,0 +1,557 @@
+// Tiled attention kernels for Apple GPUs: neighborhood attention and dense (flash) attention,
+// forward and backward, one templated family (element type T, head-dim slice DS).
+//
+// Layout (heads-last, contiguous; 1-D and 2-D problems padded to 3-D with unit leading axes):
+//   q, dout, out [B, Lq0, Lq1, Lq2, H, D|Dv]     k, v [B, Lk0, Lk1, Lk2, Hkv, D|Dv]
+//   lse, delta   [B, Lq0, Lq1, Lq2, H] (float)   xk, xv [B, E, Hkv, D|Dv] (additional keys/values)
+// Geometry: attn_tile.h. GQA: query head h reads key/value head h / (H / Hkv).
+//
+// Work split. A threadgroup owns a tile of neighbouring queries (forward, dQ) or keys (dK/dV) in
+// one dilation group of one (batch, head); it is a[0] x a[1] x a[2] SIMD-groups, each owning a
+// sub-tile of u[0] x u[1] x u[2] = 32 / NG positions. NG lanes share a position and split the head
+// dimension in slices of DS floats (a lane holds at most 4 DS floats: few registers); their partial
+// dot products meet through simd_shuffle_xor. The union of the tile's windows (keys for a query
+// tile, queries for a key tile) is walked in chunks of KC tokens staged once per threadgroup in
+// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS); every SIMD-group walks the
+// chunk in lock-step, skipping tokens outside its own sub-tile's union (a SIMD-uniform test), and
+// each lane applies its exact window as a mask. Scores are kept in base 2 (q pre-scaled by
+// scale * log2 e, exp2); the online softmax rescales only when the running maximum grows; every
+// accumulation is float. No atomics: dK/dV walk the inverse neighbourhood (attn_tile.h,
+// query_bounds) and loop over the query heads of a key head, so results are bit-identical.
+//
+// Kernels (suffix _<dtype>_<DS>):
+//   attn_forward       out, lse                 (NA window + additional keys in one pass)
+//   attn_backward_dq   dq, delta = rowsum(dout * out) - dlse
+//   attn_backward_dkdv dk, dv                   (NA keys; with dense geometry: additional keys)
+#include <metal_stdlib>
+using namespace metal;
+
+#include "attn_tile.h"
+
+constant constexpr int kStageBytes = 24576;   // staged chunk of two token arrays
+constant constexpr int kMaxChunk = 64;        // tokens per chunk (KC <= kMaxChunk)
+constant constexpr float kLog2e = 1.4426950408889634f;
+constant constexpr float kLn2 = 0.6931471805599453f;
+
+// Sum over the NG lanes that share one position (adjacent lanes; NG a power of two).
+inline float slice_sum(float v, int NG) {
+  for (int m = 1; m < NG; m <<= 1) {
+    v += simd_shuffle_xor(v, ushort(m));
+  }
+  return v;
+}
+
+inline float hsum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+
+// Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`.
+inline void box_coord(int f, thread const int* lo, thread const int* ext, thread int* c) {
+  c[2] = lo[2] + f % ext[2];
+  c[1] = lo[1] + (f / ext[2]) % ext[1];
+  c[0] = lo[0] + f / (ext[2] * ext[1]);
+}
+
+// The next position of the box in row-major order (no division).
+inline void box_next(thread const int* lo, thread const int* ext, thread int* c) {
+  ++c[2];
+}
+
+inline bool in_spans(thread const int* c, thread const Span* s) {
+  return c[2] >= s[2].lo && c[2] <= s[2].hi;
+}
+
+// Position of this thread: its SIMD-group's sub-tile and its own place in it.
+struct Place {
+  int lane, slice;
+  int first[3], last[3];     // the SIMD-group's sub-tile (group coordinates, clipped)
+  int c[3];                  // this lane's position
+  bool valid;                // a real position of the sample
+  bool inside;               // a position of the padded tensor (valid, or varlen padding)
+  bool sub_empty;
+};
+
+inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid) {
+  Place P;
+  const int sg = int(tid) / 32;
+  P.lane = int(tid) % 32;
+  const int pos = P.lane / G.NG;
+  P.slice = P.lane % G.NG;
+  int sc[3], lc[3];
+  sc[2] = sg % G.a[2]; sc[1] = (sg / G.a[2]) % G.a[1]; sc[0] = sg / (G.a[2] * G.a[1]);
+  lc[2] = pos % G.u[2]; lc[1] = (pos / G.u[2]) % G.u[1]; lc[0] = pos / (G.u[2] * G.u[1]);
+  P.valid = true;
+  P.inside = true;
+  P.sub_empty = false;
+  #pragma clang loop unroll(full)
+  for (int ax = 0; ax < 3; ++ax) {
+    P.first[ax] = T.origin[ax] + sc[ax] * G.u[ax];
+    P.last[ax] = min(P.first[ax] + G.u[ax] - 1, T.glen[ax] - 1);
+    P.sub_empty = P.sub_empty || P.first[ax] >= T.glen[ax];
+    P.c[ax] = P.first[ax] + lc[ax];
+    P.valid = P.valid && P.c[ax] < T.glen[ax];
+    P.inside = P.inside && P.c[ax] < T.plen[ax];
+  }
+  return P;
+}
+
+// Zeros in `width` entries of this lane's slice of row `row` (padding positions of varlen).
+template <typename T, int DS>
+inline void zero_slice(device T* dst, int row, int width, int slice) {
+  for (int e = 0; e < DS; ++e) {
+    const int d = slice * DS + e;
+    if (d < width) dst[row * width + d] = T(0.0f);
+  }
+}
+
+// Whether the tile lies past the padded extents of its dilation group (no thread has work).
+inline bool tile_outside(thread const Tile& T) {
+  return T.origin[0] >= T.plen[0] || T.origin[1] >= T.plen[1] || T.origin[2] >= T.plen[2];
+}
+
+// Keys of a query tile: the box of the tile's windows, the SIMD-group's and the lane's spans.
+struct KeyBox {
+  Span win[3], sub[3];
+  int lo[3], ext[3];
+  int vol;
+};
+
+inline KeyBox key_box(thread const Geom& G, thread const Tile& Tl, thread const Place& P) {
+  KeyBox K;
+  K.vol = 1;
+  #pragma clang loop unroll(full)
+  for (int ax = 0; ax < 3; ++ax) {
+    K.win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
+    K.sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
+    K.sub[ax].hi = key_span(G, ax, P.last[ax], Tl.glen[ax]).hi;
+    K.lo[ax] = key_span(G, ax, Tl.origin[ax], Tl.glen[ax]).lo;
+    const int hi = key_span(G, ax, min(Tl.origin[ax] + Tl.t[ax] - 1, Tl.glen[ax] - 1), Tl.glen[ax]).hi;
+    K.ext[ax] = max(hi - K.lo[ax] + 1, 0);
+    K.vol *= K.ext[ax];
+  }
+  return K;
+}
+
+// Stage rows [n][R4] (4-vectors) of keys and values (neighbourhood box or additional tokens) of
+// key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
+template <typename T>
+inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
+                       device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
+                       thread const KeyBox& K, int hk, bool extra, int base, int n, int R4,
+                       uint tid, uint nthreads) {
+  const int tpr = min(R4, int(nthreads));
+  const int step = int(nthreads) / tpr;
+  const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  for (int r = int(tid) / tpr; r < n; r += step) {
+    int src;
+    if (extra) {
+      src = (Tl.b * G.E + base + r) * G.Hkv + hk;
+    } else {
+      int kc[3];
+      box_coord(base + r, K.lo, K.ext, kc);
+      src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+    }
+    device const T* ks = (extra ? xk : k) + src * G.D;
+    device const T* vs = (extra ? xv : v) + src * G.Dv;
+    for (int c = int(tid) % tpr; c < R4; c += tpr) {
+      vec<T, 4> a, b;
+      #pragma clang loop unroll(full)
+      for (int j = 0; j < 4; ++j) {
+        const int d = 4 * c + j;
+        a[j] = d < G.D ? T(ks[d]) : T(0.0f);
+        b[j] = d < G.Dv ? T(vs[d]) : T(0.0f);
+      }
+      st[r * R4 + c] = a;
+      st[voff + r * R4 + c] = b;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------------
+template <typename T, int DS>
+kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                         device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
+                         device const T* xv [[buffer(4)]], device T* out [[buffer(5)]],
+                         device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],
+                         constant float& scale [[buffer(8)]],
+                         uint tg [[threadgroup_position_in_grid]],
+                         uint tid [[thread_index_in_threadgroup]],
+                         uint nthreads [[threads_per_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  const Geom G = load_geom(geom);
+  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
+  const Place P = locate_thread(G, Tl, tid);
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
+  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
+  if (Tl.padding) {                                      // varlen: the tile is all padding
+    if (P.inside) {
+      zero_slice<T, DS>(out, row, G.Dv, P.slice);
+      if (P.slice == 0) lse[row] = 0.0f;
+    }
+    return;
+  }
+  const KeyBox K = key_box(G, Tl, P);
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int hk = Tl.h / (G.H / G.Hkv);
+
+  float4 qv[DS / 4], av[DS / 4];
+  const float qscale = scale * kLog2e;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
+    }
+    av[i] = float4(0.0f);
+  }
+  float m = -INFINITY, l = 0.0f;
+
+  // Neighbourhood keys, then the additional keys (every query sees them all).
+  const int total = K.vol + G.E;
+  for (int c0 = 0, n = 0; c0 < total; c0 += n) {     // chunks never straddle the two key sets
+    const bool extra = c0 >= K.vol;
+    const int base = extra ? c0 - K.vol : c0;
+    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
+    threadgroup_barrier(mem_flags::mem_threadgroup);      // the previous chunk is consumed
+    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (P.sub_empty) continue;
+    int kc[3];
+    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
+    for (int kk = 0; kk < n; ++kk) {
+      const bool take = extra || in_spans(kc, K.sub);     // SIMD-uniform
+      const bool ok = P.valid && (extra || in_spans(kc, K.win));
+      if (!extra) box_next(K.lo, K.ext, kc);
+      if (!take) continue;
+      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+      float4 part = float4(0.0f);
+      #pragma clang loop unroll(full)
+      for (int i = 0; i < DS / 4; ++i) {
+        const vec<T, 4> x = kr[i];
+        part += qv[i] * float4(x);
+      }
+      const float s = slice_sum(hsum(part), G.NG);
+      if (ok) {
+        // NaN-propagating online softmax: a NaN score never raises m and makes p (so l) NaN.
+        if (s > m) {
+          const float corr = exp2(m - s);
+          l *= corr;
+          #pragma clang loop unroll(full)
+          for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+          m = s;
+        }
+        const float p = exp2(s - m);
+        l += p;
+        threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+        #pragma clang loop unroll(full)
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = vr[i];
+          av[i] += p * float4(x);
+        }
+      }
+    }
+  }
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(out, row, G.Dv, P.slice);
+      if (P.slice == 0) lse[row] = 0.0f;
+    }
+    return;
+  }
+  const float inv = 1.0f / l;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.Dv) out[row * G.Dv + d] = T(av[i][j] * inv);
+    }
+  }
+  if (P.slice == 0) lse[row] = (m + log2(l)) * kLn2;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward, part 1: dQ and delta = rowsum(dout * out) - dlse, per query tile
+// ------------------------------------------------------------------------------------------------
+template <typename T, int DS>
+kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                             device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
+                             device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
+                             device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],
+                             device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
+                             device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
+                             constant float& scale [[buffer(12)]],
+                             uint tg [[threadgroup_position_in_grid]],
+                             uint tid [[thread_index_in_threadgroup]],
+                             uint nthreads [[threads_per_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  const Geom G = load_geom(geom);
+  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  if (tile_outside(Tl)) return;
+  const Place P = locate_thread(G, Tl, tid);
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
+  const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
+  if (Tl.padding) {
+    if (P.inside) {
+      zero_slice<T, DS>(dq, row, G.D, P.slice);
+      if (P.slice == 0) delta[row] = 0.0f;
+    }
+    return;
+  }
+  const KeyBox K = key_box(G, Tl, P);
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int hk = Tl.h / (G.H / G.Hkv);
+
+  float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
+  const float qscale = scale * kLog2e;
+  float dsum = 0.0f;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
+      gv[i][j] = (P.valid && d < G.Dv) ? float(dout[row * G.Dv + d]) : 0.0f;
+      dsum += (P.valid && d < G.Dv) ? gv[i][j] * float(out[row * G.Dv + d]) : 0.0f;
+    }
+    dqa[i] = float4(0.0f);
+  }
+  dsum = slice_sum(dsum, G.NG);
+  const float dlt = dsum - ((P.valid && G.has_dlse) ? dlse[row] : 0.0f);
+  const float lse2 = P.valid ? lse[row] * kLog2e : 0.0f;
+
+  const int total = K.vol + G.E;
+  for (int c0 = 0, n = 0; c0 < total; c0 += n) {
+    const bool extra = c0 >= K.vol;
+    const int base = extra ? c0 - K.vol : c0;
+    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    if (P.sub_empty) continue;
+    int kc[3];
+    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
+    for (int kk = 0; kk < n; ++kk) {
+      const bool take = extra || in_spans(kc, K.sub);
+      const bool ok = P.valid && (extra || in_spans(kc, K.win));
+      if (!extra) box_next(K.lo, K.ext, kc);
+      if (!take) continue;
+      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+      threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+      float4 ps = float4(0.0f), pd = float4(0.0f);
+      #pragma clang loop unroll(full)
+      for (int i = 0; i < DS / 4; ++i) {
+        const vec<T, 4> x = kr[i];
+        const vec<T, 4> y = vr[i];
+        ps += qv[i] * float4(x);
+        pd += gv[i] * float4(y);
+      }
+      const float s = slice_sum(hsum(ps), G.NG);
+      const float dp = slice_sum(hsum(pd), G.NG);
+      if (ok) {
+        const float ds = exp2(s - lse2) * (dp - dlt);
+        #pragma clang loop unroll(full)
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = kr[i];
+          dqa[i] += ds * float4(x);
+        }
+      }
+    }
+  }
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(dq, row, G.D, P.slice);
+      if (P.slice == 0) delta[row] = 0.0f;
+    }
+    return;
+  }
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.D) dq[row * G.D + d] = T(dqa[i][j] * scale);
+    }
+  }
+  if (P.slice == 0) delta[row] = dlt;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward, part 2: dK and dV, per key tile, over the queries whose windows hold the keys
+// ------------------------------------------------------------------------------------------------
+template <typename T, int DS>
+kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                               device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
+                               device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
+                               device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
+                               constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
+                               uint tg [[threadgroup_position_in_grid]],
+                               uint tid [[thread_index_in_threadgroup]],
+                               uint nthreads [[threads_per_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
+  const Geom G = load_geom(geom);
+  const Tile Tl = locate_tile(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
+  if (tile_outside(Tl)) return;
+  const Place P = locate_thread(G, Tl, tid);
+  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int hk = Tl.h, groups = G.H / G.Hkv;
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+  if (Tl.padding) {
+    if (P.inside) {
+      zero_slice<T, DS>(dk, krow, G.D, P.slice);
+      zero_slice<T, DS>(dv, krow, G.Dv, P.slice);
+    }
+    return;
+  }
+
+  // Query positions of this key group: the same group in NA (queries and keys share extents),
+  // the whole query space in dense attention.
+  int qlen[3], grp_q[3];
+  #pragma clang loop unroll(full)
+  for (int ax = 0; ax < 3; ++ax) {
+    qlen[ax] = G.dense ? G.Lq[ax] : Tl.glen[ax];
+    grp_q[ax] = G.dense ? 0 : Tl.grp[ax];
+  }
+  // The queries whose window holds this lane's key form a box (query_bounds is exact for one key),
+  // so the lane's mask is a range test on the staged query's coordinates.
+  Span sub[3], mine[3];
+  int lo[3], ext[3];
+  int vol = 1;
+  #pragma clang loop unroll(full)
+  for (int ax = 0; ax < 3; ++ax) {
+    mine[ax] = query_bounds(G, ax, P.valid ? P.c[ax] : 0, qlen[ax]);
+    sub[ax].lo = query_bounds(G, ax, P.first[ax], qlen[ax]).lo;
+    sub[ax].hi = query_bounds(G, ax, P.last[ax], qlen[ax]).hi;
+    lo[ax] = query_bounds(G, ax, Tl.origin[ax], qlen[ax]).lo;
+    const int hi = query_bounds(G, ax, min(Tl.origin[ax] + Tl.t[ax] - 1, Tl.glen[ax] - 1), qlen[ax]).hi;
+    ext[ax] = max(hi - lo[ax] + 1, 0);
+    vol *= ext[ax];
+  }
+
+  float4 kv[DS / 4], vv[DS / 4], dka[DS / 4], dva[DS / 4];
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      kv[i][j] = (P.valid && d < G.D) ? float(k[krow * G.D + d]) * (scale * kLog2e) : 0.0f;
+      vv[i][j] = (P.valid && d < G.Dv) ? float(v[krow * G.Dv + d]) : 0.0f;
+    }
+    dka[i] = float4(0.0f);
+    dva[i] = float4(0.0f);
+  }
+  const int tpr = min(R4, int(nthreads));
+  const int step = int(nthreads) / tpr;
+
+  for (int gh = 0; gh < groups; ++gh) {
+    const int h = hk * groups + gh;
+    for (int c0 = 0; c0 < vol; c0 += G.KC) {
+      const int n = min(G.KC, vol - c0);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int r = int(tid) / tpr; r < n; r += step) {
+        int qc[3];
+        box_coord(c0 + r, lo, ext, qc);
+        const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
+        for (int c = int(tid) % tpr; c < R4; c += tpr) {
+          vec<T, 4> a, b;
+          #pragma clang loop unroll(full)
+          for (int j = 0; j < 4; ++j) {
+            const int d = 4 * c + j;
+            a[j] = d < G.D ? T(q[src * G.D + d]) : T(0.0f);
+            b[j] = d < G.Dv ? T(dout[src * G.Dv + d]) : T(0.0f);
+          }
+          stage[r * R4 + c] = a;
+          stage[voff + r * R4 + c] = b;
+        }
+        if (int(tid) % tpr == 0) {
+          stats[r] = lse[src] * kLog2e;
+          stats[kMaxChunk + r] = delta[src];
+        }
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      if (P.sub_empty) continue;
+      int qc[3];
+      box_coord(c0, lo, ext, qc);
+      for (int ii = 0; ii < n; ++ii) {
+        const bool take = in_spans(qc, sub);             // SIMD-uniform
+        const bool ok = P.valid && in_spans(qc, mine);
+        box_next(lo, ext, qc);
+        if (!take) continue;
+        threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
+        threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
+        float4 ps = float4(0.0f), pd = float4(0.0f);
+        #pragma clang loop unroll(full)
+        for (int i = 0; i < DS / 4; ++i) {
+          const vec<T, 4> x = qs[i];
+          const vec<T, 4> y = gs[i];
+          ps += float4(x) * kv[i];
+          pd += float4(y) * vv[i];
+        }
+        const float s = slice_sum(hsum(ps), G.NG);
+        const float dp = slice_sum(hsum(pd), G.NG);
+        if (ok) {
+          const float p = exp2(s - stats[ii]);
+          const float ds = p * (dp - stats[kMaxChunk + ii]);
+          #pragma clang loop unroll(full)
+          for (int i = 0; i < DS / 4; ++i) {
+            const vec<T, 4> x = qs[i];
+            const vec<T, 4> y = gs[i];
+            dva[i] += p * float4(y);
+            dka[i] += ds * float4(x);
+          }
+        }
+      }
+    }
+  }
+  if (!P.valid) {
+    if (P.inside) {
+      zero_slice<T, DS>(dk, krow, G.D, P.slice);
+      zero_slice<T, DS>(dv, krow, G.Dv, P.slice);
+    }
+    return;
+  }
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    #pragma clang loop unroll(full)
+    for (int j = 0; j < 4; ++j) {
+      const int d = P.slice * DS + 4 * i + j;
+      if (d < G.D) dk[krow * G.D + d] = T(dka[i][j] * scale);
+      if (d < G.Dv) dv[krow * G.Dv + d] = T(dva[i][j]);
+    }
+  }
+}
+
+#define INSTANTIATE_ATTN(NAME, T, DS)                                                              \
+  template [[host_name("attn_forward_" #NAME "_" #DS)]] kernel void attn_forward<T, DS>(            \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
+      device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
+      constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
+      uint tid [[thread_index_in_threadgroup]], uint nthreads [[threads_per_threadgroup]]);        \
+  template [[host_name("attn_backward_dq_" #NAME "_" #DS)]] kernel void attn_backward_dq<T, DS>(    \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
+      device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
+      device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
+      constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
+      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
+      uint nthreads [[threads_per_threadgroup]]);                                                  \
+  template [[host_name("attn_backward_dkdv_" #NAME "_" #DS)]] kernel void attn_backward_dkdv<T, DS>( \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
+      device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
+      constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
+      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
+      uint nthreads [[threads_per_threadgroup]]);
+
+#define INSTANTIATE_ATTN_DTYPE(NAME, T) INSTANTIATE_ATTN(NAME, T, 16) INSTANTIATE_ATTN(NAME, T, 32)
+
+INSTANTIATE_ATTN_DTYPE(float32, float)
+INSTANTIATE_ATTN_DTYPE(float16, half)
+#if __METAL_VERSION__ >= 310
+INSTANTIATE_ATTN_DTYPE(bfloat16, bfloat)
+#endif
