@@ -221,3 +221,21 @@ def test_public_api_additional_keys_dispatches(dev):
     torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
     for t, r in zip((q, k, v, xk, xv), ref):
         torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_kernels_are_specialised_to_the_problem_rank(rank):
+    """Every launch of a rank-R problem (forward, dQ, dK/dV, additional keys' dK/dV) runs the
+    kernels instantiated for R (their walks skip only the R's trivial leading axes)."""
+    c = random_case(random.Random(90 + rank), rank)
+    ts = inputs(c, torch.float32, 0, 2)
+    args = (c["ks"], c["st"], c["dil"], c["causal"], 0.3)
+    with emulator.counting() as counter:
+        out, lse = metal.attention_forward(ts[0], ts[1], ts[2], *args, extra_k=ts[3], extra_v=ts[4])
+        metal.attention_backward(torch.randn_like(out), None, ts[0], ts[1], ts[2], out, lse, *args,
+                                 extra_k=ts[3], extra_v=ts[4])
+    names = [s.kernel for s in counter.launches]
+    assert len(names) == 4
+    assert all(n.endswith(f"_r{rank}") for n in names[:3]), names
+    assert names[3].startswith("attn_backward_dkdv") and names[3].endswith("_r1"), names   # dense over E keys
+    assert {n.rsplit("_", 3)[0] for n in names} == {"attn_forward", "attn_backward_dq", "attn_backward_dkdv"}
