@@ -9,7 +9,6 @@ parameter would buy. For each config and variant, the head-dim slice is forced t
 every launch (forward, dQ, dK/dV) is timed with the launcher's CUDA events (medians); each variant's
 outputs are checked against the shipped kernels'.
 """
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,23 +19,13 @@ sys.path.insert(0, str(ROOT))
 import natten_mps  # noqa: E402
 from natten_mps.backends import metal  # noqa: E402
 from natten_mps.metal import cuda, runtime  # noqa: E402
+from small_problem_cuda import per_launch  # noqa: E402  (this folder is on sys.path when run)
 
 CONFIGS = [("1D 256 K=7 D=32", (256,), 7, 8, 32), ("1D 16384 K=63", (16384,), 63, 8, 64),
            ("2D 32x32 K=7 D=32", (32, 32), 7, 4, 32), ("2D 64x64 K=7", (64, 64), 7, 8, 64),
            ("2D 128x128 K=13", (128, 128), 13, 8, 64), ("3D 32^3 K=5", (32, 32, 32), 5, 8, 64)]
 VARIANTS = {"shipped": None, "rank2": "attention_hot_loop_rank2.metal", "rank1": "attention_hot_loop_rank1.metal"}
 MAX_RANK = {"shipped": 3, "rank2": 2, "rank1": 1}
-
-
-def per_launch(fn, reps=20):
-    for _ in range(3):
-        fn()
-    runs = []
-    for _ in range(reps):
-        with cuda.KernelTiming() as t:
-            fn()
-        runs.append(t.launches)
-    return [statistics.median(r[i][1] for r in runs) for i in range(len(runs[0]))]
 
 
 def library(variant):
@@ -75,8 +64,8 @@ def main():
                 if ref is None:
                     ref = res
                 diff = max(float((a - b).abs().max()) for a, b in zip(res, ref))
-                f = per_launch(lambda: metal.attention_forward(q, k, v, *call))
-                b = per_launch(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *call))
+                f = [ms for _, ms in per_launch(lambda: metal.attention_forward(q, k, v, *call), 20)]
+                b = [ms for _, ms in per_launch(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *call), 20)]
                 print(f"| {name} | {vname} | {ds} | {f[0] * 1e3:.1f} | {b[0] * 1e3:.1f} | {b[1] * 1e3:.1f} | {diff:.1e} |",
                       flush=True)
     metal._Problem._cheaper_slice = orig_slice
