@@ -350,6 +350,12 @@ def _eager(*tensors: Tensor) -> bool:
     return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
 
 
+def plain_eager(*tensors: Tensor) -> bool:
+    """Whether these are plain tensors in eager mode (no compile, functorch transform or dispatch
+    mode), so that a caller may compute into buffers it keeps (``out=``)."""
+    return _eager(*tensors)
+
+
 class _EagerOp(torch.autograd.Function):
     """``forward(impl, backward_impl, n_tensors, *args)``: ``args[:n_tensors]`` are the tensor inputs
     (q, k, v and optional additional keys/values) and the rest the op's non-tensor arguments; same

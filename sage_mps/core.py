@@ -97,7 +97,7 @@ def _smooth(k: Tensor) -> Tuple[Tensor, Tensor]:
     +0.3 ms at B=2, H=8, L=256, D=64 on the 2-core CI machine), and in the benchmark's interleaved
     rounds at L=256 ``mean(out=)`` into a kept buffer beats both a fresh ``mean`` and a BLAS product
     with a ``1/N`` row by 1-3% of the whole call."""
-    if k.device.type != "cpu" or torch.compiler.is_compiling():
+    if k.device.type != "cpu" or not ops.plain_eager(k):      # compile, vmap, modes: no out= buffers
         k_mean = k.mean(dim=2, keepdim=True)
         return k - k_mean, k_mean
     mean_shape = k.shape[:2] + (1, k.shape[3])

@@ -213,3 +213,12 @@ def test_sageattn_on_cuda(layout, causal, heads_kv):
     with torch.no_grad():
         plain = sage_mps.sageattn(*(t.detach() for t in args), tensor_layout=layout, is_causal=causal, sm_scale=0.25)
     torch.testing.assert_close(plain if layout == "HND" else plain.transpose(1, 2), out.detach(), atol=3e-5, rtol=3e-5)
+
+
+def test_sageattn_under_vmap_matches_a_loop():
+    """vmap over sageattn (no autograd): the kept smoothing buffers must not be used on batched tensors."""
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(3, 2, 4, 10, 16, generator=g) for _ in range(3))
+    got = torch.func.vmap(lambda a, b, c: sage_mps.sageattn(a, b + 2.0, c))(q, k, v)
+    want = torch.stack([sage_mps.sageattn(q[i], k[i] + 2.0, v[i]) for i in range(3)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
