@@ -114,6 +114,43 @@ def test_na_additional_keys_fused(rank, extra, dev):
     assert counter.total().dispatches == 1      # the additional keys ride in the same dispatch
 
 
+OWN_WALK_CASES = [
+    dict(spatial=[40], ks=[7], st=[1], dil=[1], causal=[False], hkv=1, h=2, d=32, dv=32, b=2),
+    dict(spatial=[37], ks=[6], st=[3], dil=[1], causal=[True], hkv=2, h=4, d=40, dv=24, b=1),
+    dict(spatial=[70], ks=[5], st=[2], dil=[2], causal=[False], hkv=1, h=1, d=16, dv=16, b=1),
+    dict(spatial=[300], ks=[63], st=[1], dil=[1], causal=[False], hkv=1, h=1, d=32, dv=32, b=1),  # rows > a chunk
+    dict(spatial=[6, 21], ks=[3, 5], st=[1, 2], dil=[1, 1], causal=[False, True], hkv=1, h=2, d=32, dv=32, b=1),
+    dict(spatial=[9, 34], ks=[4, 7], st=[2, 1], dil=[2, 2], causal=[True, False], hkv=1, h=2, d=64, dv=64, b=1),
+    dict(spatial=[3, 4, 17], ks=[2, 3, 5], st=[1, 1, 3], dil=[1, 1, 1], causal=[False, True, False], hkv=1, h=1,
+         d=32, dv=32, b=1),
+]
+
+
+@pytest.mark.parametrize("i", range(len(OWN_WALK_CASES)))
+def test_own_window_walk(i, dev, monkeypatch):
+    """The own-window walk (each lane steps through its own window; NATTEN_MPS_METAL_WALK=own),
+    forward and backward, additional keys included, against float64; it is taken where the inner
+    axis holds a SIMD-group's run, and the backward stays bit-identical across runs."""
+    monkeypatch.setenv("NATTEN_MPS_METAL_WALK", "own")
+    c = OWN_WALK_CASES[i]
+    q, k, v = inputs(c, torch.float32, i)[:3]
+    prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
+    assert prob.own_walk and prob.u[:2] == [1, 1]
+    first, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
+    second, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
+    for a, b in zip(first, second):
+        assert a is None or torch.equal(a, b)
+    if i < 2:
+        check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+
+
+def test_walk_mode_env_is_checked(monkeypatch):
+    monkeypatch.setenv("NATTEN_MPS_METAL_WALK", "sideways")
+    q = torch.randn(1, 40, 1, 32)
+    with pytest.raises(ValueError, match="NATTEN_MPS_METAL_WALK"):
+        metal._Problem(q, q, q, [7], [1], [1], [False], False, 0)
+
+
 def test_backward_is_bit_identical_across_runs(dev):
     c = dict(spatial=[9, 11], ks=[3, 5], st=[1, 2], dil=[2, 1], causal=[False, True], hkv=1, h=4, d=40, dv=24, b=2)
     first, _ = check_na(c, torch.float32, seed=3, extra=2, dev=dev)

@@ -20,7 +20,8 @@ from natten_mps.backends import metal  # noqa: E402
 
 # name, spatial, kernel, B, H, D (the proxy's seed and large configs)
 CONFIGS = [("1D 256 K=7 D=32", (256,), 7, 2, 8, 32), ("2D 32x32 K=7 D=32", (32, 32), 7, 2, 4, 32),
-           ("2D 64x64 K=7 D=64", (64, 64), 7, 2, 8, 64), ("3D 32^3 K=5 D=64", (32, 32, 32), 5, 2, 8, 64)]
+           ("2D 64x64 K=7 D=64", (64, 64), 7, 2, 8, 64), ("3D 32^3 K=5 D=64", (32, 32, 32), 5, 2, 8, 64),
+           ("2D 128x128 K=13 D=64", (128, 128), 13, 2, 8, 64), ("1D 16384 K=63 D=64", (16384,), 63, 2, 8, 64)]
 
 EMPTY = """#include <metal_stdlib>
 using namespace metal;

@@ -1,10 +1,13 @@
 """Tile-shape sweep for the tiled kernels on the MSL -> CUDA back end (ranks designs; not Apple timings).
 
-    python benchmarks/experiments/tile_sweep_cuda.py
+    python benchmarks/experiments/tile_sweep_cuda.py [--per-kernel] [--only NAME ...]
 
 For each config, times the forward and the backward kernels (launcher CUDA events, kernels only, medians) with the
 SIMD-groups a tile starts from forced to 1, 2, 4, 8 and the head-dim slice forced to 16 or 32.
+``--per-kernel``: the median of each launch (forward, dQ, dK/dV) instead of each call's sum, so the
+backward's two kernels can be ranked apart (they are tiled separately: queries, then keys).
 """
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +36,12 @@ def timed(fn, reps=15):
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per-kernel", action="store_true")
+    ap.add_argument("--only", nargs="*")
+    args = ap.parse_args()
+    if args.per_kernel:
+        return per_kernel(args.only)
     natten_mps.set_metal_on_cuda(True)
     orig_sg, orig_slice = metal._simdgroups, metal._Problem._cheaper_slice
     print("| config | simdgroups | DS | fwd ms | bwd ms (dq+dkdv) |")
@@ -54,6 +63,33 @@ def main():
         f = timed(lambda: metal.attention_forward(q, k, v, *args))
         b = timed(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args))
         print(f"| {name} | default | default | {f:.3f} | {b:.3f} |", flush=True)
+
+
+def per_kernel(only):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from small_problem_cuda import CONFIGS as SMALL, per_launch
+    natten_mps.set_metal_on_cuda(True)
+    orig_sg, orig_slice = metal._simdgroups, metal._Problem._cheaper_slice
+    print("| config | simdgroups | DS | fwd us | dq us | dkdv us |")
+    print("|---|---|---|---|---|---|")
+    for name, spatial, K, B, H, D in SMALL:
+        if only and not any(o in name for o in only):
+            continue
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, *spatial, H, D, device="cuda", generator=g) for _ in range(3))
+        args = ([K] * len(spatial), [1] * len(spatial), [1] * len(spatial), [False] * len(spatial), D ** -0.5)
+        out, lse = metal.attention_forward(q, k, v, *args)
+        dout = torch.randn_like(out)
+        for sg, ds in [(s, d) for s in (1, 2, 4, 8) for d in (16, 32)] + [("default", "default")]:
+            if sg == "default":
+                metal._simdgroups, metal._Problem._cheaper_slice = orig_sg, orig_slice
+            else:
+                metal._simdgroups = lambda d, sg=sg: sg
+                metal._Problem._cheaper_slice = lambda self, ge, ds=ds: ds
+            f = per_launch(lambda: metal.attention_forward(q, k, v, *args), 15)
+            b = per_launch(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args), 15)
+            print(f"| {name} | {sg} | {ds} | {f[0][1] * 1e3:.1f} | {b[0][1] * 1e3:.1f} | {b[1][1] * 1e3:.1f} |", flush=True)
+        metal._simdgroups, metal._Problem._cheaper_slice = orig_sg, orig_slice
 
 
 if __name__ == "__main__":

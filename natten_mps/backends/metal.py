@@ -14,6 +14,7 @@ chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -82,26 +83,41 @@ def _target_threadgroups(device: torch.device) -> int:
     return 0
 
 
-def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence[int]) -> List[int]:
+def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence[int],
+          outer_first: bool = False) -> List[int]:
     """Double entries of ``sizes`` on the ``active`` axes until their product reaches ``count``,
-    always the smallest one that still fits its extent (inner axes first on ties)."""
+    always the smallest one that still fits its extent (inner axes first on ties, or outer ones)."""
     sizes = list(sizes)
     while True:
         prod = sizes[0] * sizes[1] * sizes[2]
         if prod >= count:
             return sizes
         fits = [ax for ax in active if sizes[ax] * 2 <= max(extents[ax], 1)] or [active[-1]]
-        ax = min(fits, key=lambda a: (sizes[a], -a))
+        ax = min(fits, key=lambda a: (sizes[a], a if outer_first else -a))
         sizes[ax] *= 2
 
 
-def _tiling(rank: int, extents: Sequence[int], ng: int, simdgroups: int) -> Tuple[List[int], List[int]]:
-    """(u, a): positions per SIMD-group and SIMD-groups per threadgroup, per axis (3-D padded)."""
+def _tiling(rank: int, extents: Sequence[int], ng: int, simdgroups: int,
+            rows: bool = False) -> Tuple[List[int], List[int]]:
+    """(u, a): positions per SIMD-group and SIMD-groups per threadgroup, per axis (3-D padded),
+    all powers of two (the kernels shift by them). ``rows``: each SIMD-group owns a run of the inner
+    axis (the own-window walk), and SIMD-groups stack on the outer axes first."""
     active = list(range(3 - rank, 3))
-    u = _grow(32 // ng, [1, 1, 1], extents, active)
+    if rows:
+        u = [1, 1, 32 // ng]
+    else:
+        u = _grow(32 // ng, [1, 1, 1], extents, active)
     tile_ext = [max(1, -(-e // ui)) for e, ui in zip(extents, u)]
-    a = _grow(simdgroups, [1, 1, 1], tile_ext, active)
+    a = _grow(simdgroups, [1, 1, 1], tile_ext, active, outer_first=rows)
     return u, a
+
+
+def _walk_mode() -> Optional[str]:
+    """``NATTEN_MPS_METAL_WALK``: ``own`` or ``union`` forces the NA kernels' walk (experiments)."""
+    mode = os.environ.get("NATTEN_MPS_METAL_WALK")
+    if mode not in (None, "", "own", "union"):
+        raise ValueError(f"NATTEN_MPS_METAL_WALK must be 'own' or 'union', got {mode!r}")
+    return mode or None
 
 
 def _chunk(dp: int, itemsize: int) -> int:
@@ -129,19 +145,34 @@ class _Problem:
         self.heads = self.Hkv if tile_keys else self.H
         group_ext = [-(-n // d) for n, d in zip(self.space, self.DIL)]
         target = _target_threadgroups(q.device)
+        mode = _walk_mode()
         ds = self._cheaper_slice(group_ext)
+        if mode == "own" and not self.dense and _slices(self.D, self.Dv, 16)[1] <= 8:
+            # the own-window walk needs a SIMD-group's run (32 / NG positions) on the inner axis
+            if group_ext[2] < 32 // _slices(self.D, self.Dv, ds)[1]:
+                ds = 16
         start = _simdgroups(q.device)
         choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(16, 1)]
         for ds, simdgroups in choices:
             self.DS, self.NG = _slices(self.D, self.Dv, ds)
-            self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups)
+            self.own_walk = self._own_walk(mode, group_ext)
+            self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups, rows=self.own_walk)
             if self.NG > 8 or self.tiles() >= target:
                 break
         if self.NG > 8:                       # a slice of 16 cannot cover this head dim in 8 lanes
             self.DS, self.NG = _slices(self.D, self.Dv)
-            self.u, self.a = _tiling(self.rank, group_ext, self.NG, 1)
+            self.own_walk = self._own_walk(mode, group_ext)
+            self.u, self.a = _tiling(self.rank, group_ext, self.NG, 1, rows=self.own_walk)
+        assert self.NG <= 8, self.NG
         self.KC = _chunk(self.NG * self.DS, q.element_size())
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
+
+    def _own_walk(self, mode: Optional[str], group_ext) -> bool:
+        """Whether lanes walk their own windows (attention.metal, ``Run``): neighbourhood attention
+        whose inner axis holds a SIMD-group's run of ``32 / NG`` positions."""
+        if self.dense or group_ext[2] < 32 // self.NG:
+            return False
+        return mode == "own"
 
     def _cheaper_slice(self, group_ext) -> int:
         """Slice width (16 or 32) with the least lane work: a lane walks the union of its
@@ -171,12 +202,18 @@ class _Problem:
             n *= -(-longest // (self.u[ax] * self.a[ax]))
         return n
 
-    def geometry(self, device, has_dlse=False, sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def geometry(self, device, has_dlse=False, sizes: Optional[torch.Tensor] = None,
+                 tensors: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """The kernels' ``geom`` buffer (attn_tile.h); with ``sizes`` (``[B, rank]`` per-sample extents,
-        varlen) those follow, padded to 3-D, built on the device without a host round trip."""
+        varlen) those follow, padded to 3-D, built on the device without a host round trip.
+        ``tensors``: every tensor the kernels read rows of; when each row starts on a multiple of 4
+        elements (widths and storage offsets), the kernels read rows as 4-vectors."""
+        vec_loads = (self.D % 4 == 0 and self.Dv % 4 == 0 and len(tensors) > 0
+                     and all(t.storage_offset() % 4 == 0 for t in tensors))
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
              + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
-                                                                       int(sizes is not None)])
+                                                                       int(sizes is not None), int(vec_loads),
+                                                                       int(self.own_walk)])
         fixed = torch.tensor(g, dtype=torch.int32, device=device)
         if sizes is None:
             return fixed
@@ -215,8 +252,8 @@ def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, 
     out = _new_output(q.shape[:-1] + (prob.Dv,), q.dtype, q.device)
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
-    prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse, prob.geometry(q.device, sizes=sizes),
-                float(scale))
+    prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse,
+                prob.geometry(q.device, sizes=sizes, tensors=(k, v, xk, xv)), float(scale))
     return out, lse
 
 
@@ -239,12 +276,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
     prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta,
-                prob.geometry(q.device, has_dlse, sizes), float(scale))
+                prob.geometry(q.device, has_dlse, sizes, tensors=(k, v, xk, xv)), float(scale))
     kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
     kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
-                 kprob.geometry(q.device, sizes=sizes), float(scale))
+                 kprob.geometry(q.device, sizes=sizes, tensors=(q, dout)), float(scale))
     if E == 0:
         return dq, dk, dv, None, None
     tokens = q[0, ..., 0, 0].numel()
@@ -252,7 +289,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dxk = _new_output(xk.shape, xk.dtype, xk.device)
     dxv = _new_output(xv.shape, xv.dtype, xv.device)
     xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
-                 xprob.geometry(q.device), float(scale))
+                 xprob.geometry(q.device, tensors=(q, dout)), float(scale))
     return dq, dk, dv, dxk, dxv
 
 

@@ -36,45 +36,101 @@ constant constexpr int kStageBytes = 24576;   // staged chunk of two token array
 constant constexpr int kMaxChunk = 64;        // tokens per chunk (KC <= kMaxChunk)
 constant constexpr float kLog2e = 1.4426950408889634f;
 constant constexpr float kLn2 = 0.6931471805599453f;
+constant constexpr float kRescaleSlack = 8.0f;  // base-2 headroom of the forward's running maximum
 
-// Sum over the NG lanes that share one position (adjacent lanes; NG a power of two).
+// Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8).
+// Unrolled: no loop counter, and two independent sums of a token can overlap their exchanges.
 inline float slice_sum(float v, int NG) {
-  for (int m = 1; m < NG; m <<= 1) {
-    v += simd_shuffle_xor(v, ushort(m));
-  }
+  if (NG >= 2) v += simd_shuffle_xor(v, ushort(1));
+  if (NG >= 4) v += simd_shuffle_xor(v, ushort(2));
+  if (NG >= 8) v += simd_shuffle_xor(v, ushort(4));
   return v;
 }
 
 inline float hsum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
 
-// Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`.
+// Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`
+// (row-major); the 3 - R trivial leading axes cost no division.
+template <int R>
 inline void box_coord(int f, thread const int* lo, thread const int* ext, thread int* c) {
-  c[2] = lo[2] + f % ext[2];
-  c[1] = lo[1] + (f / ext[2]) % ext[1];
-  c[0] = lo[0] + f / (ext[2] * ext[1]);
+  if (R == 1) {
+    c[0] = lo[0];
+    c[1] = lo[1];
+    c[2] = lo[2] + f;
+    return;
+  }
+  const int row = f / ext[2];
+  c[2] = lo[2] + f - row * ext[2];
+  if (R == 2) {
+    c[0] = lo[0];
+    c[1] = lo[1] + row;
+    return;
+  }
+  const int plane = row / ext[1];
+  c[1] = lo[1] + row - plane * ext[1];
+  c[0] = lo[0] + plane;
 }
 
-// The next position of the box in row-major order (no division). R: the problem's rank; its
-// 3 - R leading axes are trivial (extent 1, coordinate 0), so they never move. Past the box's last
-// position the coordinates are left unspecified (the walks never read them there).
+// Whether `c` lies in the spans on the problem's outer active axes (axes 0 and 1 of R = 3, axis 1
+// of R = 2; none for R = 1): a box row is taken or masked as a whole, the inner axis 2 per token.
 template <int R>
-inline void box_next(thread const int* lo, thread const int* ext, thread int* c) {
-  if (R == 1) { ++c[2]; return; }
-  if (++c[2] < lo[2] + ext[2]) return;
+inline bool row_in(thread const int* c, thread const Span* s) {
+  bool in = true;
+  if (R >= 2) in = c[1] >= s[1].lo && c[1] <= s[1].hi;
+  if (R >= 3) in = in && c[0] >= s[0].lo && c[0] <= s[0].hi;
+  return in;
+}
+
+// The first position of the next row of the box (row-major, the inner axis 2 fastest). R: the
+// problem's rank; its 3 - R leading axes are trivial (extent 1), so they never move. Past the
+// box's last row the coordinates are left unspecified (the walks never read them there).
+template <int R>
+inline void next_row(thread const int* lo, thread const int* ext, thread int* c) {
   c[2] = lo[2];
-  if (R == 2) { ++c[1]; return; }
-  if (++c[1] < lo[1] + ext[1]) return;
+  if (R == 1) return;
+  if (++c[1] < lo[1] + ext[1] || R == 2) return;
   c[1] = lo[1];
   ++c[0];
 }
 
-// Whether `c` lies in the spans on the problem's R active axes (the trivial ones always hold).
+// Moves `c` `step` positions on in the box (row-major), without a division.
 template <int R>
-inline bool in_spans(thread const int* c, thread const Span* s) {
-  bool in = c[2] >= s[2].lo && c[2] <= s[2].hi;
-  if (R >= 2) in = in && c[1] >= s[1].lo && c[1] <= s[1].hi;
-  if (R >= 3) in = in && c[0] >= s[0].lo && c[0] <= s[0].hi;
-  return in;
+inline void box_advance(int step, thread const int* lo, thread const int* ext, thread int* c) {
+  c[2] += step;
+  if (R == 1) return;
+  while (c[2] >= lo[2] + ext[2]) {
+    c[2] -= ext[2];
+    if (++c[1] >= lo[1] + ext[1] && R == 3) {
+      c[1] = lo[1];
+      ++c[0];
+    }
+  }
+}
+
+// A chunk of staged tokens [0, n) (flat box indices base .. base + n - 1) is walked row by row:
+// `Walk` holds the coordinates of the current row's first staged token, the staged index of it,
+// and its run (staged tokens left on the row). Per row the SIMD-group's span on the inner axis
+// bounds the tokens it walks (a uniform range; nothing outside its sub-tile's union is visited),
+// and each lane masks with its own window's inner span (`lane_ok`).
+struct Walk {
+  int c[3];
+  int kk, run;
+};
+
+template <int R>
+inline Walk walk_start(int base, int n, thread const int* lo, thread const int* ext) {
+  Walk w;
+  box_coord<R>(base, lo, ext, w.c);
+  w.kk = 0;
+  w.run = min(n, lo[2] + ext[2] - w.c[2]);
+  return w;
+}
+
+template <int R>
+inline void walk_next(thread Walk& w, int n, thread const int* lo, thread const int* ext) {
+  w.kk += w.run;
+  next_row<R>(lo, ext, w.c);
+  w.run = min(n - w.kk, ext[2]);
 }
 
 // Position of this thread: its SIMD-group's sub-tile and its own place in it.
@@ -87,15 +143,26 @@ struct Place {
   bool sub_empty;
 };
 
+template <int R>
 inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid) {
   Place P;
   const int sg = int(tid) / 32;
   P.lane = int(tid) % 32;
-  const int pos = P.lane / G.NG;
-  P.slice = P.lane % G.NG;
-  int sc[3], lc[3];
-  sc[2] = sg % G.a[2]; sc[1] = (sg / G.a[2]) % G.a[1]; sc[0] = sg / (G.a[2] * G.a[1]);
-  lc[2] = pos % G.u[2]; lc[1] = (pos / G.u[2]) % G.u[1]; lc[0] = pos / (G.u[2] * G.u[1]);
+  const int pos = P.lane >> shift_of(G.NG);
+  P.slice = P.lane & (G.NG - 1);
+  int sc[3] = {0, 0, 0}, lc[3] = {0, 0, 0};
+  const int sa2 = shift_of(G.a[2]), su2 = shift_of(G.u[2]);
+  sc[2] = sg & (G.a[2] - 1);
+  lc[2] = pos & (G.u[2] - 1);
+  if (R >= 2) {
+    const int sa1 = shift_of(G.a[1]), su1 = shift_of(G.u[1]);
+    sc[1] = (sg >> sa2) & (G.a[1] - 1);
+    lc[1] = (pos >> su2) & (G.u[1] - 1);
+    if (R >= 3) {
+      sc[0] = sg >> (sa2 + sa1);
+      lc[0] = pos >> (su2 + su1);
+    }
+  }
   P.valid = true;
   P.inside = true;
   P.sub_empty = false;
@@ -132,11 +199,17 @@ struct KeyBox {
   int vol;
 };
 
+template <int R>
 inline KeyBox key_box(thread const Geom& G, thread const Tile& Tl, thread const Place& P) {
   KeyBox K;
   K.vol = 1;
   #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
+    if (ax < 3 - R) {                     // a trivial axis: one position, one key
+      K.win[ax].lo = K.win[ax].hi = K.sub[ax].lo = K.sub[ax].hi = K.lo[ax] = 0;
+      K.ext[ax] = 1;
+      continue;
+    }
     K.win[ax] = key_span(G, ax, P.valid ? P.c[ax] : 0, Tl.glen[ax]);
     K.sub[ax].lo = key_span(G, ax, P.first[ax], Tl.glen[ax]).lo;
     K.sub[ax].hi = key_span(G, ax, P.last[ax], Tl.glen[ax]).hi;
@@ -148,37 +221,127 @@ inline KeyBox key_box(thread const Geom& G, thread const Tile& Tl, thread const 
   return K;
 }
 
+// The tokens of the walk's current row that this SIMD-group visits: steps j = first .. last
+// (uniform; none when the row lies outside its sub-tile's union), step j being the row's staged
+// token base + j (clamped to the row), and this lane's own window [own_lo, own_hi] on the row (as
+// offsets from its first staged token), which holds the row when `row_ok`.
+//  * union walk (base 0): the steps run over the sub-tile's union, every lane on the same token
+//    (one broadcast read of threadgroup memory a step);
+//  * own-window walk (base own_lo, `width` steps): each lane steps through its own window, so no
+//    step falls outside it (in 1-D and 2-D the union is 1.5-3x the window); lanes read different
+//    tokens. Needs whole rows staged and a sub-tile that is a single row.
+struct Run {
+  int first, last, base, own_lo, own_hi;
+  bool row_ok;
+};
+
+template <int R>
+inline Run row_run(thread const Walk& w, thread const Span* sub, thread const Span* own, bool valid, int width) {
+  Run r;
+  const bool take = row_in<R>(w.c, sub);
+  r.own_lo = own[2].lo - w.c[2];
+  r.own_hi = own[2].hi - w.c[2];
+  r.row_ok = valid && row_in<R>(w.c, own);
+  if (width > 0) {
+    r.base = r.own_lo;
+    r.first = take ? 0 : width;
+    r.last = width - 1;
+  } else {
+    r.base = 0;
+    r.first = take ? max(sub[2].lo - w.c[2], 0) : w.run;
+    r.last = min(sub[2].hi - w.c[2], w.run - 1);
+  }
+  return r;
+}
+
+// Staged index (in the chunk) of step j of a run, and whether it is in the lane's window.
+inline int run_token(thread const Walk& w, thread const Run& r, int j) {
+  return w.kk + clamp(r.base + j, 0, w.run - 1);
+}
+inline bool run_ok(thread const Run& r, int j) {
+  return r.row_ok && r.base + j >= r.own_lo && r.base + j <= r.own_hi;
+}
+
+// Walks of a query tile's chunk: the neighbourhood box, or a chunk of additional keys (one run,
+// every token in every window).
+template <int R>
+inline Walk key_walk(thread const KeyBox& K, bool extra, int base, int n) {
+  if (!extra) return walk_start<R>(base, n, K.lo, K.ext);
+  Walk w;
+  w.c[0] = w.c[1] = w.c[2] = 0;
+  w.kk = 0;
+  w.run = n;
+  return w;
+}
+
+template <int R>
+inline Run key_run(thread const KeyBox& K, thread const Walk& w, bool extra, bool valid, int width) {
+  if (!extra) return row_run<R>(w, K.sub, K.win, valid, width);
+  Run r;
+  r.first = r.own_lo = r.base = 0;
+  r.last = r.own_hi = w.run - 1;
+  r.row_ok = valid;
+  return r;
+}
+
+// 4-vector `c` of a row of `width` elements (zero beyond it): one vector load when the host found
+// every row 4-element aligned (`vec_loads`: widths and tensor offsets multiples of 4), else
+// element by element.
+template <typename T>
+inline vec<T, 4> load4(device const T* row, int c, int width, bool vec_loads) {
+  vec<T, 4> a = vec<T, 4>(T(0.0f));
+  if (vec_loads) {
+    if (4 * c < width) a = reinterpret_cast<device const vec<T, 4>*>(row)[c];
+    return a;
+  }
+  #pragma clang loop unroll(full)
+  for (int j = 0; j < 4; ++j) {
+    const int d = 4 * c + j;
+    if (d < width) a[j] = T(row[d]);
+  }
+  return a;
+}
+
+// How the threads of a group share the staging of rows of R4 4-vectors: `per_row` threads a row
+// (a power of two), `step` rows at a time; this thread's first row and its first vector.
+struct StageSplit {
+  int per_row, step, row0, col0;
+};
+
+inline StageSplit stage_split(int R4, uint tid, uint nthreads) {
+  StageSplit S;
+  S.per_row = min(R4, int(nthreads));
+  const int sh = shift_of(S.per_row);
+  S.step = int(nthreads) >> sh;
+  S.row0 = int(tid) >> sh;
+  S.col0 = int(tid) & (S.per_row - 1);
+  return S;
+}
+
 // Stage rows [n][R4] (4-vectors) of keys and values (neighbourhood box or additional tokens) of
 // key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
-template <typename T>
+template <typename T, int R>
 inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
                        device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
                        thread const KeyBox& K, int hk, bool extra, int base, int n, int R4,
                        uint tid, uint nthreads) {
-  const int tpr = min(R4, int(nthreads));
-  const int step = int(nthreads) / tpr;
+  const StageSplit S = stage_split(R4, tid, nthreads);
   const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
-  for (int r = int(tid) / tpr; r < n; r += step) {
+  int kc[3] = {0, 0, 0};
+  if (!extra && S.row0 < n) box_coord<R>(base + S.row0, K.lo, K.ext, kc);
+  for (int r = S.row0; r < n; r += S.step) {
     int src;
     if (extra) {
       src = (Tl.b * G.E + base + r) * G.Hkv + hk;
     } else {
-      int kc[3];
-      box_coord(base + r, K.lo, K.ext, kc);
       src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+      box_advance<R>(S.step, K.lo, K.ext, kc);
     }
     device const T* ks = (extra ? xk : k) + src * G.D;
     device const T* vs = (extra ? xv : v) + src * G.Dv;
-    for (int c = int(tid) % tpr; c < R4; c += tpr) {
-      vec<T, 4> a, b;
-      #pragma clang loop unroll(full)
-      for (int j = 0; j < 4; ++j) {
-        const int d = 4 * c + j;
-        a[j] = d < G.D ? T(ks[d]) : T(0.0f);
-        b[j] = d < G.Dv ? T(vs[d]) : T(0.0f);
-      }
-      st[r * R4 + c] = a;
-      st[voff + r * R4 + c] = b;
+    for (int c = S.col0; c < R4; c += S.per_row) {
+      st[r * R4 + c] = load4<T>(ks, c, G.D, G.vec_loads);
+      st[voff + r * R4 + c] = load4<T>(vs, c, G.Dv, G.vec_loads);
     }
   }
 }
@@ -197,9 +360,9 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          uint nthreads [[threads_per_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
   if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
-  const Place P = locate_thread(G, Tl, tid);
+  const Place P = locate_thread<R>(G, Tl, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
   if (Tl.padding) {                                      // varlen: the tile is all padding
@@ -209,7 +372,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     }
     return;
   }
-  const KeyBox K = key_box(G, Tl, P);
+  const KeyBox K = key_box<R>(G, Tl, P);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
 
@@ -227,46 +390,53 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
   float m = -INFINITY, l = 0.0f;
 
   // Neighbourhood keys, then the additional keys (every query sees them all).
+  // Own-window walk (host's choice) when a chunk holds whole rows of the box: chunks of whole rows.
+  const bool own = G.own_walk && K.ext[2] <= G.KC;
+  const int own_width = own ? G.K[2] : 0;
+  const int chunk = own ? (G.KC / K.ext[2]) * K.ext[2] : G.KC;
   const int total = K.vol + G.E;
   for (int c0 = 0, n = 0; c0 < total; c0 += n) {     // chunks never straddle the two key sets
     const bool extra = c0 >= K.vol;
     const int base = extra ? c0 - K.vol : c0;
-    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
+    n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);      // the previous chunk is consumed
-    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
-    int kc[3];
-    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
-    for (int kk = 0; kk < n; ++kk) {
-      const bool take = extra || in_spans<R>(kc, K.sub);     // SIMD-uniform
-      const bool ok = P.valid && (extra || in_spans<R>(kc, K.win));
-      if (!extra) box_next<R>(K.lo, K.ext, kc);
-      if (!take) continue;
-      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
-      float4 part = float4(0.0f);
-      #pragma clang loop unroll(full)
-      for (int i = 0; i < DS / 4; ++i) {
-        const vec<T, 4> x = kr[i];
-        part += qv[i] * float4(x);
-      }
-      const float s = slice_sum(hsum(part), G.NG);
-      if (ok) {
-        // NaN-propagating online softmax: a NaN score never raises m and makes p (so l) NaN.
-        if (s > m) {
-          const float corr = exp2(m - s);
-          l *= corr;
-          #pragma clang loop unroll(full)
-          for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
-          m = s;
-        }
-        const float p = exp2(s - m);
-        l += p;
-        threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+    for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
+      const Run run = key_run<R>(K, w, extra, P.valid, extra ? 0 : own_width);
+      if (run.first > run.last) continue;                   // SIMD-uniform
+      for (int j = run.first; j <= run.last; ++j) {
+        const int kk = run_token(w, run, j);
+        const bool ok = run_ok(run, j);
+        threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+        float4 part = float4(0.0f);
         #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
-          const vec<T, 4> x = vr[i];
-          av[i] += p * float4(x);
+          const vec<T, 4> x = kr[i];
+          part += qv[i] * float4(x);
+        }
+        const float s = slice_sum(hsum(part), G.NG);
+        if (ok) {
+          // NaN-propagating online softmax: a NaN score never raises m and makes p (so l) NaN.
+          // Lazy rescaling: the running maximum moves only when a score passes it by more than
+          // kRescaleSlack (base 2), so p = exp2(s - m) stays below 2^kRescaleSlack and the
+          // rescale (a SIMD-group-wide branch) is rare after the first keys.
+          if (s > m + kRescaleSlack) {
+            const float corr = exp2(m - s);
+            l *= corr;
+            #pragma clang loop unroll(full)
+            for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+            m = s;
+          }
+          const float p = exp2(s - m);
+          l += p;
+          threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+          #pragma clang loop unroll(full)
+          for (int i = 0; i < DS / 4; ++i) {
+            const vec<T, 4> x = vr[i];
+            av[i] += p * float4(x);
+          }
         }
       }
     }
@@ -306,9 +476,9 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              uint nthreads [[threads_per_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, geom, tg, G.H, G.Lq);
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
   if (tile_outside(Tl)) return;
-  const Place P = locate_thread(G, Tl, tid);
+  const Place P = locate_thread<R>(G, Tl, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   const int row = (Tl.b * tokens_q + token_of(P.c, Tl.grp, G.DIL, G.Lq)) * G.H + Tl.h;
   if (Tl.padding) {
@@ -318,7 +488,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     }
     return;
   }
-  const KeyBox K = key_box(G, Tl, P);
+  const KeyBox K = key_box<R>(G, Tl, P);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h / (G.H / G.Hkv);
 
@@ -340,40 +510,44 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
   const float dlt = dsum - ((P.valid && G.has_dlse) ? dlse[row] : 0.0f);
   const float lse2 = P.valid ? lse[row] * kLog2e : 0.0f;
 
+  // Own-window walk (host's choice) when a chunk holds whole rows of the box: chunks of whole rows.
+  const bool own = G.own_walk && K.ext[2] <= G.KC;
+  const int own_width = own ? G.K[2] : 0;
+  const int chunk = own ? (G.KC / K.ext[2]) * K.ext[2] : G.KC;
   const int total = K.vol + G.E;
   for (int c0 = 0, n = 0; c0 < total; c0 += n) {
     const bool extra = c0 >= K.vol;
     const int base = extra ? c0 - K.vol : c0;
-    n = extra ? min(G.KC, G.E - base) : min(G.KC, K.vol - c0);
+    n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
-    int kc[3];
-    box_coord(extra ? 0 : base, K.lo, K.ext, kc);
-    for (int kk = 0; kk < n; ++kk) {
-      const bool take = extra || in_spans<R>(kc, K.sub);
-      const bool ok = P.valid && (extra || in_spans<R>(kc, K.win));
-      if (!extra) box_next<R>(K.lo, K.ext, kc);
-      if (!take) continue;
-      threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
-      threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
-      float4 ps = float4(0.0f), pd = float4(0.0f);
-      #pragma clang loop unroll(full)
-      for (int i = 0; i < DS / 4; ++i) {
-        const vec<T, 4> x = kr[i];
-        const vec<T, 4> y = vr[i];
-        ps += qv[i] * float4(x);
-        pd += gv[i] * float4(y);
-      }
-      const float s = slice_sum(hsum(ps), G.NG);
-      const float dp = slice_sum(hsum(pd), G.NG);
-      if (ok) {
-        const float ds = exp2(s - lse2) * (dp - dlt);
+    for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
+      const Run run = key_run<R>(K, w, extra, P.valid, extra ? 0 : own_width);
+      if (run.first > run.last) continue;                   // SIMD-uniform
+      for (int j = run.first; j <= run.last; ++j) {
+        const int kk = run_token(w, run, j);
+        const bool ok = run_ok(run, j);
+        threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
+        threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+        float4 ps = float4(0.0f), pd = float4(0.0f);
         #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
           const vec<T, 4> x = kr[i];
-          dqa[i] += ds * float4(x);
+          const vec<T, 4> y = vr[i];
+          ps += qv[i] * float4(x);
+          pd += gv[i] * float4(y);
+        }
+        const float s = slice_sum(hsum(ps), G.NG);
+        const float dp = slice_sum(hsum(pd), G.NG);
+        if (ok) {
+          const float ds = exp2(s - lse2) * (dp - dlt);
+          #pragma clang loop unroll(full)
+          for (int i = 0; i < DS / 4; ++i) {
+            const vec<T, 4> x = kr[i];
+            dqa[i] += ds * float4(x);
+          }
         }
       }
     }
@@ -411,9 +585,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   if (tile_outside(Tl)) return;
-  const Place P = locate_thread(G, Tl, tid);
+  const Place P = locate_thread<R>(G, Tl, tid);
   const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
   const int hk = Tl.h, groups = G.H / G.Hkv;
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
@@ -441,6 +615,11 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   int vol = 1;
   #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
+    if (ax < 3 - R) {                     // a trivial axis: one position, one query
+      mine[ax].lo = mine[ax].hi = sub[ax].lo = sub[ax].hi = lo[ax] = 0;
+      ext[ax] = 1;
+      continue;
+    }
     mine[ax] = query_bounds(G, ax, P.valid ? P.c[ax] : 0, qlen[ax]);
     sub[ax].lo = query_bounds(G, ax, P.first[ax], qlen[ax]).lo;
     sub[ax].hi = query_bounds(G, ax, P.last[ax], qlen[ax]).hi;
@@ -462,64 +641,62 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     dka[i] = float4(0.0f);
     dva[i] = float4(0.0f);
   }
-  const int tpr = min(R4, int(nthreads));
-  const int step = int(nthreads) / tpr;
+  const StageSplit S = stage_split(R4, tid, nthreads);
+  // Own-window walk (host's choice) when a chunk holds whole rows of the query box; the steps per
+  // row are the longest inner span of the SIMD-group's keys (inverse windows differ in length).
+  const bool own = G.own_walk && ext[2] <= G.KC;
+  const int own_width = own ? simd_max(mine[2].hi - mine[2].lo + 1) : 0;
+  const int chunk = own ? (G.KC / ext[2]) * ext[2] : G.KC;
 
   for (int gh = 0; gh < groups; ++gh) {
     const int h = hk * groups + gh;
-    for (int c0 = 0; c0 < vol; c0 += G.KC) {
-      const int n = min(G.KC, vol - c0);
+    for (int c0 = 0; c0 < vol; c0 += chunk) {
+      const int n = min(chunk, vol - c0);
       threadgroup_barrier(mem_flags::mem_threadgroup);
-      for (int r = int(tid) / tpr; r < n; r += step) {
-        int qc[3];
-        box_coord(c0 + r, lo, ext, qc);
-        const int src = (Tl.b * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
-        for (int c = int(tid) % tpr; c < R4; c += tpr) {
-          vec<T, 4> a, b;
-          #pragma clang loop unroll(full)
-          for (int j = 0; j < 4; ++j) {
-            const int d = 4 * c + j;
-            a[j] = d < G.D ? T(q[src * G.D + d]) : T(0.0f);
-            b[j] = d < G.Dv ? T(dout[src * G.Dv + d]) : T(0.0f);
-          }
-          stage[r * R4 + c] = a;
-          stage[voff + r * R4 + c] = b;
+      int sc[3] = {0, 0, 0};
+      if (S.row0 < n) box_coord<R>(c0 + S.row0, lo, ext, sc);
+      for (int r = S.row0; r < n; r += S.step) {
+        const int src = (Tl.b * tokens_q + token_of(sc, grp_q, G.DIL, G.Lq)) * G.H + h;
+        box_advance<R>(S.step, lo, ext, sc);
+        for (int c = S.col0; c < R4; c += S.per_row) {
+          stage[r * R4 + c] = load4<T>(q + src * G.D, c, G.D, G.vec_loads);
+          stage[voff + r * R4 + c] = load4<T>(dout + src * G.Dv, c, G.Dv, G.vec_loads);
         }
-        if (int(tid) % tpr == 0) {
+        if (S.col0 == 0) {
           stats[r] = lse[src] * kLog2e;
           stats[kMaxChunk + r] = delta[src];
         }
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
-      int qc[3];
-      box_coord(c0, lo, ext, qc);
-      for (int ii = 0; ii < n; ++ii) {
-        const bool take = in_spans<R>(qc, sub);             // SIMD-uniform
-        const bool ok = P.valid && in_spans<R>(qc, mine);
-        box_next<R>(lo, ext, qc);
-        if (!take) continue;
-        threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
-        threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
-        float4 ps = float4(0.0f), pd = float4(0.0f);
-        #pragma clang loop unroll(full)
-        for (int i = 0; i < DS / 4; ++i) {
-          const vec<T, 4> x = qs[i];
-          const vec<T, 4> y = gs[i];
-          ps += float4(x) * kv[i];
-          pd += float4(y) * vv[i];
-        }
-        const float s = slice_sum(hsum(ps), G.NG);
-        const float dp = slice_sum(hsum(pd), G.NG);
-        if (ok) {
-          const float p = exp2(s - stats[ii]);
-          const float ds = p * (dp - stats[kMaxChunk + ii]);
+      for (Walk w = walk_start<R>(c0, n, lo, ext); w.kk < n; walk_next<R>(w, n, lo, ext)) {
+        const Run run = row_run<R>(w, sub, mine, P.valid, own_width);
+        if (run.first > run.last) continue;                 // SIMD-uniform
+        for (int j = run.first; j <= run.last; ++j) {
+          const int ii = run_token(w, run, j);
+          const bool ok = run_ok(run, j);
+          threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
+          threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
+          float4 ps = float4(0.0f), pd = float4(0.0f);
           #pragma clang loop unroll(full)
           for (int i = 0; i < DS / 4; ++i) {
             const vec<T, 4> x = qs[i];
             const vec<T, 4> y = gs[i];
-            dva[i] += p * float4(y);
-            dka[i] += ds * float4(x);
+            ps += float4(x) * kv[i];
+            pd += float4(y) * vv[i];
+          }
+          const float s = slice_sum(hsum(ps), G.NG);
+          const float dp = slice_sum(hsum(pd), G.NG);
+          if (ok) {
+            const float p = exp2(s - stats[ii]);
+            const float ds = p * (dp - stats[kMaxChunk + ii]);
+            #pragma clang loop unroll(full)
+            for (int i = 0; i < DS / 4; ++i) {
+              const vec<T, 4> x = qs[i];
+              const vec<T, 4> y = gs[i];
+              dva[i] += p * float4(y);
+              dka[i] += ds * float4(x);
+            }
           }
         }
       }

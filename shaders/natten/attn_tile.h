@@ -6,9 +6,13 @@
 // geom (int32), see natten_mps/backends/metal.py `_geometry`:
 //   [0] B  [1] H  [2] Hkv  [3] D  [4] Dv  [5..7] Lq  [8..10] Lk  [11..13] K  [14..16] stride
 //   [17..19] dilation  [20..22] causal  [23] dense  [24] NG (lanes per query: D split in slices)
+//   (NG, the sub-tile extents and the SIMD-groups per axis are powers of two)
 //   [25..27] sub-tile (queries per SIMD-group, per axis)  [28..30] SIMD-groups per tile, per axis
 //   [31] KC (tokens per staged chunk)  [32] E (additional keys)  [33] has_dlse  [34] varlen
-//   [35 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
+//   [35] vec_loads: every row of every tensor starts on a multiple of 4 elements (widths and
+//   tensor offsets are), so rows are read as 4-vectors
+//   [36] own_walk: each lane walks its own window (attention.metal, Run), when chunks hold whole rows
+//   [37 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
 //   its positions past them are padding, never attended and written as zeros.
 #pragma once
 #include "na_window.h"
@@ -21,10 +25,10 @@ struct Geom {
   int NG;
   int u[3], a[3];
   int KC, E;
-  bool has_dlse, varlen;
+  bool has_dlse, varlen, vec_loads, own_walk;
 };
 
-constant constexpr int kGeomFixed = 35;   // entries before the per-sample extents of varlen
+constant constexpr int kGeomFixed = 37;   // entries before the per-sample extents of varlen
 
 inline Geom load_geom(constant int* g) {
   Geom G;
@@ -35,11 +39,14 @@ inline Geom load_geom(constant int* g) {
   }
   G.dense = g[23] != 0; G.NG = g[24]; G.KC = g[31]; G.E = g[32]; G.has_dlse = g[33] != 0;
   G.varlen = g[34] != 0;
+  G.vec_loads = g[35] != 0;
+  G.own_walk = g[36] != 0;
   return G;
 }
 
 // Positions of dilation group `grp` on an axis of `length` (32-bit form of na_group_length).
 inline int group_len(int length, int dilation, int grp) {
+  if (dilation == 1) return length;
   return length / dilation + (grp < length % dilation ? 1 : 0);
 }
 
@@ -63,22 +70,45 @@ inline Span key_span(thread const Geom& G, int ax, int i, int qlen) {
 // whose window ends at or after j (qlen if none), `hi` the last whose window starts at or before j
 // (-1 if none). Both ends of a window never decrease with the query, so exactly the queries in
 // [lo, hi] hold j (none when hi < lo), and for a run of keys j0..j1 every query holding one of them
-// lies in [bounds(j0).lo, bounds(j1).hi]. Found by bisection.
+// lies in [bounds(j0).lo, bounds(j1).hi]. Closed form for dense attention and for stride 1 (every
+// window centred on its query, clamped at the edges; or ending at it when causal), by bisection for
+// other strides; either way the candidate is checked against the window rule, so the result is exact.
 inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
-  int lo = 0, hi = qlen - 1;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (key_span(G, ax, mid, qlen).hi >= j) hi = mid; else lo = mid + 1;
+  int lo, hi;
+  if (G.dense || G.S[ax] == 1) {
+    if (G.dense) {                 // windows [0, Lk - 1], or [0, min(i, Lk - 1)] when causal
+      lo = G.C[ax] ? j : 0;
+      hi = qlen - 1;
+    } else if (G.C[ax]) {          // windows [max(i - K + 1, 0), i]
+      lo = j;
+      hi = j + G.K[ax] - 1;
+    } else {                       // windows centred on clamp(i, left, qlen - 1 - right)
+      const int left = G.K[ax] / 2, right = G.K[ax] / 2 - (1 - G.K[ax] % 2);
+      lo = j - right <= left ? 0 : j - right;
+      hi = j + left >= qlen - 1 - right ? qlen - 1 : j + left;
+    }
+    lo = clamp(lo, 0, qlen - 1);
+    hi = clamp(hi, 0, qlen - 1);
+  } else {
+    lo = 0;
+    hi = qlen - 1;
+    while (lo < hi) {
+      int mid = (lo + hi) / 2;
+      if (key_span(G, ax, mid, qlen).hi >= j) hi = mid; else lo = mid + 1;
+    }
+    const int first = lo;
+    lo = 0;
+    hi = qlen - 1;
+    while (lo < hi) {
+      int mid = (lo + hi + 1) / 2;
+      if (key_span(G, ax, mid, qlen).lo <= j) lo = mid; else hi = mid - 1;
+    }
+    hi = lo;
+    lo = first;
   }
   Span s;
   s.lo = key_span(G, ax, lo, qlen).hi >= j ? lo : qlen;
-  lo = 0;
-  hi = qlen - 1;
-  while (lo < hi) {
-    int mid = (lo + hi + 1) / 2;
-    if (key_span(G, ax, mid, qlen).lo <= j) lo = mid; else hi = mid - 1;
-  }
-  s.hi = key_span(G, ax, lo, qlen).lo <= j ? lo : -1;
+  s.hi = key_span(G, ax, hi, qlen).lo <= j ? hi : -1;
   return s;
 }
 
@@ -93,21 +123,45 @@ struct Tile {
   bool padding;
 };
 
+// Shift of a power of two up to 1024 (tile extents, SIMD-groups per axis, NG and the stagers per
+// row are powers of two, so divisions by them are shifts; GPUs have no integer divider).
+inline int shift_of(int p) {
+  int s = 0;
+  #pragma clang loop unroll(full)
+  for (int b = 1; b < 1024; b <<= 1) s += int(p > b);
+  return s;
+}
+
+// R: the problem's rank; its 3 - R leading axes are trivial (one tile, one group), so they cost no
+// division; neither do undilated problems' groups.
+template <int R>
 inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int heads, thread const int* len) {
   Tile T;
-  int ntiles[3];
+  int tidx[3] = {0, 0, 0};
   int rest = int(tg);
+  #pragma clang loop unroll(full)
   for (int ax = 2; ax >= 0; --ax) {
     T.t[ax] = G.u[ax] * G.a[ax];
-    int longest = (len[ax] + G.DIL[ax] - 1) / G.DIL[ax];
-    ntiles[ax] = (longest + T.t[ax] - 1) / T.t[ax];
+    T.grp[ax] = 0;
+    if (ax < 3 - R) continue;
+    const int longest = G.DIL[ax] == 1 ? len[ax] : (len[ax] + G.DIL[ax] - 1) / G.DIL[ax];
+    const int ntiles = (longest + T.t[ax] - 1) >> shift_of(T.t[ax]);
+    const int next = rest / ntiles;
+    tidx[ax] = rest - next * ntiles;
+    rest = next;
   }
-  int tidx[3];
-  for (int ax = 2; ax >= 0; --ax) { tidx[ax] = rest % ntiles[ax]; rest /= ntiles[ax]; }
-  for (int ax = 2; ax >= 0; --ax) { T.grp[ax] = rest % G.DIL[ax]; rest /= G.DIL[ax]; }
-  T.h = rest % heads;
+  if (G.DIL[0] * G.DIL[1] * G.DIL[2] != 1) {
+    #pragma clang loop unroll(full)
+    for (int ax = 2; ax >= 0; --ax) {
+      const int next = rest / G.DIL[ax];
+      T.grp[ax] = rest - next * G.DIL[ax];
+      rest = next;
+    }
+  }
   T.b = rest / heads;
+  T.h = rest - T.b * heads;
   T.padding = false;
+  #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {
     const int own = G.varlen ? geom[kGeomFixed + 3 * T.b + ax] : len[ax];
     T.plen[ax] = group_len(len[ax], G.DIL[ax], T.grp[ax]);
@@ -116,16 +170,6 @@ inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int h
     T.padding = T.padding || T.origin[ax] >= T.glen[ax];
   }
   return T;
-}
-
-inline int tiles_in_grid(thread const Geom& G, int heads, thread const int* len) {
-  int n = G.B * heads * G.DIL[0] * G.DIL[1] * G.DIL[2];
-  for (int ax = 0; ax < 3; ++ax) {
-    int t = G.u[ax] * G.a[ax];
-    int longest = (len[ax] + G.DIL[ax] - 1) / G.DIL[ax];
-    n *= (longest + t - 1) / t;
-  }
-  return n;
 }
 
 // Flat token index of group coordinates `c` in group `grp` of a space of extents `len`.

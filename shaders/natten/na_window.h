@@ -14,7 +14,7 @@ typedef AxisWindowT<long> AxisWindow;
 // query: group coordinate of the query; group_len: positions in its dilation group.
 template <typename I>
 inline AxisWindowT<I> na_axis_window(I query, I group_len, I kernel_size, I stride, bool causal) {
-  I run_start = (query / stride) * stride;
+  I run_start = stride == 1 ? query : (query / stride) * stride;   // (no integer division at stride 1)
   AxisWindowT<I> w;
   if (causal) {
     I leader = min(run_start + stride - 1, group_len - 1);

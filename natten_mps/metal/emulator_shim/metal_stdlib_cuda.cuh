@@ -121,7 +121,10 @@ template <class T> __device__ inline T simd_shuffle(T v, ushort lane) {
 }
 template <class T> __device__ inline T simd_broadcast(T v, ushort lane) { return simd_shuffle(v, lane); }
 template <class T> __device__ inline T simd_shuffle_xor(T v, ushort m) {
-  return simd_shuffle(v, (ushort)((mtl::lane_id() ^ m) & 31u));
+  unsigned mask = __activemask();
+  int src = (int)((mtl::lane_id() ^ m) & 31u);
+  if (mask == 0xffffffffu) return mtl::shfl(v, src, mask);   // the whole SIMD-group: one exchange
+  return mtl::shfl(v, mtl::active_or_self(src, mask), mask);
 }
 template <class T> __device__ inline T simd_shuffle_down(T v, ushort delta) {
   unsigned mask = __activemask();
