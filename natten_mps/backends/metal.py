@@ -68,9 +68,11 @@ def _slices(D: int, Dv: int, ds: Optional[int] = None) -> Tuple[int, int]:
 
 def _simdgroups(device: torch.device) -> int:
     """SIMD-groups a tile starts with: 8 (256 threads, the fewest device bytes per token; the
-    emulator's cost counters and Apple GPUs), 4 on CUDA, where the proxy measured 1.3-1.5x faster
-    large problems with 4 (bench_metal_proxy.py)."""
-    return 4 if device.type == "cuda" else SIMDGROUPS
+    emulator's cost counters and Apple GPUs), 2 on CUDA, where the per-kernel sweep
+    (``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``, results/tile_sweep_h200.txt)
+    measured dQ and dK/dV 2-10% faster with 2 than with 4 on every large configuration, and the
+    forward as fast or faster (4 had been 1.3-1.5x faster than 8)."""
+    return 2 if device.type == "cuda" else SIMDGROUPS
 
 
 def _target_threadgroups(device: torch.device) -> int:
@@ -172,7 +174,13 @@ class _Problem:
         whose inner axis holds a SIMD-group's run of ``32 / NG`` positions."""
         if self.dense or group_ext[2] < 32 // self.NG:
             return False
-        return mode == "own"
+        if mode is not None:
+            return mode == "own"
+        # 1-D windows short against a SIMD-group's run: the union walk would visit >= 2x the window
+        # (the proxy measured 13-18% faster kernels at L=256 K=7; in 2-D and 3-D, and for long 1-D
+        # windows, the broadcast reads of the union walk won: tile_sweep_h200.txt).
+        run = 32 // self.NG
+        return self.rank == 1 and run + self.K[2] - 1 >= 2 * self.K[2]
 
     def _cheaper_slice(self, group_ext) -> int:
         """Slice width (16 or 32) with the least lane work: a lane walks the union of its
