@@ -85,6 +85,11 @@ def workload_sweep() -> None:
         tk.test_dense_attention(*args, torch.float32, "cuda")
         n += 1
     tk.test_nan_stays_in_its_windows("cuda")
+    os.environ["NATTEN_MPS_METAL_WALK"] = "own"        # the own-window walk on every shape it takes
+    for i, c in enumerate(tk.OWN_WALK_CASES):
+        tk.check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev="cuda")
+        n += 1
+    del os.environ["NATTEN_MPS_METAL_WALK"]
     import test_split_kernels as ts
     import test_varlen as tv
     natten_mps.set_backend("auto")          # their float64 references run the pure path on the CPU
