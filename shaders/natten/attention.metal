@@ -10,18 +10,22 @@
 // one dilation group of one (batch, head); it is a[0] x a[1] x a[2] SIMD-groups, each owning a
 // sub-tile of u[0] x u[1] x u[2] = 32 / NG positions. NG lanes share a position and split the head
 // dimension in slices of DS floats (a lane holds at most 4 DS floats: few registers); their partial
-// dot products meet through simd_shuffle_xor. The union of the tile's windows (keys for a query
-// tile, queries for a key tile) is walked in chunks of KC tokens staged once per threadgroup in
-// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS); every SIMD-group walks the
-// chunk in lock-step, skipping tokens outside its own sub-tile's union (a SIMD-uniform test), and
-// each lane applies its exact window as a mask. Scores are kept in base 2 (q pre-scaled by
-// scale * log2 e, exp2); the online softmax rescales only when the running maximum grows; every
-// accumulation is float. No atomics: dK/dV walk the inverse neighbourhood (attn_tile.h,
-// query_bounds) and loop over the query heads of a key head, so results are bit-identical.
+// dot products meet through simd_shuffle_xor. The box holding the tile's windows (keys for a query
+// tile, queries for a key tile) is staged in chunks of KC tokens once per threadgroup in
+// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS), and every SIMD-group walks a
+// chunk row by row (rows along the inner axis): rows outside its sub-tile's union are skipped and a
+// row's tokens are bounded by the union's inner span (SIMD-uniform bounds, no per-token box
+// stepping); each lane masks with its exact window. Two walks (Run): the union walk, every lane on
+// the same token (broadcast reads), and the own-window walk, each lane through its own window (no
+// masked steps; 1-D problems with short windows, chosen by the host). Scores are kept in base 2
+// (q pre-scaled by scale * log2 e, exp2); the forward's online softmax rescales only when a score
+// passes the running maximum by more than 2^8; every accumulation is float. No atomics: dK/dV walk
+// the inverse neighbourhood (attn_tile.h, query_bounds) and loop over the query heads of a key
+// head, so results are bit-identical.
 //
-// Template parameters: element type T, head-dim slice DS, and the problem's rank R (1-3): the walks'
-// per-token helpers (box_next, in_spans) skip the 3 - R trivial leading axes, which keeps their
-// coordinates and spans out of registers (dQ at D=64: 194 -> 168 registers a thread in nvcc's report).
+// Template parameters: element type T, head-dim slice DS, and the problem's rank R (1-3): tile and
+// thread location, box coordinates and row tests skip the 3 - R trivial leading axes (no integer
+// division for them; divisions by the power-of-two tile extents are shifts).
 //
 // Kernels (suffix _<dtype>_<DS>_r<R>):
 //   attn_forward       out, lse                 (NA window + additional keys in one pass)
