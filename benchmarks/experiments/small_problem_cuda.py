@@ -32,8 +32,9 @@ kernel void empty_kernel(device float* out [[buffer(0)]], uint tg [[threadgroup_
 """
 
 
-def per_launch(fn, reps):
-    """Median kernel time per launch position over ``reps`` calls: [(name, ms)]."""
+def launch_runs(fn, reps):
+    """``reps`` calls of ``fn`` after 3 warm-ups: per call, its launches as [(kernel name, ms)]
+    (launcher CUDA events; no host overhead)."""
     from natten_mps.metal import cuda
     for _ in range(3):
         fn()
@@ -42,6 +43,12 @@ def per_launch(fn, reps):
         with cuda.KernelTiming() as t:
             fn()
         runs.append(t.launches)
+    return runs
+
+
+def per_launch(fn, reps):
+    """Median kernel time per launch position over ``reps`` calls: [(name, ms)]."""
+    runs = launch_runs(fn, reps)
     return [(runs[0][i][0], statistics.median(r[i][1] for r in runs)) for i in range(len(runs[0]))]
 
 

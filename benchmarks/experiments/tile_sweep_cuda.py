@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import natten_mps  # noqa: E402
 from natten_mps.backends import metal  # noqa: E402
+from small_problem_cuda import CONFIGS as SMALL, launch_runs, per_launch  # noqa: E402
 
 CONFIGS = [("2D 64x64 K=7", (64, 64), 7), ("3D 32^3 K=5", (32, 32, 32), 5), ("1D 256 K=7", (256,), 7),
            ("2D 32x32 K=7", (32, 32), 7)]
@@ -24,15 +26,7 @@ CONFIGS = [("2D 64x64 K=7", (64, 64), 7), ("3D 32^3 K=5", (32, 32, 32), 5), ("1D
 
 def timed(fn, reps=15):
     """Median over calls of the summed kernel time of one call (launcher events; no host overhead)."""
-    from natten_mps.metal import cuda
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(reps):
-        with cuda.KernelTiming() as t:
-            fn()
-        ts.append(sum(ms for _, ms in t.launches))
-    return statistics.median(ts)
+    return statistics.median(sum(ms for _, ms in run) for run in launch_runs(fn, reps))
 
 
 def main():
@@ -66,8 +60,6 @@ def main():
 
 
 def per_kernel(only):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from small_problem_cuda import CONFIGS as SMALL, per_launch
     natten_mps.set_metal_on_cuda(True)
     orig_sg, orig_slice = metal._simdgroups, metal._Problem._cheaper_slice
     print("| config | simdgroups | DS | fwd us | dq us | dkdv us |")
