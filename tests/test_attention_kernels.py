@@ -144,6 +144,34 @@ def test_own_window_walk(i, dev, monkeypatch):
         check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
 
 
+NARROW_CASES = [   # (case, the narrowest slice covering its head dim in 8 lanes)
+    (dict(spatial=[41], ks=[7], st=[1], dil=[1], causal=[False], hkv=1, h=2, d=32, dv=32, b=2), 4),
+    (dict(spatial=[23], ks=[4], st=[3], dil=[2], causal=[True], hkv=1, h=2, d=24, dv=20, b=1), 4),
+    (dict(spatial=[9, 13], ks=[3, 5], st=[2, 1], dil=[1, 2], causal=[False, True], hkv=2, h=4, d=64, dv=40,
+          b=1), 8),
+    (dict(spatial=[5, 4, 7], ks=[3, 2, 3], st=[1, 1, 2], dil=[1, 2, 1], causal=[True, False, False], hkv=1, h=2,
+          d=40, dv=40, b=1), 8),
+]
+
+
+@pytest.mark.parametrize("i", range(len(NARROW_CASES)))
+def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
+    """A problem with fewer tiles than the GPU's target spreads over narrower head-dim slices (DS 8 or
+    4: more lanes a position, fewer positions a SIMD-group); forward, backward and additional keys
+    stay exact, and the backward bit-identical across runs."""
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    c, narrowest = NARROW_CASES[i]
+    q, k, v = inputs(c, torch.float32, i)[:3]
+    prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
+    assert (prob.DS, prob.NG, prob.threads_per_group) == (narrowest, 8, 32)
+    first, _ = check_na(c, torch.float32, seed=i, extra=3 if i % 2 else 0, dev=dev)
+    second, _ = check_na(c, torch.float32, seed=i, extra=3 if i % 2 else 0, dev=dev)
+    for a, b in zip(first, second):
+        assert a is None or torch.equal(a, b)
+    if i < 2:
+        check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+
+
 def test_walk_mode_env_is_checked(monkeypatch):
     monkeypatch.setenv("NATTEN_MPS_METAL_WALK", "sideways")
     q = torch.randn(1, 40, 1, 32)
@@ -164,6 +192,20 @@ def test_backward_is_bit_identical_across_runs(dev):
                                                   (20, 45, True, 2, 1, 32), (70, 9, True, 2, 2, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dense_attention(lq, lk, causal, h, hkv, d, dtype, dev):
+    check_dense(lq, lk, causal, h, hkv, d, dtype, dev)
+
+
+@pytest.mark.parametrize("lq,lk,causal,h,hkv,d", [(37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64)])
+def test_dense_attention_narrow_slices(lq, lk, causal, h, hkv, d, dev, monkeypatch):
+    """Dense attention on the narrowest slices (DS 4 for D = 32, 8 for D = 64), as a small problem gets."""
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    q = torch.randn(2, lq, h, d)
+    prob = metal._Problem(q, q[:, :lk, :hkv], q[:, :lk, :hkv], [1], [1], [1], [causal], True, 0)
+    assert (prob.DS, prob.NG) == (d // 8, 8)
+    check_dense(lq, lk, causal, h, hkv, d, torch.float32, dev)
+
+
+def check_dense(lq, lk, causal, h, hkv, d, dtype, dev):
     g = torch.Generator().manual_seed(lq + lk)
     q = torch.randn(2, lq, h, d, generator=g).to(dtype)
     k = torch.randn(2, lk, hkv, d, generator=g).to(dtype)

@@ -32,6 +32,23 @@ kernel void empty_kernel(device float* out [[buffer(0)]], uint tg [[threadgroup_
 """
 
 
+def force_tiling(tiling):
+    """``default``, or ``SGxDS``: the SIMD-groups a tile starts from and the head-dim slice, with the
+    host's fallbacks (fewer SIMD-groups, narrower slices below its threadgroup target) off."""
+    if tiling == "default" and not hasattr(force_tiling, "orig"):
+        return
+    from natten_mps.backends import metal
+    if not hasattr(force_tiling, "orig"):
+        force_tiling.orig = (metal._simdgroups, metal._Problem._cheaper_slice, metal._target_threadgroups)
+    if tiling == "default":
+        metal._simdgroups, metal._Problem._cheaper_slice, metal._target_threadgroups = force_tiling.orig
+        return
+    sg, ds = (int(x) for x in tiling.split("x"))
+    metal._simdgroups = lambda device: sg
+    metal._Problem._cheaper_slice = lambda self, group_ext: ds
+    metal._target_threadgroups = lambda device: 0
+
+
 def launch_runs(fn, reps):
     """``reps`` calls of ``fn`` after 3 warm-ups: per call, its launches as [(kernel name, ms)]
     (launcher CUDA events; no host overhead)."""

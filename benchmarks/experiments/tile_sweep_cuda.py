@@ -3,7 +3,8 @@
     python benchmarks/experiments/tile_sweep_cuda.py [--per-kernel] [--only NAME ...]
 
 For each config, times the forward and the backward kernels (launcher CUDA events, kernels only, medians) with the
-SIMD-groups a tile starts from forced to 1, 2, 4, 8 and the head-dim slice forced to 16 or 32.
+SIMD-groups a tile starts from forced to 1, 2, 4, 8 and the head-dim slice forced to 16 or 32
+(``--per-kernel``: 4, 8, 16 or 32, the host's fallbacks off).
 ``--per-kernel``: the median of each launch (forward, dQ, dK/dV) instead of each call's sum, so the
 backward's two kernels can be ranked apart (they are tiled separately: queries, then keys).
 """
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import natten_mps  # noqa: E402
 from natten_mps.backends import metal  # noqa: E402
-from small_problem_cuda import CONFIGS as SMALL, launch_runs, per_launch  # noqa: E402
+from small_problem_cuda import CONFIGS as SMALL, force_tiling, launch_runs, per_launch  # noqa: E402
 
 CONFIGS = [("2D 64x64 K=7", (64, 64), 7), ("3D 32^3 K=5", (32, 32, 32), 5), ("1D 256 K=7", (256,), 7),
            ("2D 32x32 K=7", (32, 32), 7)]
@@ -61,7 +62,6 @@ def main():
 
 def per_kernel(only):
     natten_mps.set_metal_on_cuda(True)
-    orig_sg, orig_slice = metal._simdgroups, metal._Problem._cheaper_slice
     print("| config | simdgroups | DS | fwd us | dq us | dkdv us |")
     print("|---|---|---|---|---|---|")
     for name, spatial, K, B, H, D in SMALL:
@@ -72,16 +72,15 @@ def per_kernel(only):
         args = ([K] * len(spatial), [1] * len(spatial), [1] * len(spatial), [False] * len(spatial), D ** -0.5)
         out, lse = metal.attention_forward(q, k, v, *args)
         dout = torch.randn_like(out)
-        for sg, ds in [(s, d) for s in (1, 2, 4, 8) for d in (16, 32)] + [("default", "default")]:
-            if sg == "default":
-                metal._simdgroups, metal._Problem._cheaper_slice = orig_sg, orig_slice
-            else:
-                metal._simdgroups = lambda d, sg=sg: sg
-                metal._Problem._cheaper_slice = lambda self, ge, ds=ds: ds
+        for tiling in [f"{s}x{d}" for s in (1, 2, 4, 8) for d in (4, 8, 16, 32)] + ["default"]:
+            if tiling != "default" and metal._slices(D, D, int(tiling.split("x")[1]))[1] > 8:
+                continue                          # this slice cannot cover D in 8 lanes
+            force_tiling(tiling)
             f = per_launch(lambda: metal.attention_forward(q, k, v, *args), 15)
             b = per_launch(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args), 15)
+            sg, ds = tiling.split("x") if tiling != "default" else ("default", "default")
             print(f"| {name} | {sg} | {ds} | {f[0][1] * 1e3:.1f} | {b[0][1] * 1e3:.1f} | {b[1][1] * 1e3:.1f} |", flush=True)
-        metal._simdgroups, metal._Problem._cheaper_slice = orig_sg, orig_slice
+        force_tiling("default")
 
 
 if __name__ == "__main__":

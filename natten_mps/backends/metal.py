@@ -8,7 +8,7 @@ keys: at most three dispatches, no atomics). Configurations no kernel covers rep
 ``supported(...) == False`` and the op layer runs the pure-PyTorch path instead.
 
 Tiling (see the shader's header): a threadgroup is ``SIMDGROUPS`` SIMD-groups; ``NG`` lanes share
-a query (or key) and split the head dimension in slices of ``DS`` (16 or 32) floats; a SIMD-group
+a query (or key) and split the head dimension in slices of ``DS`` (4, 8, 16 or 32) floats; a SIMD-group
 owns ``32 / NG`` neighbouring positions, shaped as square as the extents allow; K/V (or Q/dO)
 chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory.
 """
@@ -26,6 +26,8 @@ MAX_HEAD_DIM = 256
 SIMDGROUPS = 8
 STAGE_BYTES = 24576
 MAX_CHUNK = 64
+SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are instantiated for
+NARROW_SLICES = (16, 8, 4)       # tried in turn when a problem has too few tiles for the GPU
 _INT32_MAX = 2 ** 31 - 1
 _DTYPE_SUFFIX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -154,17 +156,19 @@ class _Problem:
             if group_ext[2] < 32 // _slices(self.D, self.Dv, ds)[1]:
                 ds = 16
         start = _simdgroups(q.device)
-        choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(16, 1)]
+        # Fewer SIMD-groups a tile first, then narrower slices (more lanes a position, so fewer
+        # positions a SIMD-group): small problems spread over more, shorter SIMD-groups.
+        choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(w, 1) for w in NARROW_SLICES]
+        self.NG = 0
         for ds, simdgroups in choices:
-            self.DS, self.NG = _slices(self.D, self.Dv, ds)
+            width, lanes = _slices(self.D, self.Dv, ds)
+            if lanes > 8:                         # this slice cannot cover the head dim in 8 lanes
+                continue
+            self.DS, self.NG = width, lanes
             self.own_walk = self._own_walk(mode, group_ext)
             self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups, rows=self.own_walk)
-            if self.NG > 8 or self.tiles() >= target:
+            if self.tiles() >= target:
                 break
-        if self.NG > 8:                       # a slice of 16 cannot cover this head dim in 8 lanes
-            self.DS, self.NG = _slices(self.D, self.Dv)
-            self.own_walk = self._own_walk(mode, group_ext)
-            self.u, self.a = _tiling(self.rank, group_ext, self.NG, 1, rows=self.own_walk)
         assert self.NG <= 8, self.NG
         self.KC = _chunk(self.NG * self.DS, q.element_size())
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]

@@ -750,7 +750,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
 
 #define INSTANTIATE_ATTN_RANKS(NAME, T, DS) \
   INSTANTIATE_ATTN(NAME, T, DS, 1) INSTANTIATE_ATTN(NAME, T, DS, 2) INSTANTIATE_ATTN(NAME, T, DS, 3)
-#define INSTANTIATE_ATTN_DTYPE(NAME, T) INSTANTIATE_ATTN_RANKS(NAME, T, 16) INSTANTIATE_ATTN_RANKS(NAME, T, 32)
+#define INSTANTIATE_ATTN_DTYPE(NAME, T)                                                           \
+  INSTANTIATE_ATTN_RANKS(NAME, T, 4) INSTANTIATE_ATTN_RANKS(NAME, T, 8)                          \
+  INSTANTIATE_ATTN_RANKS(NAME, T, 16) INSTANTIATE_ATTN_RANKS(NAME, T, 32)
 
 INSTANTIATE_ATTN_DTYPE(float32, float)
 INSTANTIATE_ATTN_DTYPE(float16, half)
