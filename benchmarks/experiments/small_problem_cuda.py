@@ -29,6 +29,14 @@ kernel void empty_kernel(device float* out [[buffer(0)]], uint tg [[threadgroup_
                          uint tid [[thread_index_in_threadgroup]]) {
   if (tg == 0xFFFFFFFFu && tid == 0) out[0] = 1.0f;
 }
+// the same with the tiled kernels' 24 KB of threadgroup memory (a carveout of shared memory)
+kernel void empty_staged_kernel(device float* out [[buffer(0)]], uint tg [[threadgroup_position_in_grid]],
+                                uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float4 stage[1536];
+  if (tid == 0) stage[tg % 1536] = float4(float(tg));
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tg == 0xFFFFFFFFu && tid == 0) out[0] = stage[5].x;
+}
 """
 
 
@@ -76,7 +84,8 @@ def main():
     args = ap.parse_args()
     natten_mps.set_metal_on_cuda(True)
     from natten_mps.metal import cuda
-    empty = cuda.compile(EMPTY, label="empty").empty_kernel
+    empties = cuda.compile(EMPTY, label="empty")
+    empty, staged = empties.empty_kernel, empties.empty_staged_kernel
     sink = torch.empty(1, device="cuda")
     for name, spatial, K, B, H, D in CONFIGS:
         if args.only and args.only not in name:
@@ -92,9 +101,14 @@ def main():
         bwd = per_launch(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *call), args.reps)
         tpg = prob.threads_per_group
         floor = per_launch(lambda: empty(sink, threads=prob.tiles() * tpg, group_size=tpg), args.reps)
+        floor_staged = per_launch(lambda: staged(sink, threads=prob.tiles() * tpg, group_size=tpg), args.reps)
+        # as the NA calls launch: right after a small host-to-device copy (their geometry buffer)
+        floor_copy = per_launch(lambda: (torch.tensor(list(range(37)), dtype=torch.int32, device="cuda"),
+                                         empty(sink, threads=prob.tiles() * tpg, group_size=tpg)), args.reps)
         print(f"{name}: tiles {prob.tiles()} x {tpg} threads, DS {prob.DS}, NG {prob.NG}, u {prob.u}, a {prob.a}, "
               f"KC {prob.KC}")
-        for label, rows in (("fwd", fwd), ("bwd", bwd), ("empty", floor)):
+        for label, rows in (("fwd", fwd), ("bwd", bwd), ("empty", floor), ("empty, 24 KB threadgroup", floor_staged),
+                            ("empty after a 148 B host-to-device copy", floor_copy)):
             print("   " + label + ": " + ", ".join(f"{n.split('_float')[0]} {ms * 1000:.1f} us" for n, ms in rows))
 
 

@@ -42,10 +42,19 @@ constant constexpr float kLog2e = 1.4426950408889634f;
 constant constexpr float kLn2 = 0.6931471805599453f;
 constant constexpr float kRescaleSlack = 8.0f;  // base-2 headroom of the forward's running maximum
 
-// Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8).
-// (Unrolled into three guarded exchanges it took 30-50 more registers a thread in nvcc's report:
-// dQ 168 -> 217, dK/dV 229 -> 255 with spills; the loop stays.)
-inline float slice_sum(float v, int NG) {
+// Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8), of
+// a float or of a vector of independent sums (one exchange a level for all of them).
+// DS <= 8 (the small problems' slices, few registers): three guarded exchanges, no loop. Wider
+// slices keep the loop: unrolled there it took 30-50 more registers a thread in nvcc's report
+// (dQ 168 -> 217, dK/dV 229 -> 255 with spills).
+template <int DS, typename V>
+inline V slice_sum(V v, int NG) {
+  if (DS <= 8) {
+    if (NG > 1) v += simd_shuffle_xor(v, ushort(1));
+    if (NG > 2) v += simd_shuffle_xor(v, ushort(2));
+    if (NG > 4) v += simd_shuffle_xor(v, ushort(4));
+    return v;
+  }
   for (int m = 1; m < NG; m <<= 1) {
     v += simd_shuffle_xor(v, ushort(m));
   }
@@ -53,6 +62,15 @@ inline float slice_sum(float v, int NG) {
 }
 
 inline float hsum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+
+// Two independent sums over the NG lanes of a position: one float2 exchange a level for narrow
+// slices; wide slices (register-bound kernels) sum them one after the other (the fused exchange
+// took 17-33 more registers a thread in dQ at DS 16 and 32).
+template <int DS>
+inline float2 slice_sum2(float a, float b, int NG) {
+  if (DS <= 8) return slice_sum<DS>(float2(a, b), NG);
+  return float2(slice_sum<DS>(a, NG), slice_sum<DS>(b, NG));
+}
 
 // Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`
 // (row-major); the 3 - R trivial leading axes cost no division.
@@ -351,6 +369,42 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
   }
 }
 
+// This lane's part of the dot product of a staged row (its slice of DS floats, at `row`) with `x`.
+template <typename T, int DS>
+inline float slice_dot(threadgroup const vec<T, 4>* row, thread const float4* x) {
+  float4 part = float4(0.0f);
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    const vec<T, 4> r = row[i];
+    part += x[i] * float4(r);
+  }
+  return hsum(part);
+}
+
+// One key of the forward's online softmax: score `s` (base 2), its staged value row slice `vr`;
+// running maximum `m`, sum `l` and output slice `av`.
+// NaN-propagating: a NaN score never raises m and makes p (so l) NaN. Lazy rescaling: the running
+// maximum moves only when a score passes it by more than kRescaleSlack (base 2), so
+// p = exp2(s - m) stays below 2^kRescaleSlack and the rescale is rare after the first keys.
+template <typename T, int DS>
+inline void online_step(float s, threadgroup const vec<T, 4>* vr, thread float& m, thread float& l,
+                        thread float4* av) {
+  if (s > m + kRescaleSlack) {
+    const float corr = exp2(m - s);
+    l *= corr;
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+    m = s;
+  }
+  const float p = exp2(s - m);
+  l += p;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    const vec<T, 4> r = vr[i];
+    av[i] += p * float4(r);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------------
@@ -411,38 +465,15 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
       const Run run = key_run<R>(K, w, extra, P.valid, extra ? 0 : own_width);
       if (run.first > run.last) continue;                   // SIMD-uniform
-      for (int j = run.first; j <= run.last; ++j) {
-        const int kk = run_token(w, run, j);
-        const bool ok = run_ok(run, j);
-        threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
-        float4 part = float4(0.0f);
-        #pragma clang loop unroll(full)
-        for (int i = 0; i < DS / 4; ++i) {
-          const vec<T, 4> x = kr[i];
-          part += qv[i] * float4(x);
-        }
-        const float s = slice_sum(hsum(part), G.NG);
-        if (ok) {
-          // NaN-propagating online softmax: a NaN score never raises m and makes p (so l) NaN.
-          // Lazy rescaling: the running maximum moves only when a score passes it by more than
-          // kRescaleSlack (base 2), so p = exp2(s - m) stays below 2^kRescaleSlack and the
-          // rescale (a SIMD-group-wide branch) is rare after the first keys.
-          if (s > m + kRescaleSlack) {
-            const float corr = exp2(m - s);
-            l *= corr;
-            #pragma clang loop unroll(full)
-            for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
-            m = s;
-          }
-          const float p = exp2(s - m);
-          l += p;
-          threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
-          #pragma clang loop unroll(full)
-          for (int i = 0; i < DS / 4; ++i) {
-            const vec<T, 4> x = vr[i];
-            av[i] += p * float4(x);
-          }
-        }
+      // Steps in pairs: both scores' dot products and lane exchanges are independent (one float2
+      // exchange a level), so their latencies overlap; the softmax then takes them in order.
+      for (int j = run.first; j <= run.last; j += 2) {
+        const int j1 = min(j + 1, run.last);                // the pair's second step (none: j again)
+        const int k0 = run_token(w, run, j), k1 = run_token(w, run, j1);
+        const float2 s = slice_sum2<DS>(slice_dot<T, DS>(stage + k0 * R4 + s4, qv),
+                                        slice_dot<T, DS>(stage + k1 * R4 + s4, qv), G.NG);
+        if (run_ok(run, j)) online_step<T, DS>(s.x, stage + voff + k0 * R4 + s4, m, l, av);
+        if (j1 > j && run_ok(run, j1)) online_step<T, DS>(s.y, stage + voff + k1 * R4 + s4, m, l, av);
       }
     }
   }
@@ -511,7 +542,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     }
     dqa[i] = float4(0.0f);
   }
-  dsum = slice_sum(dsum, G.NG);
+  dsum = slice_sum<DS>(dsum, G.NG);
   const float dlt = dsum - ((P.valid && G.has_dlse) ? dlse[row] : 0.0f);
   const float lse2 = P.valid ? lse[row] * kLog2e : 0.0f;
 
@@ -544,8 +575,8 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
           ps += qv[i] * float4(x);
           pd += gv[i] * float4(y);
         }
-        const float s = slice_sum(hsum(ps), G.NG);
-        const float dp = slice_sum(hsum(pd), G.NG);
+        const float2 sd = slice_sum2<DS>(hsum(ps), hsum(pd), G.NG);   // score, dP
+        const float s = sd.x, dp = sd.y;
         if (ok) {
           const float ds = exp2(s - lse2) * (dp - dlt);
           #pragma clang loop unroll(full)
@@ -690,8 +721,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
             ps += float4(x) * kv[i];
             pd += float4(y) * vv[i];
           }
-          const float s = slice_sum(hsum(ps), G.NG);
-          const float dp = slice_sum(hsum(pd), G.NG);
+          const float2 sd = slice_sum2<DS>(hsum(ps), hsum(pd), G.NG);   // score, dP
+          const float s = sd.x, dp = sd.y;
           if (ok) {
             const float p = exp2(s - stats[ii]);
             const float ds = p * (dp - stats[kMaxChunk + ii]);
