@@ -126,16 +126,22 @@ OWN_WALK_CASES = [
 ]
 
 
+@pytest.mark.parametrize("walk", ["own", "union"])
 @pytest.mark.parametrize("i", range(len(OWN_WALK_CASES)))
-def test_own_window_walk(i, dev, monkeypatch):
-    """The own-window walk (each lane steps through its own window; NATTEN_MPS_METAL_WALK=own),
-    forward and backward, additional keys included, against float64; it is taken where the inner
-    axis holds a SIMD-group's run, and the backward stays bit-identical across runs."""
-    monkeypatch.setenv("NATTEN_MPS_METAL_WALK", "own")
+def test_forced_walks(i, walk, dev, monkeypatch):
+    """Both walks of the NA kernels on the same shapes (NATTEN_MPS_METAL_WALK): the own-window walk
+    (each lane steps through its own window, staged rows skewed across banks) and the union walk
+    (every lane on the same token), forward and backward, additional keys included, against
+    float64; the own walk is taken where the inner axis holds a SIMD-group's run, and the backward
+    stays bit-identical across runs."""
+    monkeypatch.setenv("NATTEN_MPS_METAL_WALK", walk)
     c = OWN_WALK_CASES[i]
     q, k, v = inputs(c, torch.float32, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
-    assert prob.own_walk and prob.u[:2] == [1, 1]
+    if walk == "own":
+        assert prob.own_walk and prob.u[:2] == [1, 1] and prob.RS == prob.NG * prob.DS // 4 + 1
+    else:
+        assert not prob.own_walk and prob.RS == prob.NG * prob.DS // 4
     first, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
     second, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
     for a, b in zip(first, second):
@@ -170,6 +176,22 @@ def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
         assert a is None or torch.equal(a, b)
     if i < 2:
         check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+
+
+@pytest.mark.parametrize("spatial,k,own", [((256,), 7, True), ((64, 64), 7, True), ((16, 16, 16), 5, True),
+                                            ((128, 128), 13, False), ((4096,), 63, False), ((64, 2), 2, False)])
+def test_default_walk(spatial, k, own, monkeypatch):
+    """The host takes the own-window walk for short windows whose union walk would visit >= 1.4x a
+    window's steps, and the union walk for long windows (K > 8 on the inner axis), for extents too
+    narrow for a SIMD-group's run on the inner axis, and for dense attention."""
+    monkeypatch.delenv("NATTEN_MPS_METAL_WALK", raising=False)
+    r = len(spatial)
+    q = torch.empty(2, *spatial, 4, 64, device="meta")
+    prob = metal._Problem(q, q, q, [k] * r, [1] * r, [1] * r, [False] * r, False, 0)
+    assert prob.own_walk == own
+    dense = metal._Problem(q, q, q, [1], [1], [1], [False], True, 0, lq=[q[0, ..., 0, 0].numel()],
+                           lk=[q[0, ..., 0, 0].numel()])
+    assert not dense.own_walk
 
 
 def test_walk_mode_env_is_checked(monkeypatch):

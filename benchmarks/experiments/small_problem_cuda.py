@@ -47,13 +47,16 @@ def force_tiling(tiling):
         return
     from natten_mps.backends import metal
     if not hasattr(force_tiling, "orig"):
-        force_tiling.orig = (metal._simdgroups, metal._Problem._cheaper_slice, metal._target_threadgroups)
+        force_tiling.orig = (metal._simdgroups, metal._Problem._cheaper_slice, metal._Problem._own_slice,
+                             metal._target_threadgroups)
     if tiling == "default":
-        metal._simdgroups, metal._Problem._cheaper_slice, metal._target_threadgroups = force_tiling.orig
+        (metal._simdgroups, metal._Problem._cheaper_slice, metal._Problem._own_slice,
+         metal._target_threadgroups) = force_tiling.orig
         return
     sg, ds = (int(x) for x in tiling.split("x"))
-    metal._simdgroups = lambda device: sg
+    metal._simdgroups = lambda device, own_walk=False: sg
     metal._Problem._cheaper_slice = lambda self, group_ext: ds
+    metal._Problem._own_slice = lambda self: ds
     metal._target_threadgroups = lambda device: 0
 
 

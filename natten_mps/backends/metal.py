@@ -68,20 +68,25 @@ def _slices(D: int, Dv: int, ds: Optional[int] = None) -> Tuple[int, int]:
     return ds, ng
 
 
-def _simdgroups(device: torch.device) -> int:
+def _simdgroups(device: torch.device, own_walk: bool = False) -> int:
     """SIMD-groups a tile starts with: 8 (256 threads, the fewest device bytes per token; the
-    emulator's cost counters and Apple GPUs), 2 on CUDA, where the per-kernel sweep
-    (``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``, results/tile_sweep_h200.txt)
+    emulator's cost counters and Apple GPUs); on CUDA 2 for the union walk, where the per-kernel
+    sweep (``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``, results/tile_sweep_h200.txt)
     measured dQ and dK/dV 2-10% faster with 2 than with 4 on every large configuration, and the
-    forward as fast or faster (4 had been 1.3-1.5x faster than 8)."""
-    return 2 if device.type == "cuda" else SIMDGROUPS
+    forward as fast or faster (4 had been 1.3-1.5x faster than 8), and 4 for the own-window walk
+    (its SIMD-groups stack on the outer axes, so more of them share a staged box)."""
+    if device.type == "cuda":
+        return 4 if own_walk else 2
+    return SIMDGROUPS
 
 
 def _target_threadgroups(device: torch.device) -> int:
     """Threadgroups that keep every GPU core busy; below it the tiles shrink (fewer SIMD-groups per
-    tile, then narrower slices). The emulator keeps the large, byte-efficient tiles."""
+    tile, then narrower slices). The emulator keeps the large, byte-efficient tiles. On CUDA 1.5 a
+    multiprocessor: at 1-D L=256 the per-kernel sweep measured tiles of 2-4 SIMD-groups (128-256
+    tiles) 20-25% faster than tiles of one (512-1024 tiles, what four a multiprocessor asked for)."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 3 * torch.cuda.get_device_properties(device).multi_processor_count // 2
     if device.type == "mps":
         return 4 * 32          # M-series Max GPUs have 30-40 cores
     return 0
@@ -124,8 +129,10 @@ def _walk_mode() -> Optional[str]:
     return mode or None
 
 
-def _chunk(dp: int, itemsize: int) -> int:
-    return max(1, min(MAX_CHUNK, STAGE_BYTES // (2 * dp * itemsize)))
+def _chunk(row_vectors: int, itemsize: int) -> int:
+    """Tokens per staged chunk: two arrays (keys and values, or queries and output gradients) of
+    rows ``row_vectors`` 4-vectors apart in STAGE_BYTES."""
+    return max(1, min(MAX_CHUNK, STAGE_BYTES // (2 * 4 * row_vectors * itemsize)))
 
 
 class _Problem:
@@ -151,11 +158,10 @@ class _Problem:
         target = _target_threadgroups(q.device)
         mode = _walk_mode()
         ds = self._cheaper_slice(group_ext)
-        if mode == "own" and not self.dense and _slices(self.D, self.Dv, 16)[1] <= 8:
-            # the own-window walk needs a SIMD-group's run (32 / NG positions) on the inner axis
-            if group_ext[2] < 32 // _slices(self.D, self.Dv, ds)[1]:
-                ds = 16
-        start = _simdgroups(q.device)
+        own = self._wants_own_walk(mode, group_ext, ds)
+        if own:
+            ds = self._own_slice()
+        start = _simdgroups(q.device, own)
         # Fewer SIMD-groups a tile first, then narrower slices (more lanes a position, so fewer
         # positions a SIMD-group): small problems spread over more, shorter SIMD-groups.
         choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(w, 1) for w in NARROW_SLICES]
@@ -165,26 +171,50 @@ class _Problem:
             if lanes > 8:                         # this slice cannot cover the head dim in 8 lanes
                 continue
             self.DS, self.NG = width, lanes
-            self.own_walk = self._own_walk(mode, group_ext)
+            # the own-window walk needs a SIMD-group's run (32 / NG positions) on the inner axis
+            self.own_walk = own and group_ext[2] >= 32 // self.NG
             self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups, rows=self.own_walk)
             if self.tiles() >= target:
                 break
         assert self.NG <= 8, self.NG
-        self.KC = _chunk(self.NG * self.DS, q.element_size())
+        # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
+        # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
+        self.RS = self.NG * self.DS // 4 + int(self.own_walk)
+        self.KC = _chunk(self.RS, q.element_size())
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
 
-    def _own_walk(self, mode: Optional[str], group_ext) -> bool:
-        """Whether lanes walk their own windows (attention.metal, ``Run``): neighbourhood attention
-        whose inner axis holds a SIMD-group's run of ``32 / NG`` positions."""
-        if self.dense or group_ext[2] < 32 // self.NG:
+    def _wants_own_walk(self, mode: Optional[str], group_ext, ds: int) -> bool:
+        """Whether lanes should walk their own windows (attention.metal, ``Run``): neighbourhood
+        attention with short windows (at most 8 on the inner axis) where the union walk, at slice
+        ``ds``, would visit at least 1.4x the steps of a window (its masked steps). The own walk's
+        lanes read different staged rows at once (rows are skewed across banks, ``RS``); with long
+        windows the union walk's broadcast reads won on the proxy (tile_sweep_h200.txt: 1-D K=63,
+        2-D K=13), with short ones the own walk (1-D 256 K=7, 2-D 32^2 and 64^2 K=7, 3-D K=5
+        backward: 3-25% faster kernels)."""
+        if self.dense:
             return False
         if mode is not None:
             return mode == "own"
-        # 1-D windows short against a SIMD-group's run: the union walk would visit >= 2x the window
-        # (the proxy measured 13-18% faster kernels at L=256 K=7; in 2-D and 3-D, and for long 1-D
-        # windows, the broadcast reads of the union walk won: tile_sweep_h200.txt).
-        run = 32 // self.NG
-        return self.rank == 1 and run + self.K[2] - 1 >= 2 * self.K[2]
+        if self.K[2] > 8:
+            return False
+        _, ng = _slices(self.D, self.Dv, ds)
+        u, _ = _tiling(self.rank, group_ext, ng, 1)
+        union = own = 1
+        for ax in range(3):
+            extent = max(group_ext[ax], 1)
+            union *= min(u[ax] + self.K[ax] - 1, extent)
+            own *= min(self.K[ax], extent)
+        return union >= 1.4 * own
+
+    def _own_slice(self) -> int:
+        """Slice width for the own-window walk: narrow (8), so a SIMD-group's 32 / NG positions, each
+        reading its own row, are few; 16 in 3-D, where the staged box's halo on three axes wants
+        more positions a tile (the proxy's per-kernel sweep: 2-D 64^2 backward 20% faster at 8 than
+        the union walk, 3-D best at 16)."""
+        ds = 16 if self.rank == 3 else 8
+        while _slices(self.D, self.Dv, ds)[1] > 8:     # wide head dims: the narrowest that fits 8 lanes
+            ds *= 2
+        return ds
 
     def _cheaper_slice(self, group_ext) -> int:
         """Slice width (16 or 32) with the least lane work: a lane walks the union of its
@@ -225,7 +255,7 @@ class _Problem:
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
              + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
                                                                        int(sizes is not None), int(vec_loads),
-                                                                       int(self.own_walk)])
+                                                                       int(self.own_walk), self.RS])
         fixed = torch.tensor(g, dtype=torch.int32, device=device)
         if sizes is None:
             return fixed

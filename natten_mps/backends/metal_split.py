@@ -30,7 +30,7 @@ def split_supported(*tensors: torch.Tensor) -> bool:
 def _geometry(B, spatial, H, Hkv, width_a, width_x, kernel_size, stride, dilation, is_causal, device):
     L = _pad3(spatial, 1)
     g = ([B, H, Hkv, width_a, width_x] + L + L + _pad3(kernel_size, 1) + _pad3(stride, 1) + _pad3(dilation, 1)
-         + _pad3([int(bool(c)) for c in is_causal], 0) + [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+         + _pad3([int(bool(c)) for c in is_causal], 0) + [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     return torch.tensor(g, dtype=torch.int32, device=device)
 
 

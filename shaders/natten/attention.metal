@@ -341,12 +341,12 @@ inline StageSplit stage_split(int R4, uint tid, uint nthreads) {
   return S;
 }
 
-// Stage rows [n][R4] (4-vectors) of keys and values (neighbourhood box or additional tokens) of
-// key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
+// Stage rows [n][R4] (4-vectors, rows RS vectors apart) of keys and values (neighbourhood box or
+// additional tokens) of key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
 template <typename T, int R>
 inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
                        device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
-                       thread const KeyBox& K, int hk, bool extra, int base, int n, int R4,
+                       thread const KeyBox& K, int hk, bool extra, int base, int n, int R4, int RS,
                        uint tid, uint nthreads) {
   const StageSplit S = stage_split(R4, tid, nthreads);
   const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
@@ -363,8 +363,8 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
     device const T* ks = (extra ? xk : k) + src * G.D;
     device const T* vs = (extra ? xv : v) + src * G.Dv;
     for (int c = S.col0; c < R4; c += S.per_row) {
-      st[r * R4 + c] = load4<T>(ks, c, G.D, G.vec_loads);
-      st[voff + r * R4 + c] = load4<T>(vs, c, G.Dv, G.vec_loads);
+      st[r * RS + c] = load4<T>(ks, c, G.D, G.vec_loads);
+      st[voff + r * RS + c] = load4<T>(vs, c, G.Dv, G.vec_loads);
     }
   }
 }
@@ -432,7 +432,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     return;
   }
   const KeyBox K = key_box<R>(G, Tl, P);
-  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
   const int hk = Tl.h / (G.H / G.Hkv);
 
   float4 qv[DS / 4], av[DS / 4];
@@ -459,7 +459,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);      // the previous chunk is consumed
-    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -470,10 +470,10 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
       for (int j = run.first; j <= run.last; j += 2) {
         const int j1 = min(j + 1, run.last);                // the pair's second step (none: j again)
         const int k0 = run_token(w, run, j), k1 = run_token(w, run, j1);
-        const float2 s = slice_sum2<DS>(slice_dot<T, DS>(stage + k0 * R4 + s4, qv),
-                                        slice_dot<T, DS>(stage + k1 * R4 + s4, qv), G.NG);
-        if (run_ok(run, j)) online_step<T, DS>(s.x, stage + voff + k0 * R4 + s4, m, l, av);
-        if (j1 > j && run_ok(run, j1)) online_step<T, DS>(s.y, stage + voff + k1 * R4 + s4, m, l, av);
+        const float2 s = slice_sum2<DS>(slice_dot<T, DS>(stage + k0 * RS + s4, qv),
+                                        slice_dot<T, DS>(stage + k1 * RS + s4, qv), G.NG);
+        if (run_ok(run, j)) online_step<T, DS>(s.x, stage + voff + k0 * RS + s4, m, l, av);
+        if (j1 > j && run_ok(run, j1)) online_step<T, DS>(s.y, stage + voff + k1 * RS + s4, m, l, av);
       }
     }
   }
@@ -525,7 +525,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     return;
   }
   const KeyBox K = key_box<R>(G, Tl, P);
-  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
   const int hk = Tl.h / (G.H / G.Hkv);
 
   float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
@@ -556,7 +556,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, tid, nthreads);
+    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -565,8 +565,8 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
       for (int j = run.first; j <= run.last; ++j) {
         const int kk = run_token(w, run, j);
         const bool ok = run_ok(run, j);
-        threadgroup const vec<T, 4>* kr = stage + kk * R4 + s4;
-        threadgroup const vec<T, 4>* vr = stage + voff + kk * R4 + s4;
+        threadgroup const vec<T, 4>* kr = stage + kk * RS + s4;
+        threadgroup const vec<T, 4>* vr = stage + voff + kk * RS + s4;
         float4 ps = float4(0.0f), pd = float4(0.0f);
         #pragma clang loop unroll(full)
         for (int i = 0; i < DS / 4; ++i) {
@@ -624,7 +624,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   if (tile_outside(Tl)) return;
   const Place P = locate_thread<R>(G, Tl, tid);
-  const int R4 = G.NG * DS / 4, s4 = P.slice * DS / 4, voff = G.KC * R4;
+  const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
   const int hk = Tl.h, groups = G.H / G.Hkv;
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
@@ -695,8 +695,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         const int src = (Tl.b * tokens_q + token_of(sc, grp_q, G.DIL, G.Lq)) * G.H + h;
         box_advance<R>(S.step, lo, ext, sc);
         for (int c = S.col0; c < R4; c += S.per_row) {
-          stage[r * R4 + c] = load4<T>(q + src * G.D, c, G.D, G.vec_loads);
-          stage[voff + r * R4 + c] = load4<T>(dout + src * G.Dv, c, G.Dv, G.vec_loads);
+          stage[r * RS + c] = load4<T>(q + src * G.D, c, G.D, G.vec_loads);
+          stage[voff + r * RS + c] = load4<T>(dout + src * G.Dv, c, G.Dv, G.vec_loads);
         }
         if (S.col0 == 0) {
           stats[r] = lse[src] * kLog2e;
@@ -711,8 +711,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
         for (int j = run.first; j <= run.last; ++j) {
           const int ii = run_token(w, run, j);
           const bool ok = run_ok(run, j);
-          threadgroup const vec<T, 4>* qs = stage + ii * R4 + s4;
-          threadgroup const vec<T, 4>* gs = stage + voff + ii * R4 + s4;
+          threadgroup const vec<T, 4>* qs = stage + ii * RS + s4;
+          threadgroup const vec<T, 4>* gs = stage + voff + ii * RS + s4;
           float4 ps = float4(0.0f), pd = float4(0.0f);
           #pragma clang loop unroll(full)
           for (int i = 0; i < DS / 4; ++i) {

@@ -12,7 +12,9 @@
 //   [35] vec_loads: every row of every tensor starts on a multiple of 4 elements (widths and
 //   tensor offsets are), so rows are read as 4-vectors
 //   [36] own_walk: each lane walks its own window (attention.metal, Run), when chunks hold whole rows
-//   [37 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
+//   [37] RS: 4-vectors from one staged row to the next: NG x DS / 4, plus one for the own-window walk
+//   (its lanes read different rows at once; the skew puts neighbouring rows in different banks)
+//   [38 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
 //   its positions past them are padding, never attended and written as zeros.
 #pragma once
 #include "na_window.h"
@@ -26,9 +28,10 @@ struct Geom {
   int u[3], a[3];
   int KC, E;
   bool has_dlse, varlen, vec_loads, own_walk;
+  int RS;
 };
 
-constant constexpr int kGeomFixed = 37;   // entries before the per-sample extents of varlen
+constant constexpr int kGeomFixed = 38;   // entries before the per-sample extents of varlen
 
 inline Geom load_geom(constant int* g) {
   Geom G;
@@ -41,6 +44,7 @@ inline Geom load_geom(constant int* g) {
   G.varlen = g[34] != 0;
   G.vec_loads = g[35] != 0;
   G.own_walk = g[36] != 0;
+  G.RS = g[37];
   return G;
 }
 
