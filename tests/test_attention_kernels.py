@@ -82,6 +82,17 @@ def check_na(c, dtype, seed, extra=0, grad=True, dev="cpu"):
     return grads, (dout, dlse)
 
 
+def check_exact_and_repeatable(c, i, extra, dev):
+    """Case ``c`` (seed ``i``, ``extra`` additional keys) against float64, twice: bit-identical
+    gradients; the first two cases of a list in float16 / bfloat16 too."""
+    first, _ = check_na(c, torch.float32, seed=i, extra=extra, dev=dev)
+    second, _ = check_na(c, torch.float32, seed=i, extra=extra, dev=dev)
+    for a, b in zip(first, second):
+        assert a is None or torch.equal(a, b)
+    if i < 2:
+        check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+
+
 @pytest.mark.parametrize("rank,i", [(r, i) for r in (1, 2, 3) for i in range(6 if r < 3 else 4)])
 def test_na_float32_forward_backward(rank, i, dev):
     check_na(random_case(random.Random(31 * rank + 1000 * i), rank), torch.float32, seed=i, dev=dev)
@@ -142,12 +153,7 @@ def test_forced_walks(i, walk, dev, monkeypatch):
         assert prob.own_walk and prob.u[:2] == [1, 1] and prob.RS == prob.NG * prob.DS // 4 + 1
     else:
         assert not prob.own_walk and prob.RS == prob.NG * prob.DS // 4
-    first, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
-    second, _ = check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev=dev)
-    for a, b in zip(first, second):
-        assert a is None or torch.equal(a, b)
-    if i < 2:
-        check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+    check_exact_and_repeatable(c, i, 2 if i % 2 else 0, dev)
 
 
 NARROW_CASES = [   # (case, the narrowest slice covering its head dim in 8 lanes)
@@ -170,12 +176,7 @@ def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
     q, k, v = inputs(c, torch.float32, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
     assert (prob.DS, prob.NG, prob.threads_per_group) == (narrowest, 8, 32)
-    first, _ = check_na(c, torch.float32, seed=i, extra=3 if i % 2 else 0, dev=dev)
-    second, _ = check_na(c, torch.float32, seed=i, extra=3 if i % 2 else 0, dev=dev)
-    for a, b in zip(first, second):
-        assert a is None or torch.equal(a, b)
-    if i < 2:
-        check_na(c, torch.float16 if i == 0 else torch.bfloat16, seed=i, dev=dev)
+    check_exact_and_repeatable(c, i, 3 if i % 2 else 0, dev)
 
 
 @pytest.mark.parametrize("spatial,k,own", [((256,), 7, True), ((64, 64), 7, True), ((16, 16, 16), 5, True),
