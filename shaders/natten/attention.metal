@@ -17,7 +17,8 @@
 // row's tokens are bounded by the union's inner span (SIMD-uniform bounds, no per-token box
 // stepping); each lane masks with its exact window. Two walks (Run): the union walk, every lane on
 // the same token (broadcast reads), and the own-window walk, each lane through its own window (no
-// masked steps; 1-D problems with short windows, chosen by the host). Scores are kept in base 2
+// masked steps; short windows, chosen by the host; staged rows RS = R4 + 1 vectors apart, so the rows
+// its lanes read at once fall in different banks). Scores are kept in base 2
 // (q pre-scaled by scale * log2 e, exp2); the forward's online softmax rescales only when a score
 // passes the running maximum by more than 2^8; every accumulation is float. No atomics: dK/dV walk
 // the inverse neighbourhood (attn_tile.h, query_bounds) and loop over the query heads of a key
