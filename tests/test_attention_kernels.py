@@ -325,6 +325,18 @@ def test_public_api_additional_keys_dispatches(dev):
         torch.testing.assert_close(t.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
 
 
+def test_every_slice_width_is_instantiated():
+    """The host picks slice widths from metal.SLICES; the shader instantiates each, for every dtype
+    and rank, forward and backward (the emulator compiles the same source as compile_shader)."""
+    from natten_mps.metal import runtime
+    lib = runtime.library(metal.ATTENTION_SHADER, "cpu")
+    for ds in metal.SLICES:
+        for dtype in ("float32", "float16", "bfloat16"):
+            for rank in (1, 2, 3):
+                for name in ("attn_forward", "attn_backward_dq", "attn_backward_dkdv"):
+                    assert getattr(lib, f"{name}_{dtype}_{ds}_r{rank}").name == f"{name}_{dtype}_{ds}_r{rank}"
+
+
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_kernels_are_specialised_to_the_problem_rank(rank):
     """Every launch of a rank-R problem (forward, dQ, dK/dV, additional keys' dK/dV) runs the

@@ -176,7 +176,7 @@ class _Problem:
             self.u, self.a = _tiling(self.rank, group_ext, self.NG, simdgroups, rows=self.own_walk)
             if self.tiles() >= target:
                 break
-        assert self.NG <= 8, self.NG
+        assert self.NG <= 8 and self.DS in SLICES, (self.NG, self.DS)
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
