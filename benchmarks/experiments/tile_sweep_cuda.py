@@ -3,8 +3,8 @@
     python benchmarks/experiments/tile_sweep_cuda.py [--per-kernel] [--only NAME ...]
 
 For each config, times the forward and the backward kernels (launcher CUDA events, kernels only, medians) with the
-SIMD-groups a tile starts from forced to 1, 2, 4, 8 and the head-dim slice forced to 16 or 32
-(``--per-kernel``: 4, 8, 16 or 32, the host's fallbacks off).
+SIMD-groups a tile forced to 1, 2, 4, 8 and the head-dim slice to 16 or 32 (``--per-kernel``: 4, 8,
+16 or 32), the host's fallbacks off (``small_problem_cuda.force_tiling``), then the host's default.
 ``--per-kernel``: the median of each launch (forward, dQ, dK/dV) instead of each call's sum, so the
 backward's two kernels can be ranked apart (they are tiled separately: queries, then keys).
 """
@@ -38,7 +38,6 @@ def main():
     if args.per_kernel:
         return per_kernel(args.only)
     natten_mps.set_metal_on_cuda(True)
-    orig_sg, orig_slice = metal._simdgroups, metal._Problem._cheaper_slice
     print("| config | simdgroups | DS | fwd ms | bwd ms (dq+dkdv) |")
     print("|---|---|---|---|---|")
     for name, spatial, K in CONFIGS:
@@ -47,17 +46,13 @@ def main():
         args = ([K] * len(spatial), [1] * len(spatial), [1] * len(spatial), [False] * len(spatial), 0.125)
         out, lse = metal.attention_forward(q, k, v, *args)
         dout = torch.randn_like(out)
-        for sg in (1, 2, 4, 8):
-            for ds in (16, 32):
-                metal._simdgroups = lambda d, own_walk=False, sg=sg: sg
-                metal._Problem._cheaper_slice = lambda self, ge, ds=ds: ds
-                f = timed(lambda: metal.attention_forward(q, k, v, *args))
-                b = timed(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args))
-                print(f"| {name} | {sg} | {ds} | {f:.3f} | {b:.3f} |", flush=True)
-        metal._simdgroups, metal._Problem._cheaper_slice = orig_sg, orig_slice
-        f = timed(lambda: metal.attention_forward(q, k, v, *args))
-        b = timed(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args))
-        print(f"| {name} | default | default | {f:.3f} | {b:.3f} |", flush=True)
+        for tiling in [f"{sg}x{ds}" for sg in (1, 2, 4, 8) for ds in (16, 32)] + ["default"]:
+            force_tiling(tiling)
+            f = timed(lambda: metal.attention_forward(q, k, v, *args))
+            b = timed(lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args))
+            sg, ds = tiling.split("x") if tiling != "default" else ("default", "default")
+            print(f"| {name} | {sg} | {ds} | {f:.3f} | {b:.3f} |", flush=True)
+        force_tiling("default")
 
 
 def per_kernel(only):

@@ -568,15 +568,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
         const bool ok = run_ok(run, j);
         threadgroup const vec<T, 4>* kr = stage + kk * RS + s4;
         threadgroup const vec<T, 4>* vr = stage + voff + kk * RS + s4;
-        float4 ps = float4(0.0f), pd = float4(0.0f);
-        #pragma clang loop unroll(full)
-        for (int i = 0; i < DS / 4; ++i) {
-          const vec<T, 4> x = kr[i];
-          const vec<T, 4> y = vr[i];
-          ps += qv[i] * float4(x);
-          pd += gv[i] * float4(y);
-        }
-        const float2 sd = slice_sum2<DS>(hsum(ps), hsum(pd), G.NG);   // score, dP
+        const float2 sd = slice_sum2<DS>(slice_dot<T, DS>(kr, qv), slice_dot<T, DS>(vr, gv), G.NG);  // score, dP
         const float s = sd.x, dp = sd.y;
         if (ok) {
           const float ds = exp2(s - lse2) * (dp - dlt);
@@ -714,15 +706,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
           const bool ok = run_ok(run, j);
           threadgroup const vec<T, 4>* qs = stage + ii * RS + s4;
           threadgroup const vec<T, 4>* gs = stage + voff + ii * RS + s4;
-          float4 ps = float4(0.0f), pd = float4(0.0f);
-          #pragma clang loop unroll(full)
-          for (int i = 0; i < DS / 4; ++i) {
-            const vec<T, 4> x = qs[i];
-            const vec<T, 4> y = gs[i];
-            ps += float4(x) * kv[i];
-            pd += float4(y) * vv[i];
-          }
-          const float2 sd = slice_sum2<DS>(hsum(ps), hsum(pd), G.NG);   // score, dP
+          const float2 sd = slice_sum2<DS>(slice_dot<T, DS>(qs, kv), slice_dot<T, DS>(gs, vv), G.NG);  // score, dP
           const float s = sd.x, dp = sd.y;
           if (ok) {
             const float p = exp2(s - stats[ii]);
