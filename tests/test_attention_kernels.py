@@ -170,13 +170,17 @@ NARROW_CASES = [   # (case, the narrowest slice covering its head dim in 8 lanes
 def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
     """A problem with fewer tiles than the GPU's target spreads over narrower head-dim slices (DS 8 or
     4: more lanes a position, fewer positions a SIMD-group); forward, backward and additional keys
-    stay exact, and the backward bit-identical across runs."""
+    stay exact, and the backward bit-identical across runs. They also stage several rows a thread
+    at once (the "_b4" kernels: partial batches, several batches a chunk, additional keys)."""
     monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
     c, narrowest = NARROW_CASES[i]
     q, k, v = inputs(c, torch.float32, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
-    assert (prob.DS, prob.NG, prob.threads_per_group) == (narrowest, 8, 32)
-    check_exact_and_repeatable(c, i, 3 if i % 2 else 0, dev)
+    assert (prob.DS, prob.NG, prob.threads_per_group, prob.NB) == (narrowest, 8, 32, metal.STAGE_BATCH)
+    with emulator.counting() as counter:
+        check_exact_and_repeatable(c, i, 3 if i % 2 else 0, dev)
+    if dev == "cpu":   # the small problems' kernels stage NB rows a thread at once
+        assert counter.launches and all(s.kernel.endswith(f"_b{metal.STAGE_BATCH}") for s in counter.launches)
 
 
 @pytest.mark.parametrize("spatial,k,own", [((256,), 7, True), ((64, 64), 7, True), ((16, 16, 16), 5, True),
@@ -326,15 +330,17 @@ def test_public_api_additional_keys_dispatches(dev):
 
 
 def test_every_slice_width_is_instantiated():
-    """The host picks slice widths from metal.SLICES; the shader instantiates each, for every dtype
-    and rank, forward and backward (the emulator compiles the same source as compile_shader)."""
+    """The host picks slice widths from metal.SLICES (and batched staging at metal.BATCHED_SLICES);
+    the shader instantiates each, for every dtype and rank, forward and backward (the emulator compiles the same source as compile_shader)."""
     from natten_mps.metal import runtime
     lib = runtime.library(metal.ATTENTION_SHADER, "cpu")
-    for ds in metal.SLICES:
+    variants = [(ds, "") for ds in metal.SLICES] + [(ds, f"_b{metal.STAGE_BATCH}") for ds in metal.BATCHED_SLICES]
+    for ds, tag in variants:
         for dtype in ("float32", "float16", "bfloat16"):
             for rank in (1, 2, 3):
                 for name in ("attn_forward", "attn_backward_dq", "attn_backward_dkdv"):
-                    assert getattr(lib, f"{name}_{dtype}_{ds}_r{rank}").name == f"{name}_{dtype}_{ds}_r{rank}"
+                    full = f"{name}_{dtype}_{ds}_r{rank}{tag}"
+                    assert getattr(lib, full).name == full
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])

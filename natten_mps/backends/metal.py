@@ -28,6 +28,8 @@ STAGE_BYTES = 24576
 MAX_CHUNK = 64
 SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are instantiated for
 NARROW_SLICES = (16, 8, 4)       # tried in turn when a problem has too few tiles for the GPU
+BATCHED_SLICES = (4, 8)          # slice widths also instantiated with NB = 4 staged rows a thread ("_b4")
+STAGE_BATCH = 4
 _INT32_MAX = 2 ** 31 - 1
 _DTYPE_SUFFIX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -177,6 +179,9 @@ class _Problem:
             if self.tiles() >= target:
                 break
         assert self.NG <= 8 and self.DS in SLICES, (self.NG, self.DS)
+        # Small problems (fewer tiles than twice the target: no tile waits for a free core, so
+        # nothing hides a thread's device-memory latency) stage NB = 4 rows a thread at once.
+        self.NB = STAGE_BATCH if self.tiles() < 2 * target and self.DS in BATCHED_SLICES else 1
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
@@ -264,9 +269,10 @@ class _Problem:
         return torch.cat([fixed, per_sample.reshape(-1)])
 
     def kernel(self, lib, name: str, dtype):
-        """The kernel ``name`` for this dtype, slice width and rank (the rank template drops the
-        trivial leading axes from the hot loops: fewer registers)."""
-        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}")
+        """The kernel ``name`` for this dtype, slice width, rank (the rank template drops the
+        trivial leading axes from the hot loops: fewer registers) and staging batch."""
+        tag = "" if self.NB == 1 else f"_b{self.NB}"
+        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}{tag}")
 
     def launch(self, lib, name, dtype, *args):
         tiles = self.tiles()

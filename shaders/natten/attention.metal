@@ -24,11 +24,12 @@
 // the inverse neighbourhood (attn_tile.h, query_bounds) and loop over the query heads of a key
 // head, so results are bit-identical.
 //
-// Template parameters: element type T, head-dim slice DS, and the problem's rank R (1-3): tile and
+// Template parameters: element type T, head-dim slice DS, the problem's rank R (1-3): tile and
 // thread location, box coordinates and row tests skip the 3 - R trivial leading axes (no integer
-// division for them; divisions by the power-of-two tile extents are shifts).
+// division for them; divisions by the power-of-two tile extents are shifts), and NB, the rows a
+// thread stages at once (1, or 4 for small, latency-bound problems; see stage_keys).
 //
-// Kernels (suffix _<dtype>_<DS>_r<R>):
+// Kernels (suffix _<dtype>_<DS>_r<R>, and _b4 for NB = 4):
 //   attn_forward       out, lse                 (NA window + additional keys in one pass)
 //   attn_backward_dq   dq, delta = rowsum(dout * out) - dlse
 //   attn_backward_dkdv dk, dv                   (NA keys; with dense geometry: additional keys)
@@ -342,30 +343,108 @@ inline StageSplit stage_split(int R4, uint tid, uint nthreads) {
   return S;
 }
 
+// NB: rows a thread stages at once (a template parameter of the kernels). Their device loads are all
+// issued before the first threadgroup store, so the thread waits for device memory once a batch, not
+// once a row (a GPU issues in order: a store stalls on its load, and the next row's loads wait behind
+// it). Small problems, with too few SIMD-groups a core to hide that latency, were bound by it: the
+// host takes NB = 4 for them (the "_b4" kernels, DS 4 and 8). Each batch row holds two 4-vectors a
+// thread, registers that cost large problems occupancy, so they keep NB = 1 (their keys' and values'
+// loads still issue together).
 // Stage rows [n][R4] (4-vectors, rows RS vectors apart) of keys and values (neighbourhood box or
 // additional tokens) of key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
-template <typename T, int R>
+template <typename T, int R, int NB>
 inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
                        device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
                        thread const KeyBox& K, int hk, bool extra, int base, int n, int R4, int RS,
                        uint tid, uint nthreads) {
   const StageSplit S = stage_split(R4, tid, nthreads);
   const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  device const T* ks = extra ? xk : k;
+  device const T* vs = extra ? xv : v;
   int kc[3] = {0, 0, 0};
   if (!extra && S.row0 < n) box_coord<R>(base + S.row0, K.lo, K.ext, kc);
-  for (int r = S.row0; r < n; r += S.step) {
-    int src;
-    if (extra) {
-      src = (Tl.b * G.E + base + r) * G.Hkv + hk;
-    } else {
-      src = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
-      box_advance<R>(S.step, K.lo, K.ext, kc);
+  for (int r0 = S.row0; r0 < n; r0 += NB * S.step) {
+    int src[NB];                                  // source token row of each batch row; -1: none
+    #pragma clang loop unroll(full)
+    for (int b = 0; b < NB; ++b) {
+      src[b] = -1;
+      if (r0 + b * S.step >= n) continue;
+      if (extra) {
+        src[b] = (Tl.b * G.E + base + r0 + b * S.step) * G.Hkv + hk;
+      } else {
+        src[b] = (Tl.b * tokens_k + token_of(kc, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
+        box_advance<R>(S.step, K.lo, K.ext, kc);
+      }
     }
-    device const T* ks = (extra ? xk : k) + src * G.D;
-    device const T* vs = (extra ? xv : v) + src * G.Dv;
     for (int c = S.col0; c < R4; c += S.per_row) {
-      st[r * RS + c] = load4<T>(ks, c, G.D, G.vec_loads);
-      st[voff + r * RS + c] = load4<T>(vs, c, G.Dv, G.vec_loads);
+      vec<T, 4> kb[NB], vb[NB];
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) {
+        if (src[b] < 0) continue;
+        kb[b] = load4<T>(ks + src[b] * G.D, c, G.D, G.vec_loads);
+        vb[b] = load4<T>(vs + src[b] * G.Dv, c, G.Dv, G.vec_loads);
+      }
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) {
+        if (src[b] < 0) continue;
+        const int r = r0 + b * S.step;
+        st[r * RS + c] = kb[b];
+        st[voff + r * RS + c] = vb[b];
+      }
+    }
+  }
+}
+
+// Stage rows [n][R4] of queries and output gradients of query head `h` (flat indices c0 .. c0 + n - 1
+// of the query box lo/ext in query group `grp_q`), gradients `voff` vectors further, and per row its
+// LSE (base 2) and delta in `stats` (delta kMaxChunk entries further).
+template <typename T, int R, int NB>
+inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, int voff, device const T* q,
+                          device const T* dout, device const float* lse, device const float* delta,
+                          thread const Geom& G, int b_idx, thread const int* grp_q, thread const int* lo,
+                          thread const int* ext, int h, int c0, int n, int R4, int RS, uint tid,
+                          uint nthreads) {
+  const StageSplit S = stage_split(R4, tid, nthreads);
+  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
+  int qc[3] = {0, 0, 0};
+  if (S.row0 < n) box_coord<R>(c0 + S.row0, lo, ext, qc);
+  for (int r0 = S.row0; r0 < n; r0 += NB * S.step) {
+    int src[NB];
+    float ls[NB], dl[NB];
+    #pragma clang loop unroll(full)
+    for (int b = 0; b < NB; ++b) {
+      src[b] = -1;
+      if (r0 + b * S.step >= n) continue;
+      src[b] = (b_idx * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
+      box_advance<R>(S.step, lo, ext, qc);
+      if (S.col0 == 0) {
+        ls[b] = lse[src[b]];
+        dl[b] = delta[src[b]];
+      }
+    }
+    for (int c = S.col0; c < R4; c += S.per_row) {
+      vec<T, 4> qb[NB], gb[NB];
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) {
+        if (src[b] < 0) continue;
+        qb[b] = load4<T>(q + src[b] * G.D, c, G.D, G.vec_loads);
+        gb[b] = load4<T>(dout + src[b] * G.Dv, c, G.Dv, G.vec_loads);
+      }
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) {
+        if (src[b] < 0) continue;
+        const int r = r0 + b * S.step;
+        st[r * RS + c] = qb[b];
+        st[voff + r * RS + c] = gb[b];
+      }
+    }
+    if (S.col0 == 0) {
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) {
+        if (src[b] < 0) continue;
+        stats[r0 + b * S.step] = ls[b] * kLog2e;
+        stats[kMaxChunk + r0 + b * S.step] = dl[b];
+      }
     }
   }
 }
@@ -409,7 +488,7 @@ inline void online_step(float s, threadgroup const vec<T, 4>* vr, thread float& 
 // ------------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS, int R>
+template <typename T, int DS, int R, int NB>
 kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                          device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
                          device const T* xv [[buffer(4)]], device T* out [[buffer(5)]],
@@ -459,8 +538,8 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     const bool extra = c0 >= K.vol;
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
-    threadgroup_barrier(mem_flags::mem_threadgroup);      // the previous chunk is consumed
-    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
+    if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the previous chunk is consumed
+    stage_keys<T, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -500,7 +579,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
 // ------------------------------------------------------------------------------------------------
 // Backward, part 1: dQ and delta = rowsum(dout * out) - dlse, per query tile
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS, int R>
+template <typename T, int DS, int R, int NB>
 kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                              device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
                              device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
@@ -556,8 +635,8 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     const bool extra = c0 >= K.vol;
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
-    threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T, R>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
+    if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);
+    stage_keys<T, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -602,7 +681,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
 // ------------------------------------------------------------------------------------------------
 // Backward, part 2: dK and dV, per key tile, over the queries whose windows hold the keys
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS, int R>
+template <typename T, int DS, int R, int NB>
 kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
                                device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
                                device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
@@ -619,7 +698,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   const Place P = locate_thread<R>(G, Tl, tid);
   const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
   const int hk = Tl.h, groups = G.H / G.Hkv;
-  const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2], tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
+  const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
   if (Tl.padding) {
     if (P.inside) {
@@ -670,7 +749,6 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     dka[i] = float4(0.0f);
     dva[i] = float4(0.0f);
   }
-  const StageSplit S = stage_split(R4, tid, nthreads);
   // Own-window walk (host's choice) when a chunk holds whole rows of the query box; the steps per
   // row are the longest inner span of the SIMD-group's keys (inverse windows differ in length).
   const bool own = G.own_walk && ext[2] <= G.KC;
@@ -681,21 +759,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     const int h = hk * groups + gh;
     for (int c0 = 0; c0 < vol; c0 += chunk) {
       const int n = min(chunk, vol - c0);
-      threadgroup_barrier(mem_flags::mem_threadgroup);
-      int sc[3] = {0, 0, 0};
-      if (S.row0 < n) box_coord<R>(c0 + S.row0, lo, ext, sc);
-      for (int r = S.row0; r < n; r += S.step) {
-        const int src = (Tl.b * tokens_q + token_of(sc, grp_q, G.DIL, G.Lq)) * G.H + h;
-        box_advance<R>(S.step, lo, ext, sc);
-        for (int c = S.col0; c < R4; c += S.per_row) {
-          stage[r * RS + c] = load4<T>(q + src * G.D, c, G.D, G.vec_loads);
-          stage[voff + r * RS + c] = load4<T>(dout + src * G.Dv, c, G.Dv, G.vec_loads);
-        }
-        if (S.col0 == 0) {
-          stats[r] = lse[src] * kLog2e;
-          stats[kMaxChunk + r] = delta[src];
-        }
-      }
+      if (gh > 0 || c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the last chunk is consumed
+      stage_queries<T, R, NB>(stage, stats, voff, q, dout, lse, delta, G, Tl.b, grp_q, lo, ext, h, c0, n, R4, RS,
+                          tid, nthreads);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
       for (Walk w = walk_start<R>(c0, n, lo, ext); w.kk < n; walk_next<R>(w, n, lo, ext)) {
@@ -741,14 +807,14 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   }
 }
 
-#define INSTANTIATE_ATTN(NAME, T, DS, R)                                                           \
-  template [[host_name("attn_forward_" #NAME "_" #DS "_r" #R)]] kernel void attn_forward<T, DS, R>( \
+#define INSTANTIATE_ATTN(NAME, T, DS, R, NB, TAG)                                                         \
+  template [[host_name("attn_forward_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_forward<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
       device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
       constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
       uint tid [[thread_index_in_threadgroup]], uint nthreads [[threads_per_threadgroup]]);        \
-  template [[host_name("attn_backward_dq_" #NAME "_" #DS "_r" #R)]] kernel void attn_backward_dq<T, DS, R>( \
+  template [[host_name("attn_backward_dq_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dq<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
       device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
@@ -756,7 +822,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);                                                  \
-  template [[host_name("attn_backward_dkdv_" #NAME "_" #DS "_r" #R)]] kernel void attn_backward_dkdv<T, DS, R>( \
+  template [[host_name("attn_backward_dkdv_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dkdv<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
@@ -764,11 +830,14 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
       uint nthreads [[threads_per_threadgroup]]);
 
-#define INSTANTIATE_ATTN_RANKS(NAME, T, DS) \
-  INSTANTIATE_ATTN(NAME, T, DS, 1) INSTANTIATE_ATTN(NAME, T, DS, 2) INSTANTIATE_ATTN(NAME, T, DS, 3)
+#define INSTANTIATE_ATTN_RANKS(NAME, T, DS, NB, TAG)                                            \
+  INSTANTIATE_ATTN(NAME, T, DS, 1, NB, TAG) INSTANTIATE_ATTN(NAME, T, DS, 2, NB, TAG)             \
+  INSTANTIATE_ATTN(NAME, T, DS, 3, NB, TAG)
+// Every slice width with NB = 1; the small problems' slices (4, 8) also with NB = 4 ("_b4").
 #define INSTANTIATE_ATTN_DTYPE(NAME, T)                                                           \
-  INSTANTIATE_ATTN_RANKS(NAME, T, 4) INSTANTIATE_ATTN_RANKS(NAME, T, 8)                          \
-  INSTANTIATE_ATTN_RANKS(NAME, T, 16) INSTANTIATE_ATTN_RANKS(NAME, T, 32)
+  INSTANTIATE_ATTN_RANKS(NAME, T, 4, 1, "") INSTANTIATE_ATTN_RANKS(NAME, T, 8, 1, "")             \
+  INSTANTIATE_ATTN_RANKS(NAME, T, 16, 1, "") INSTANTIATE_ATTN_RANKS(NAME, T, 32, 1, "")           \
+  INSTANTIATE_ATTN_RANKS(NAME, T, 4, 4, "_b4") INSTANTIATE_ATTN_RANKS(NAME, T, 8, 4, "_b4")
 
 INSTANTIATE_ATTN_DTYPE(float32, float)
 INSTANTIATE_ATTN_DTYPE(float16, half)
