@@ -53,8 +53,8 @@ def inputs(c, dtype, seed, extra=0):
     return [t.to(dtype) for t in ts]
 
 
-def check_na(c, dtype, seed, extra=0, grad=True, dev="cpu"):
-    ts = [t.to(dev) for t in inputs(c, dtype, seed, extra)]
+def check_na(c, dtype, seed, extra=0, grad=True, dev="cpu", place=lambda t: t):
+    ts = [place(t.to(dev)) for t in inputs(c, dtype, seed, extra)]
     q, k, v = ts[:3]
     xk, xv = (ts[3], ts[4]) if extra else (None, None)
     scale = c["d"] ** -0.5
@@ -110,6 +110,28 @@ def test_na_head_dims(dim, dev):
     check_na(c, torch.float32, seed=dim, dev=dev)
     c2 = dict(c, spatial=[6, 7], ks=[3, 4], st=[1, 2], dil=[1, 1], causal=[True, False], dv=max(8, dim // 2))
     check_na(c2, torch.float32, seed=dim + 1, dev=dev)
+
+
+def offset_by_one(t):
+    """``t``'s values in a contiguous tensor whose storage starts one element into its buffer."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("d,dv,shift", [(13, 7, False), (32, 24, True)])
+def test_na_rows_not_4_aligned(d, dv, shift, dev, monkeypatch):
+    """Rows that cannot be read as 4-vectors (head dims not multiples of 4, or inputs starting one
+    element into their storage) take the kernels' element-wise loads and stores: still exact, small
+    problems' batched staging too."""
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    c = dict(spatial=[5, 9], ks=[3, 4], st=[1, 2], dil=[1, 2], causal=[False, True], hkv=1, h=2, d=d, dv=dv, b=2)
+    place = offset_by_one if shift else (lambda t: t)
+    q, k, v = (place(t) for t in inputs(c, torch.float32, 0)[:3])
+    prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
+    assert prob.geometry(q.device, tensors=(q, k, v))[35].item() == 0       # no vector loads
+    check_na(c, torch.float32, seed=3, extra=2, dev=dev, place=place)
 
 
 @pytest.mark.parametrize("rank,extra", [(1, 1), (2, 4), (3, 3)])

@@ -26,6 +26,7 @@ MAX_HEAD_DIM = 256
 SIMDGROUPS = 8
 STAGE_BYTES = 24576
 MAX_CHUNK = 64
+GEOM_FIXED = 49                  # entries of the geom buffer before varlen's per-sample extents (attn_tile.h)
 SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are instantiated for
 NARROW_SLICES = (16, 8, 4)       # tried in turn when a problem has too few tiles for the GPU
 BATCHED_SLICES = (4, 8)          # slice widths also instantiated with NB = 4 staged rows a thread ("_b4")
@@ -242,11 +243,14 @@ class _Problem:
                 best = (cost, ds)
         return best[1]
 
+    def tiles_per_axis(self) -> List[int]:
+        """Tiles along each axis of the tiled space (its longest dilation group)."""
+        return [-(-(-(-self.space[ax] // self.DIL[ax])) // (self.u[ax] * self.a[ax])) for ax in range(3)]
+
     def tiles(self) -> int:
         n = self.B * self.heads * self.DIL[0] * self.DIL[1] * self.DIL[2]
-        for ax in range(3):
-            longest = -(-self.space[ax] // self.DIL[ax])
-            n *= -(-longest // (self.u[ax] * self.a[ax]))
+        for t in self.tiles_per_axis():
+            n *= t
         return n
 
     def geometry(self, device, has_dlse=False, sizes: Optional[torch.Tensor] = None,
@@ -257,10 +261,13 @@ class _Problem:
         elements (widths and storage offsets), the kernels read rows as 4-vectors."""
         vec_loads = (self.D % 4 == 0 and self.Dv % 4 == 0 and len(tensors) > 0
                      and all(t.storage_offset() % 4 == 0 for t in tensors))
+        log2 = lambda xs: [int(x).bit_length() - 1 for x in xs]     # powers of two
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
              + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
                                                                        int(sizes is not None), int(vec_loads),
-                                                                       int(self.own_walk), self.RS])
+                                                                       int(self.own_walk), self.RS]
+             + log2([self.NG]) + log2(self.u) + log2(self.a) + self.tiles_per_axis() + [self.H // self.Hkv])
+        assert len(g) == GEOM_FIXED, len(g)
         fixed = torch.tensor(g, dtype=torch.int32, device=device)
         if sizes is None:
             return fixed
@@ -301,7 +308,7 @@ def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, 
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
     prob.launch(lib, "attn_forward", q.dtype, q, k, v, xk, xv, out, lse,
-                prob.geometry(q.device, sizes=sizes, tensors=(k, v, xk, xv)), float(scale))
+                prob.geometry(q.device, sizes=sizes, tensors=(q, k, v, xk, xv)), float(scale))
     return out, lse
 
 
@@ -324,12 +331,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
     prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta,
-                prob.geometry(q.device, has_dlse, sizes, tensors=(k, v, xk, xv)), float(scale))
+                prob.geometry(q.device, has_dlse, sizes, tensors=(q, k, v, xk, xv, out, dout)), float(scale))
     kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
     kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
-                 kprob.geometry(q.device, sizes=sizes, tensors=(q, dout)), float(scale))
+                 kprob.geometry(q.device, sizes=sizes, tensors=(q, dout, k, v)), float(scale))
     if E == 0:
         return dq, dk, dv, None, None
     tokens = q[0, ..., 0, 0].numel()
@@ -337,7 +344,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dxk = _new_output(xk.shape, xk.dtype, xk.device)
     dxv = _new_output(xv.shape, xv.dtype, xv.device)
     xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
-                 xprob.geometry(q.device, tensors=(q, dout)), float(scale))
+                 xprob.geometry(q.device, tensors=(q, dout, xk, xv)), float(scale))
     return dq, dk, dv, dxk, dxv
 
 

@@ -14,6 +14,7 @@ from typing import List
 import torch
 
 from ..metal import runtime
+from . import metal
 from .metal import _DTYPE_SUFFIX, _INT32_MAX, _new_output, _pad3
 
 SPLIT_SHADER = "natten/split.metal"
@@ -31,6 +32,7 @@ def _geometry(B, spatial, H, Hkv, width_a, width_x, kernel_size, stride, dilatio
     L = _pad3(spatial, 1)
     g = ([B, H, Hkv, width_a, width_x] + L + L + _pad3(kernel_size, 1) + _pad3(stride, 1) + _pad3(dilation, 1)
          + _pad3([int(bool(c)) for c in is_causal], 0) + [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    g += [0] * (metal.GEOM_FIXED - len(g))       # the tiled kernels' fields, unread here
     return torch.tensor(g, dtype=torch.int32, device=device)
 
 

@@ -173,19 +173,17 @@ inline Place locate_thread(thread const Geom& G, thread const Tile& T, uint tid)
   Place P;
   const int sg = int(tid) / 32;
   P.lane = int(tid) % 32;
-  const int pos = P.lane >> shift_of(G.NG);
+  const int pos = P.lane >> G.sNG;
   P.slice = P.lane & (G.NG - 1);
   int sc[3] = {0, 0, 0}, lc[3] = {0, 0, 0};
-  const int sa2 = shift_of(G.a[2]), su2 = shift_of(G.u[2]);
   sc[2] = sg & (G.a[2] - 1);
   lc[2] = pos & (G.u[2] - 1);
   if (R >= 2) {
-    const int sa1 = shift_of(G.a[1]), su1 = shift_of(G.u[1]);
-    sc[1] = (sg >> sa2) & (G.a[1] - 1);
-    lc[1] = (pos >> su2) & (G.u[1] - 1);
+    sc[1] = (sg >> G.sa[2]) & (G.a[1] - 1);
+    lc[1] = (pos >> G.su[2]) & (G.u[1] - 1);
     if (R >= 3) {
-      sc[0] = sg >> (sa2 + sa1);
-      lc[0] = pos >> (su2 + su1);
+      sc[0] = sg >> (G.sa[2] + G.sa[1]);
+      lc[0] = pos >> (G.su[2] + G.su[1]);
     }
   }
   P.valid = true;
@@ -327,17 +325,37 @@ inline vec<T, 4> load4(device const T* row, int c, int width, bool vec_loads) {
   return a;
 }
 
+// Stores `x` as entries 4c .. 4c + 3 of a row of `width` elements (none beyond it): one vector
+// store when `vec_loads` (outputs are fresh, so they are aligned whenever the inputs are), else
+// element by element.
+template <typename T>
+inline void store4(device T* row, int c, int width, bool vec_loads, float4 x) {
+  if (vec_loads) {
+    if (4 * c < width) reinterpret_cast<device vec<T, 4>*>(row)[c] = vec<T, 4>(x);
+    return;
+  }
+  #pragma clang loop unroll(full)
+  for (int j = 0; j < 4; ++j) {
+    const int d = 4 * c + j;
+    if (d < width) row[d] = T(x[j]);
+  }
+}
+
 // How the threads of a group share the staging of rows of R4 4-vectors: `per_row` threads a row
 // (a power of two), `step` rows at a time; this thread's first row and its first vector.
 struct StageSplit {
   int per_row, step, row0, col0;
 };
 
-inline StageSplit stage_split(int R4, uint tid, uint nthreads) {
+// R4 = NG x DS / 4 and the 32 a[0] a[1] a[2] threads are powers of two: their shifts come from the host.
+template <int DS>
+inline StageSplit stage_split(thread const Geom& G, uint tid) {
   StageSplit S;
-  S.per_row = min(R4, int(nthreads));
-  const int sh = shift_of(S.per_row);
-  S.step = int(nthreads) >> sh;
+  const int r4 = G.sNG + (DS == 4 ? 0 : DS == 8 ? 1 : DS == 16 ? 2 : 3);
+  const int nt = 5 + G.sa[0] + G.sa[1] + G.sa[2];
+  const int sh = min(r4, nt);
+  S.per_row = 1 << sh;
+  S.step = 1 << (nt - sh);
   S.row0 = int(tid) >> sh;
   S.col0 = int(tid) & (S.per_row - 1);
   return S;
@@ -347,17 +365,17 @@ inline StageSplit stage_split(int R4, uint tid, uint nthreads) {
 // issued before the first threadgroup store, so the thread waits for device memory once a batch, not
 // once a row (a GPU issues in order: a store stalls on its load, and the next row's loads wait behind
 // it). Small problems, with too few SIMD-groups a core to hide that latency, were bound by it: the
-// host takes NB = 4 for them (the "_b4" kernels, DS 4 and 8). Each batch row holds two 4-vectors a
-// thread, registers that cost large problems occupancy, so they keep NB = 1 (their keys' and values'
-// loads still issue together).
+// host takes NB = 4 for them (the "_b4" kernels, DS 4 and 8). Batches hold two 4-vectors a row and
+// thread, registers that cost large problems occupancy (nvcc: +25-40 a thread even at NB = 1), so
+// those keep NB = 1, a row loaded and stored in turn as before.
 // Stage rows [n][R4] (4-vectors, rows RS vectors apart) of keys and values (neighbourhood box or
 // additional tokens) of key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
-template <typename T, int R, int NB>
+template <typename T, int DS, int R, int NB>
 inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
                        device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
                        thread const KeyBox& K, int hk, bool extra, int base, int n, int R4, int RS,
-                       uint tid, uint nthreads) {
-  const StageSplit S = stage_split(R4, tid, nthreads);
+                       uint tid) {
+  const StageSplit S = stage_split<DS>(G, tid);
   const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   device const T* ks = extra ? xk : k;
   device const T* vs = extra ? xv : v;
@@ -378,6 +396,11 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
     }
     for (int c = S.col0; c < R4; c += S.per_row) {
       vec<T, 4> kb[NB], vb[NB];
+      if (NB == 1) {                // one row: load and store in turn (fewer live registers)
+        st[r0 * RS + c] = load4<T>(ks + src[0] * G.D, c, G.D, G.vec_loads);
+        st[voff + r0 * RS + c] = load4<T>(vs + src[0] * G.Dv, c, G.Dv, G.vec_loads);
+        continue;
+      }
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) {
         if (src[b] < 0) continue;
@@ -398,13 +421,12 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
 // Stage rows [n][R4] of queries and output gradients of query head `h` (flat indices c0 .. c0 + n - 1
 // of the query box lo/ext in query group `grp_q`), gradients `voff` vectors further, and per row its
 // LSE (base 2) and delta in `stats` (delta kMaxChunk entries further).
-template <typename T, int R, int NB>
+template <typename T, int DS, int R, int NB>
 inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, int voff, device const T* q,
                           device const T* dout, device const float* lse, device const float* delta,
                           thread const Geom& G, int b_idx, thread const int* grp_q, thread const int* lo,
-                          thread const int* ext, int h, int c0, int n, int R4, int RS, uint tid,
-                          uint nthreads) {
-  const StageSplit S = stage_split(R4, tid, nthreads);
+                          thread const int* ext, int h, int c0, int n, int R4, int RS, uint tid) {
+  const StageSplit S = stage_split<DS>(G, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   int qc[3] = {0, 0, 0};
   if (S.row0 < n) box_coord<R>(c0 + S.row0, lo, ext, qc);
@@ -424,6 +446,11 @@ inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, i
     }
     for (int c = S.col0; c < R4; c += S.per_row) {
       vec<T, 4> qb[NB], gb[NB];
+      if (NB == 1) {
+        st[r0 * RS + c] = load4<T>(q + src[0] * G.D, c, G.D, G.vec_loads);
+        st[voff + r0 * RS + c] = load4<T>(dout + src[0] * G.Dv, c, G.Dv, G.vec_loads);
+        continue;
+      }
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) {
         if (src[b] < 0) continue;
@@ -495,8 +522,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],
                          constant float& scale [[buffer(8)]],
                          uint tg [[threadgroup_position_in_grid]],
-                         uint tid [[thread_index_in_threadgroup]],
-                         uint nthreads [[threads_per_threadgroup]]) {
+                         uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
@@ -513,17 +539,13 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
   }
   const KeyBox K = key_box<R>(G, Tl, P);
   const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
-  const int hk = Tl.h / (G.H / G.Hkv);
+  const int hk = G.groups == 1 ? Tl.h : Tl.h / G.groups;
 
   float4 qv[DS / 4], av[DS / 4];
   const float qscale = scale * kLog2e;
   #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
-    }
+    qv[i] = P.valid ? float4(load4<T>(q + row * G.D, s4 + i, G.D, G.vec_loads)) * qscale : float4(0.0f);
     av[i] = float4(0.0f);
   }
   float m = -INFINITY, l = 0.0f;
@@ -539,7 +561,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the previous chunk is consumed
-    stage_keys<T, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
+    stage_keys<T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -566,13 +588,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
   }
   const float inv = 1.0f / l;
   #pragma clang loop unroll(full)
-  for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      if (d < G.Dv) out[row * G.Dv + d] = T(av[i][j] * inv);
-    }
-  }
+  for (int i = 0; i < DS / 4; ++i) store4<T>(out + row * G.Dv, s4 + i, G.Dv, G.vec_loads, av[i] * inv);
   if (P.slice == 0) lse[row] = (m + log2(l)) * kLn2;
 }
 
@@ -588,8 +604,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
                              constant float& scale [[buffer(12)]],
                              uint tg [[threadgroup_position_in_grid]],
-                             uint tid [[thread_index_in_threadgroup]],
-                             uint nthreads [[threads_per_threadgroup]]) {
+                             uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
@@ -606,21 +621,19 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
   }
   const KeyBox K = key_box<R>(G, Tl, P);
   const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
-  const int hk = Tl.h / (G.H / G.Hkv);
+  const int hk = G.groups == 1 ? Tl.h : Tl.h / G.groups;
 
   float4 qv[DS / 4], gv[DS / 4], dqa[DS / 4];
   const float qscale = scale * kLog2e;
   float dsum = 0.0f;
   #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      qv[i][j] = (P.valid && d < G.D) ? float(q[row * G.D + d]) * qscale : 0.0f;
-      gv[i][j] = (P.valid && d < G.Dv) ? float(dout[row * G.Dv + d]) : 0.0f;
-      dsum += (P.valid && d < G.Dv) ? gv[i][j] * float(out[row * G.Dv + d]) : 0.0f;
+    qv[i] = gv[i] = dqa[i] = float4(0.0f);
+    if (P.valid) {
+      qv[i] = float4(load4<T>(q + row * G.D, s4 + i, G.D, G.vec_loads)) * qscale;
+      gv[i] = float4(load4<T>(dout + row * G.Dv, s4 + i, G.Dv, G.vec_loads));
+      dsum += hsum(gv[i] * float4(load4<T>(out + row * G.Dv, s4 + i, G.Dv, G.vec_loads)));
     }
-    dqa[i] = float4(0.0f);
   }
   dsum = slice_sum<DS>(dsum, G.NG);
   const float dlt = dsum - ((P.valid && G.has_dlse) ? dlse[row] : 0.0f);
@@ -636,7 +649,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid, nthreads);
+    stage_keys<T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -668,13 +681,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
     return;
   }
   #pragma clang loop unroll(full)
-  for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      if (d < G.D) dq[row * G.D + d] = T(dqa[i][j] * scale);
-    }
-  }
+  for (int i = 0; i < DS / 4; ++i) store4<T>(dq + row * G.D, s4 + i, G.D, G.vec_loads, dqa[i] * scale);
   if (P.slice == 0) delta[row] = dlt;
 }
 
@@ -688,8 +695,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
                                constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
                                uint tg [[threadgroup_position_in_grid]],
-                               uint tid [[thread_index_in_threadgroup]],
-                               uint nthreads [[threads_per_threadgroup]]) {
+                               uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
   const Geom G = load_geom(geom);
@@ -697,7 +703,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   if (tile_outside(Tl)) return;
   const Place P = locate_thread<R>(G, Tl, tid);
   const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
-  const int hk = Tl.h, groups = G.H / G.Hkv;
+  const int hk = Tl.h, groups = G.groups;
   const int tokens_k = G.Lk[0] * G.Lk[1] * G.Lk[2];
   const int krow = (Tl.b * tokens_k + token_of(P.c, Tl.grp, G.DIL, G.Lk)) * G.Hkv + hk;
   if (Tl.padding) {
@@ -740,14 +746,11 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   float4 kv[DS / 4], vv[DS / 4], dka[DS / 4], dva[DS / 4];
   #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      kv[i][j] = (P.valid && d < G.D) ? float(k[krow * G.D + d]) * (scale * kLog2e) : 0.0f;
-      vv[i][j] = (P.valid && d < G.Dv) ? float(v[krow * G.Dv + d]) : 0.0f;
+    kv[i] = vv[i] = dka[i] = dva[i] = float4(0.0f);
+    if (P.valid) {
+      kv[i] = float4(load4<T>(k + krow * G.D, s4 + i, G.D, G.vec_loads)) * (scale * kLog2e);
+      vv[i] = float4(load4<T>(v + krow * G.Dv, s4 + i, G.Dv, G.vec_loads));
     }
-    dka[i] = float4(0.0f);
-    dva[i] = float4(0.0f);
   }
   // Own-window walk (host's choice) when a chunk holds whole rows of the query box; the steps per
   // row are the longest inner span of the SIMD-group's keys (inverse windows differ in length).
@@ -760,8 +763,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     for (int c0 = 0; c0 < vol; c0 += chunk) {
       const int n = min(chunk, vol - c0);
       if (gh > 0 || c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the last chunk is consumed
-      stage_queries<T, R, NB>(stage, stats, voff, q, dout, lse, delta, G, Tl.b, grp_q, lo, ext, h, c0, n, R4, RS,
-                          tid, nthreads);
+      stage_queries<T, DS, R, NB>(stage, stats, voff, q, dout, lse, delta, G, Tl.b, grp_q, lo, ext, h, c0, n,
+                                  R4, RS, tid);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
       for (Walk w = walk_start<R>(c0, n, lo, ext); w.kk < n; walk_next<R>(w, n, lo, ext)) {
@@ -798,12 +801,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   }
   #pragma clang loop unroll(full)
   for (int i = 0; i < DS / 4; ++i) {
-    #pragma clang loop unroll(full)
-    for (int j = 0; j < 4; ++j) {
-      const int d = P.slice * DS + 4 * i + j;
-      if (d < G.D) dk[krow * G.D + d] = T(dka[i][j] * scale);
-      if (d < G.Dv) dv[krow * G.Dv + d] = T(dva[i][j]);
-    }
+    store4<T>(dk + krow * G.D, s4 + i, G.D, G.vec_loads, dka[i] * scale);
+    store4<T>(dv + krow * G.Dv, s4 + i, G.Dv, G.vec_loads, dva[i]);
   }
 }
 
@@ -813,22 +812,20 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
       device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
       constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
-      uint tid [[thread_index_in_threadgroup]], uint nthreads [[threads_per_threadgroup]]);        \
+      uint tid [[thread_index_in_threadgroup]]);                                                   \
   template [[host_name("attn_backward_dq_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dq<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
       device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
       device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
       constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
-      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
-      uint nthreads [[threads_per_threadgroup]]);                                                  \
+      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
   template [[host_name("attn_backward_dkdv_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dkdv<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
       constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
-      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],          \
-      uint nthreads [[threads_per_threadgroup]]);
+      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
 
 #define INSTANTIATE_ATTN_RANKS(NAME, T, DS, NB, TAG)                                            \
   INSTANTIATE_ATTN(NAME, T, DS, 1, NB, TAG) INSTANTIATE_ATTN(NAME, T, DS, 2, NB, TAG)             \

@@ -14,7 +14,9 @@
 //   [36] own_walk: each lane walks its own window (attention.metal, Run), when chunks hold whole rows
 //   [37] RS: 4-vectors from one staged row to the next: NG x DS / 4, plus one for the own-window walk
 //   (its lanes read different rows at once; the skew puts neighbouring rows in different banks)
-//   [38 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
+//   [38] log2 NG  [39..41] log2 u  [42..44] log2 a  (the host's shifts: no shift search a thread)
+//   [45..47] tiles per axis of the tiled space (its longest dilation group)  [48] H / Hkv
+//   [49 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
 //   its positions past them are padding, never attended and written as zeros.
 #pragma once
 #include "na_window.h"
@@ -29,9 +31,12 @@ struct Geom {
   int KC, E;
   bool has_dlse, varlen, vec_loads, own_walk;
   int RS;
+  int sNG, su[3], sa[3];   // log2 of NG, u, a
+  int ntiles[3];           // tiles per axis
+  int groups;              // query heads a key/value head serves (GQA)
 };
 
-constant constexpr int kGeomFixed = 38;   // entries before the per-sample extents of varlen
+constant constexpr int kGeomFixed = 49;   // entries before the per-sample extents of varlen
 
 inline Geom load_geom(constant int* g) {
   Geom G;
@@ -39,7 +44,10 @@ inline Geom load_geom(constant int* g) {
   for (int i = 0; i < 3; ++i) {
     G.Lq[i] = g[5 + i]; G.Lk[i] = g[8 + i]; G.K[i] = g[11 + i]; G.S[i] = g[14 + i];
     G.DIL[i] = g[17 + i]; G.C[i] = g[20 + i] != 0; G.u[i] = g[25 + i]; G.a[i] = g[28 + i];
+    G.su[i] = g[39 + i]; G.sa[i] = g[42 + i]; G.ntiles[i] = g[45 + i];
   }
+  G.sNG = g[38];
+  G.groups = g[48];
   G.dense = g[23] != 0; G.NG = g[24]; G.KC = g[31]; G.E = g[32]; G.has_dlse = g[33] != 0;
   G.varlen = g[34] != 0;
   G.vec_loads = g[35] != 0;
@@ -127,15 +135,6 @@ struct Tile {
   bool padding;
 };
 
-// Shift of a power of two up to 1024 (tile extents, SIMD-groups per axis, NG and the stagers per
-// row are powers of two, so divisions by them are shifts; GPUs have no integer divider).
-inline int shift_of(int p) {
-  int s = 0;
-  #pragma clang loop unroll(full)
-  for (int b = 1; b < 1024; b <<= 1) s += int(p > b);
-  return s;
-}
-
 // R: the problem's rank; its 3 - R leading axes are trivial (one tile, one group), so they cost no
 // division; neither do undilated problems' groups.
 template <int R>
@@ -148,10 +147,8 @@ inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int h
     T.t[ax] = G.u[ax] * G.a[ax];
     T.grp[ax] = 0;
     if (ax < 3 - R) continue;
-    const int longest = G.DIL[ax] == 1 ? len[ax] : (len[ax] + G.DIL[ax] - 1) / G.DIL[ax];
-    const int ntiles = (longest + T.t[ax] - 1) >> shift_of(T.t[ax]);
-    const int next = rest / ntiles;
-    tidx[ax] = rest - next * ntiles;
+    const int next = rest / G.ntiles[ax];
+    tidx[ax] = rest - next * G.ntiles[ax];
     rest = next;
   }
   if (G.DIL[0] * G.DIL[1] * G.DIL[2] != 1) {
