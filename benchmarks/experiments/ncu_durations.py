@@ -5,8 +5,8 @@ translated kernel's own GPU time (``gpu__time_duration``), for this project or n
         python benchmarks/experiments/ncu_durations.py --contender ours --log L.json
     python benchmarks/experiments/ncu_durations.py --report D.csv L.json [D2.csv L2.json]
 
-``--tilings default 2x16 1x4 ...`` (ours only): each call once per tiling, SIMD-groups a tile x
-head-dim slice forced (the host's fallbacks off), labelled ``config [SGxDS]``. With
+``--tilings default 2x16 1x4 2x8x1 ...`` (ours only): each call once per tiling, SIMD-groups a tile x
+head-dim slice [x staged rows a thread] forced (the host's fallbacks off), labelled ``config [SGxDS]``. With
 ``--metrics gpu__time_duration.sum,smsp__inst_executed.sum,smsp__warps_launched.sum`` the report adds
 instructions per warp (the latency-bound small problems' critical path).
 

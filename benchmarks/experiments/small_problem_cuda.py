@@ -41,23 +41,31 @@ kernel void empty_staged_kernel(device float* out [[buffer(0)]], uint tg [[threa
 
 
 def force_tiling(tiling):
-    """``default``, or ``SGxDS``: the SIMD-groups a tile starts from and the head-dim slice, with the
-    host's fallbacks (fewer SIMD-groups, narrower slices below its threadgroup target) off."""
+    """``default``, or ``SGxDS[xNB]``: the SIMD-groups a tile starts from and the head-dim slice, with
+    the host's fallbacks (fewer SIMD-groups, narrower slices below its threadgroup target) off, and
+    the rows a thread stages at once (NB; by default the host's rule at the real target)."""
     if tiling == "default" and not hasattr(force_tiling, "orig"):
         return
     from natten_mps.backends import metal
     if not hasattr(force_tiling, "orig"):
         force_tiling.orig = (metal._simdgroups, metal._Problem._cheaper_slice, metal._Problem._own_slice,
-                             metal._target_threadgroups)
+                             metal._target_threadgroups, metal._Problem._stage_batch)
     if tiling == "default":
         (metal._simdgroups, metal._Problem._cheaper_slice, metal._Problem._own_slice,
-         metal._target_threadgroups) = force_tiling.orig
+         metal._target_threadgroups, metal._Problem._stage_batch) = force_tiling.orig
         return
-    sg, ds = (int(x) for x in tiling.split("x"))
+    parts = [int(x) for x in tiling.split("x")]
+    sg, ds = parts[:2]
+    real_target, real_batch = force_tiling.orig[3], force_tiling.orig[4]
     metal._simdgroups = lambda device, own_walk=False: sg
     metal._Problem._cheaper_slice = lambda self, group_ext: ds
     metal._Problem._own_slice = lambda self: ds
     metal._target_threadgroups = lambda device: 0
+    if len(parts) == 3:
+        nb = parts[2]
+        metal._Problem._stage_batch = lambda self, target: nb if self.DS in metal.BATCHED_SLICES else 1
+    else:
+        metal._Problem._stage_batch = lambda self, target: real_batch(self, real_target(torch.device("cuda")))
 
 
 def launch_runs(fn, reps):

@@ -180,14 +180,18 @@ class _Problem:
             if self.tiles() >= target:
                 break
         assert self.NG <= 8 and self.DS in SLICES, (self.NG, self.DS)
-        # Small problems (fewer tiles than twice the target: no tile waits for a free core, so
-        # nothing hides a thread's device-memory latency) stage NB = 4 rows a thread at once.
-        self.NB = STAGE_BATCH if self.tiles() < 2 * target and self.DS in BATCHED_SLICES else 1
+        self.NB = self._stage_batch(target)
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
         self.KC = _chunk(self.RS, q.element_size())
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
+
+    def _stage_batch(self, target: int) -> int:
+        """Rows a thread stages at once (attention.metal, stage_keys): STAGE_BATCH for small problems
+        (fewer tiles than twice the GPU's threadgroup target: no tile waits for a free core, so
+        nothing hides a thread's device-memory latency) at the slices instantiated for it, else 1."""
+        return STAGE_BATCH if self.DS in BATCHED_SLICES and self.tiles() < 2 * target else 1
 
     def _wants_own_walk(self, mode: Optional[str], group_ext, ds: int) -> bool:
         """Whether lanes should walk their own windows (attention.metal, ``Run``): neighbourhood
