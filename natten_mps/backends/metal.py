@@ -10,7 +10,8 @@ keys: at most three dispatches, no atomics). Configurations no kernel covers rep
 Tiling (see the shader's header): a threadgroup is ``SIMDGROUPS`` SIMD-groups; ``NG`` lanes share
 a query (or key) and split the head dimension in slices of ``DS`` (4, 8, 16 or 32) floats; a SIMD-group
 owns ``32 / NG`` neighbouring positions, shaped as square as the extents allow; K/V (or Q/dO)
-chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory.
+chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory, ``NB`` rows a thread at once (4 for
+small problems, whose threads have nothing to hide device latency behind; 1 otherwise).
 """
 from __future__ import annotations
 
