@@ -368,6 +368,35 @@ inline StageSplit stage_split(thread const Geom& G, uint tid) {
 // host takes NB = 4 for them (the "_b4" kernels, DS 4 and 8). Batches hold two 4-vectors a row and
 // thread, registers that cost large problems occupancy (nvcc: +25-40 a thread even at NB = 1), so
 // those keep NB = 1, a row loaded and stored in turn as before.
+// One batch of staged rows of two arrays: rows r0, r0 + step, ... (NB of them; src[b] < 0: none) of
+// `a` (width wa) and `b` (width wb, `voff` vectors further), this thread's columns of each.
+template <typename T, int NB>
+inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, device const T* b, int wa,
+                        int wb, thread const int* src, int r0, thread const StageSplit& S, int R4, int RS,
+                        bool vec_loads) {
+  for (int c = S.col0; c < R4; c += S.per_row) {
+    if (NB == 1) {                  // one row: load and store in turn (fewer live registers)
+      st[r0 * RS + c] = load4<T>(a + src[0] * wa, c, wa, vec_loads);
+      st[voff + r0 * RS + c] = load4<T>(b + src[0] * wb, c, wb, vec_loads);
+      continue;
+    }
+    vec<T, 4> ab[NB], bb[NB];
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < NB; ++i) {
+      if (src[i] < 0) continue;
+      ab[i] = load4<T>(a + src[i] * wa, c, wa, vec_loads);
+      bb[i] = load4<T>(b + src[i] * wb, c, wb, vec_loads);
+    }
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < NB; ++i) {
+      if (src[i] < 0) continue;
+      const int r = r0 + i * S.step;
+      st[r * RS + c] = ab[i];
+      st[voff + r * RS + c] = bb[i];
+    }
+  }
+}
+
 // Stage rows [n][R4] (4-vectors, rows RS vectors apart) of keys and values (neighbourhood box or
 // additional tokens) of key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
 template <typename T, int DS, int R, int NB>
@@ -394,27 +423,7 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
         box_advance<R>(S.step, K.lo, K.ext, kc);
       }
     }
-    for (int c = S.col0; c < R4; c += S.per_row) {
-      vec<T, 4> kb[NB], vb[NB];
-      if (NB == 1) {                // one row: load and store in turn (fewer live registers)
-        st[r0 * RS + c] = load4<T>(ks + src[0] * G.D, c, G.D, G.vec_loads);
-        st[voff + r0 * RS + c] = load4<T>(vs + src[0] * G.Dv, c, G.Dv, G.vec_loads);
-        continue;
-      }
-      #pragma clang loop unroll(full)
-      for (int b = 0; b < NB; ++b) {
-        if (src[b] < 0) continue;
-        kb[b] = load4<T>(ks + src[b] * G.D, c, G.D, G.vec_loads);
-        vb[b] = load4<T>(vs + src[b] * G.Dv, c, G.Dv, G.vec_loads);
-      }
-      #pragma clang loop unroll(full)
-      for (int b = 0; b < NB; ++b) {
-        if (src[b] < 0) continue;
-        const int r = r0 + b * S.step;
-        st[r * RS + c] = kb[b];
-        st[voff + r * RS + c] = vb[b];
-      }
-    }
+    stage_batch<T, NB>(st, voff, ks, vs, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads);
   }
 }
 
@@ -444,27 +453,7 @@ inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, i
         dl[b] = delta[src[b]];
       }
     }
-    for (int c = S.col0; c < R4; c += S.per_row) {
-      vec<T, 4> qb[NB], gb[NB];
-      if (NB == 1) {
-        st[r0 * RS + c] = load4<T>(q + src[0] * G.D, c, G.D, G.vec_loads);
-        st[voff + r0 * RS + c] = load4<T>(dout + src[0] * G.Dv, c, G.Dv, G.vec_loads);
-        continue;
-      }
-      #pragma clang loop unroll(full)
-      for (int b = 0; b < NB; ++b) {
-        if (src[b] < 0) continue;
-        qb[b] = load4<T>(q + src[b] * G.D, c, G.D, G.vec_loads);
-        gb[b] = load4<T>(dout + src[b] * G.Dv, c, G.Dv, G.vec_loads);
-      }
-      #pragma clang loop unroll(full)
-      for (int b = 0; b < NB; ++b) {
-        if (src[b] < 0) continue;
-        const int r = r0 + b * S.step;
-        st[r * RS + c] = qb[b];
-        st[voff + r * RS + c] = gb[b];
-      }
-    }
+    stage_batch<T, NB>(st, voff, q, dout, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads);
     if (S.col0 == 0) {
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) {
