@@ -57,6 +57,10 @@ def _new_output(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
 def _pad3(values, fill) -> List[int]:
     values = [int(x) for x in values]
     return [fill] * (3 - len(values)) + values
@@ -250,7 +254,7 @@ class _Problem:
 
     def tiles_per_axis(self) -> List[int]:
         """Tiles along each axis of the tiled space (its longest dilation group)."""
-        return [-(-(-(-self.space[ax] // self.DIL[ax])) // (self.u[ax] * self.a[ax])) for ax in range(3)]
+        return [_ceil_div(_ceil_div(self.space[ax], self.DIL[ax]), self.u[ax] * self.a[ax]) for ax in range(3)]
 
     def tiles(self) -> int:
         n = self.B * self.heads * self.DIL[0] * self.DIL[1] * self.DIL[2]
