@@ -10,8 +10,10 @@ by CUDA tensors, each in its own worker process (the two packages share an impor
 config, forward and forward+backward:
 
 * whole call: wall time of the public function (synchronised), median;
-* kernels only: GPU time (CUDA events recorded by the launcher right around every translated-kernel
-  launch, so Python's argument binding is not counted) summed per call, median;
+* kernels only: each translated kernel's execution time from the GPU's activity trace (CUPTI, via
+  ``torch.profiler``; nothing of the host's launch work is in it) summed per call, median. Without
+  CUPTI, CUDA events recorded by the launcher right around every launch (they carry a 6-12 us floor
+  a launch); the header says which;
 * roofline: the problem's useful work (each input read once and each output written once; 2 FLOPs
   per multiply-add of QK^T and PV) over the kernel time, as fractions of the GPU's measured
   device-to-device copy bandwidth and of its FP32 FMA peak (measured with a translated FMA kernel).
@@ -71,21 +73,44 @@ kernel void fma_probe(device float* out [[buffer(0)]], constant long& iters [[bu
 # Worker side
 # ------------------------------------------------------------------------------------------------
 class KernelTimer:
-    """Kernel-only GPU time per call: CUDA events recorded by the back end's launchers around every
-    translated-kernel launch (``natten_mps.metal.cuda.KernelTiming``)."""
+    """Kernel-only GPU time per call.
+
+    Each translated kernel's own execution time as the GPU's activity trace records it (CUPTI,
+    through ``torch.profiler``): start to end of the kernel on the GPU, with nothing of the host's
+    launch work in it, the same measure for both contenders. Where the profiler records no kernels
+    (no CUPTI), CUDA events recorded by the back end's launcher right around every launch, which on
+    an idle GPU read 6-12 us even for an empty kernel (``source`` says which was used).
+    The launcher's log gives the kernels of each call in order (``natten_mps.metal.cuda.KernelTiming``).
+    """
 
     def __init__(self, cuda_module):
         self.cuda = cuda_module
+        self.source = None
 
     def measure(self, fn, reps):
         """Median over ``reps`` calls of the summed kernel GPU time (ms), and kernel launches per call."""
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        calls = []
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                with self.cuda.KernelTiming() as t:
+                    fn()
+                calls.append(t.launches)
+            torch.cuda.synchronize()
+        traced = sorted((e for e in prof.events() if "mtl_kernel" in e.name and e.device_type.name == "CUDA"),
+                        key=lambda e: e.time_range.start)
+        if len(traced) == sum(len(c) for c in calls):
+            self.source = "CUPTI kernel durations"
+            it = iter(traced)
+            calls = [[(name, next(it).time_range.elapsed_us() / 1e3) for name, _ in c] for c in calls]
+        else:
+            self.source = "CUDA events around each launch"
         totals, launches, per_kernel = [], 0, {}
-        for _ in range(reps):
-            with self.cuda.KernelTiming() as t:
-                fn()
-            totals.append(sum(ms for _, ms in t.launches))
-            launches = len(t.launches)
-            for name, ms in t.launches:
+        for c in calls:
+            totals.append(sum(ms for _, ms in c))
+            launches = len(c)
+            for name, ms in c:
                 per_kernel.setdefault(name, []).append(ms)
         return statistics.median(totals), launches, {k: statistics.median(v) for k, v in per_kernel.items()}
 
@@ -163,22 +188,6 @@ def measure_config(fn, timer, rank, spatial, K, B, H, D, dtype, reps, warmup) ->
     return row
 
 
-def event_ms(fn, reps, warmup=2):
-    """Median GPU time (CUDA events) of ``fn``."""
-    import torch
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
-
-
 def baseline_ms(cuda_module, rank, spatial, K, B, H, D, dtype, reps) -> float:
     """GPU time of the previous one-thread-per-query forward kernel on this configuration."""
     import torch
@@ -194,8 +203,10 @@ def baseline_ms(cuda_module, rank, spatial, K, B, H, D, dtype, reps) -> float:
     suffix = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
     kernel = getattr(lib, f"na_forward_{suffix}")
     threads = q.numel() // D
-    return event_ms(lambda: kernel(q, k, v, out, lse, geom, float(D ** -0.5), threads=threads,
-                                   group_size=min(256, threads)), reps)
+    launch = lambda: kernel(q, k, v, out, lse, geom, float(D ** -0.5), threads=threads,  # noqa: E731
+                            group_size=min(256, threads))
+    launch()
+    return KernelTimer(cuda_module).measure(launch, reps)[0]
 
 
 def measure_dense(timer, L, B, H, D, dtype, reps, warmup) -> dict:
@@ -232,6 +243,7 @@ def worker(args) -> None:
             try:
                 row.update(measure_config(fns[rank], timer, rank, spatial, K, B, H, D, getattr(torch, dtype_name),
                                           args.repeats, args.warmup))
+                row["kernel_timing"] = timer.source
             except Exception as e:  # noqa: BLE001 - reported in the table
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             if args.worker == "ours":
@@ -370,6 +382,8 @@ def report(ceil, ours, theirs, repeats) -> dict:
     title = f"Metal kernels translated to CUDA on {ceil['gpu']}"
     print(f"\n{title} (ranks designs; not Apple timings)")
     print(f"ceilings measured here: copy {ceil['bandwidth'] / 1e12:.2f} TB/s, FP32 FMA {ceil['fma_flops'] / 1e12:.1f} TFLOP/s")
+    sources = sorted({r.get("kernel_timing") or "CUDA events around each launch" for r in ours + theirs})
+    print("kernel times: " + ", ".join(sources))
     configs = {c[0]: c for c in SEED_CONFIGS + LARGE_CONFIGS}
     pct = lambda work, ms, peak: work / (ms / 1e3) / peak * 100 if ms else None  # noqa: E731
     ratio = lambda a, b: a / b if a and b else None  # noqa: E731

@@ -188,13 +188,16 @@ NARROW_CASES = [   # (case, the narrowest slice covering its head dim in 8 lanes
 ]
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("i", range(len(NARROW_CASES)))
-def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
+def test_narrow_slices_for_small_problems(i, fused, dev, monkeypatch):
     """A problem with fewer tiles than the GPU's target spreads over narrower head-dim slices (DS 8 or
     4: more lanes a position, fewer positions a SIMD-group); forward, backward and additional keys
     stay exact, and the backward bit-identical across runs. They also stage several rows a thread
-    at once (the "_b4" kernels: partial batches, several batches a chunk, additional keys)."""
+    at once (the "_b4" kernels: partial batches, several batches a chunk, additional keys), and run
+    dQ and dK/dV as one dispatch (``fused``; the dK/dV tiles' own deltas) or, turned off, as two."""
     monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    monkeypatch.setenv("NATTEN_MPS_METAL_FUSED_BACKWARD", "1" if fused else "0")
     c, narrowest = NARROW_CASES[i]
     q, k, v = inputs(c, torch.float32, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
@@ -203,6 +206,17 @@ def test_narrow_slices_for_small_problems(i, dev, monkeypatch):
         check_exact_and_repeatable(c, i, 3 if i % 2 else 0, dev)
     if dev == "cpu":   # the small problems' kernels stage NB rows a thread at once
         assert counter.launches and all(s.kernel.endswith(f"_b{metal.STAGE_BATCH}") for s in counter.launches)
+        names = [s.kernel for s in counter.launches]
+        assert any(n.startswith("attn_backward_fused") for n in names) == fused
+        assert any(n.startswith("attn_backward_dq") for n in names) != fused
+
+
+def test_fused_backward_env_is_checked(monkeypatch):
+    monkeypatch.setenv("NATTEN_MPS_METAL_FUSED_BACKWARD", "yes")
+    q = torch.randn(1, 40, 1, 32)
+    prob = metal._Problem(q, q, q, [7], [1], [1], [False], False, 0)
+    with pytest.raises(ValueError, match="NATTEN_MPS_METAL_FUSED_BACKWARD"):
+        metal._fuses_backward(prob, prob)
 
 
 @pytest.mark.parametrize("spatial,k,own", [((256,), 7, True), ((64, 64), 7, True), ((16, 16, 16), 5, True),
@@ -234,6 +248,23 @@ def test_backward_is_bit_identical_across_runs(dev):
     second, _ = check_na(c, torch.float32, seed=3, extra=2, dev=dev)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_geometry_buffers_are_kept_per_problem(dev, monkeypatch):
+    """A known problem reuses its geom buffer (no upload a call); problems met in turn, and more
+    problems than the cache holds, each still get their own geometry (results against float64)."""
+    monkeypatch.setattr(metal, "_GEOM_CACHE_SIZE", 2)
+    metal._GEOM_CACHE.clear()
+    a = dict(spatial=[13], ks=[5], st=[2], dil=[1], causal=[False], hkv=1, h=2, d=8, dv=8, b=1)
+    b = dict(spatial=[6, 7], ks=[3, 3], st=[1, 1], dil=[1, 2], causal=[True, False], hkv=2, h=2, d=8, dv=8, b=2)
+    c = dict(spatial=[17], ks=[4], st=[1], dil=[2], causal=[True], hkv=1, h=1, d=8, dv=8, b=1)
+    check_na(a, torch.float32, seed=1, grad=False, dev=dev)
+    held = dict(metal._GEOM_CACHE)
+    check_na(a, torch.float32, seed=2, grad=False, dev=dev)
+    assert len(held) == 1 and all(metal._GEOM_CACHE[k] is t for k, t in held.items())
+    for case in (b, c, a, b):
+        check_na(case, torch.float32, seed=3, grad=False, dev=dev)
+    assert len(metal._GEOM_CACHE) == 2
 
 
 @pytest.mark.parametrize("lq,lk,causal,h,hkv,d", [(37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64),

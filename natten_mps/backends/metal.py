@@ -16,6 +16,7 @@ small problems, whose threads have nothing to hide device latency behind; 1 othe
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -34,6 +35,26 @@ BATCHED_SLICES = (4, 8)          # slice widths also instantiated with NB = 4 st
 STAGE_BATCH = 4
 _INT32_MAX = 2 ** 31 - 1
 _DTYPE_SUFFIX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+_GEOM_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_GEOM_CACHE_SIZE = 256
+
+
+def _geom_buffer(values: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The fixed part of a ``geom`` buffer on ``device``, made once per distinct problem and kept
+    (least recently used first out): a call of a known shape uploads nothing, so the host neither
+    waits for a copy to the GPU nor encodes one before its launches. The kernels only read it."""
+    key = (device.type, device.index, values)
+    buf = _GEOM_CACHE.get(key)
+    if buf is None:
+        buf = torch.tensor(values, dtype=torch.int32, device=device)
+        _GEOM_CACHE[key] = buf
+        if len(_GEOM_CACHE) > _GEOM_CACHE_SIZE:
+            _GEOM_CACHE.popitem(last=False)
+    else:
+        _GEOM_CACHE.move_to_end(key)
+    return buf
 
 
 def supported(*tensors: Optional[torch.Tensor]) -> bool:
@@ -277,7 +298,7 @@ class _Problem:
                                                                        int(self.own_walk), self.RS]
              + log2([self.NG]) + log2(self.u) + log2(self.a) + self.tiles_per_axis() + [self.H // self.Hkv])
         assert len(g) == GEOM_FIXED, len(g)
-        fixed = torch.tensor(g, dtype=torch.int32, device=device)
+        fixed = _geom_buffer(tuple(g), torch.device(device))
         if sizes is None:
             return fixed
         per_sample = torch.ones(self.B, 3, dtype=torch.int32, device=device)
@@ -327,7 +348,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     with ``sizes`` (varlen) the gradients of padding positions are zeros.
 
     Three dispatches at most: dQ and delta = rowsum(dout * out) - dlse; dK/dV over the inverse
-    neighbourhood; dK/dV of the additional keys (dense geometry over every query).
+    neighbourhood; dK/dV of the additional keys (dense geometry over every query). Small problems
+    (``_fuses_backward``) run the first two as one dispatch, ``attn_backward_fused``.
     """
     q, k, v, out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous()
     dout = dout.to(q.dtype).contiguous()
@@ -337,15 +359,24 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     xk, xv, E = _extras(q, extra_k, extra_v)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
     prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
+    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
-    prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta,
-                prob.geometry(q.device, has_dlse, sizes, tensors=(q, k, v, xk, xv, out, dout)), float(scale))
-    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
-    kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
-                 kprob.geometry(q.device, sizes=sizes, tensors=(q, dout, k, v)), float(scale))
+    geom = prob.geometry(q.device, has_dlse, sizes, tensors=(q, k, v, xk, xv, out, dout))
+    if _fuses_backward(prob, kprob):
+        kgeom = kprob.geometry(q.device, has_dlse, sizes, tensors=(q, dout, out, k, v))
+        nq, nk, tpg = prob.tiles(), kprob.tiles(), prob.threads_per_group
+        if nq + nk > 0:
+            prob.kernel(lib, "attn_backward_fused", q.dtype)(
+                q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, dk, dv, geom, kgeom, nq, float(scale),
+                threads=(nq + nk) * tpg, group_size=tpg)
+    else:
+        prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, geom,
+                    float(scale))
+        kprob.launch(lib, "attn_backward_dkdv", q.dtype, q, k, v, dout, lse, delta, dk, dv,
+                     kprob.geometry(q.device, sizes=sizes, tensors=(q, dout, k, v)), float(scale))
     if E == 0:
         return dq, dk, dv, None, None
     tokens = q[0, ..., 0, 0].numel()
@@ -355,6 +386,20 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
                  xprob.geometry(q.device, tensors=(q, dout, xk, xv)), float(scale))
     return dq, dk, dv, dxk, dxv
+
+
+def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
+    """Whether dQ and dK/dV run as one dispatch (``attn_backward_fused``): small problems, whose
+    query and key tilings both took the small-problem kernels (``NB`` = STAGE_BATCH) at one slice
+    width and threadgroup size. There no kernel fills the GPU, so the two halves run side by side
+    (each dK/dV tile computes the deltas it needs from ``out``: its staged queries' rows of ``out``
+    are the extra reads) and one launch's fixed cost is saved. ``NATTEN_MPS_METAL_FUSED_BACKWARD=0``
+    turns it off (experiments)."""
+    flag = os.environ.get("NATTEN_MPS_METAL_FUSED_BACKWARD", "1")
+    if flag not in ("0", "1"):
+        raise ValueError(f"NATTEN_MPS_METAL_FUSED_BACKWARD must be '0' or '1', got {flag!r}")
+    return (flag == "1" and prob.NB == kprob.NB == STAGE_BATCH and prob.DS == kprob.DS
+            and prob.threads_per_group == kprob.threads_per_group)
 
 
 def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):

@@ -33,7 +33,7 @@ def _geometry(B, spatial, H, Hkv, width_a, width_x, kernel_size, stride, dilatio
     g = ([B, H, Hkv, width_a, width_x] + L + L + _pad3(kernel_size, 1) + _pad3(stride, 1) + _pad3(dilation, 1)
          + _pad3([int(bool(c)) for c in is_causal], 0) + [0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     g += [0] * (metal.GEOM_FIXED - len(g))       # the tiled kernels' fields, unread here
-    return torch.tensor(g, dtype=torch.int32, device=device)
+    return metal._geom_buffer(tuple(g), torch.device(device))
 
 
 def _launch(name: str, dtype, n_threads: int, *args) -> None:

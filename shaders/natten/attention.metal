@@ -33,6 +33,7 @@
 //   attn_forward       out, lse                 (NA window + additional keys in one pass)
 //   attn_backward_dq   dq, delta = rowsum(dout * out) - dlse
 //   attn_backward_dkdv dk, dv                   (NA keys; with dense geometry: additional keys)
+//   attn_backward_fused dq, delta, dk, dv       (_b4 only: both in one dispatch, small problems)
 #include <metal_stdlib>
 using namespace metal;
 
@@ -370,22 +371,28 @@ inline StageSplit stage_split(thread const Geom& G, uint tid) {
 // those keep NB = 1, a row loaded and stored in turn as before.
 // One batch of staged rows of two arrays: rows r0, r0 + step, ... (NB of them; src[b] < 0: none) of
 // `a` (width wa) and `b` (width wb, `voff` vectors further), this thread's columns of each.
-template <typename T, int NB>
-inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, device const T* b, int wa,
-                        int wb, thread const int* src, int r0, thread const StageSplit& S, int R4, int RS,
-                        bool vec_loads) {
+// DOT: also this thread's part of each batch row's dot product of `b` with `o` (same layout as `b`),
+// in dots[i] (the dK/dV kernel's own delta = rowsum(dout * out), see stage_queries).
+template <typename T, int NB, bool DOT>
+inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, device const T* b,
+                        device const T* o, int wa, int wb, thread const int* src, int r0,
+                        thread const StageSplit& S, int R4, int RS, bool vec_loads, thread float* dots) {
   for (int c = S.col0; c < R4; c += S.per_row) {
     if (NB == 1) {                  // one row: load and store in turn (fewer live registers)
+      if (src[0] < 0) continue;
       st[r0 * RS + c] = load4<T>(a + src[0] * wa, c, wa, vec_loads);
-      st[voff + r0 * RS + c] = load4<T>(b + src[0] * wb, c, wb, vec_loads);
+      const vec<T, 4> y = load4<T>(b + src[0] * wb, c, wb, vec_loads);
+      st[voff + r0 * RS + c] = y;
+      if (DOT) dots[0] += dot(float4(y), float4(load4<T>(o + src[0] * wb, c, wb, vec_loads)));
       continue;
     }
-    vec<T, 4> ab[NB], bb[NB];
+    vec<T, 4> ab[NB], bb[NB], ob[NB];
     #pragma clang loop unroll(full)
     for (int i = 0; i < NB; ++i) {
       if (src[i] < 0) continue;
       ab[i] = load4<T>(a + src[i] * wa, c, wa, vec_loads);
       bb[i] = load4<T>(b + src[i] * wb, c, wb, vec_loads);
+      if (DOT) ob[i] = load4<T>(o + src[i] * wb, c, wb, vec_loads);
     }
     #pragma clang loop unroll(full)
     for (int i = 0; i < NB; ++i) {
@@ -393,6 +400,7 @@ inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, 
       const int r = r0 + i * S.step;
       st[r * RS + c] = ab[i];
       st[voff + r * RS + c] = bb[i];
+      if (DOT) dots[i] += dot(float4(bb[i]), float4(ob[i]));
     }
   }
 }
@@ -423,43 +431,56 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
         box_advance<R>(S.step, K.lo, K.ext, kc);
       }
     }
-    stage_batch<T, NB>(st, voff, ks, vs, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads);
+    float unused[1];
+    stage_batch<T, NB, false>(st, voff, ks, vs, vs, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, unused);
   }
 }
 
 // Stage rows [n][R4] of queries and output gradients of query head `h` (flat indices c0 .. c0 + n - 1
 // of the query box lo/ext in query group `grp_q`), gradients `voff` vectors further, and per row its
 // LSE (base 2) and delta in `stats` (delta kMaxChunk entries further).
-template <typename T, int DS, int R, int NB>
+// OWN_DELTA (the single-dispatch backward, attn_backward_fused): delta = rowsum(dout * out) - dlse is
+// computed here from `out`, read beside dout, instead of read from `delta` (the dQ kernel's output).
+// A row's per_row threads are adjacent lanes of one SIMD-group (per_row <= R4 <= 32 at the fused
+// kernels' slices) whose parts meet through simd_shuffle_xor, so every lane of the group runs the
+// same batches: the batch loop is uniform (rows past n are none).
+template <typename T, int DS, int R, int NB, bool OWN_DELTA>
 inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, int voff, device const T* q,
-                          device const T* dout, device const float* lse, device const float* delta,
-                          thread const Geom& G, int b_idx, thread const int* grp_q, thread const int* lo,
-                          thread const int* ext, int h, int c0, int n, int R4, int RS, uint tid) {
+                          device const T* dout, device const T* out, device const float* lse,
+                          device const float* delta, thread const Geom& G, int b_idx, thread const int* grp_q,
+                          thread const int* lo, thread const int* ext, int h, int c0, int n, int R4, int RS,
+                          uint tid) {
   const StageSplit S = stage_split<DS>(G, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
   int qc[3] = {0, 0, 0};
   if (S.row0 < n) box_coord<R>(c0 + S.row0, lo, ext, qc);
-  for (int r0 = S.row0; r0 < n; r0 += NB * S.step) {
+  for (int rb = 0; rb < n; rb += NB * S.step) {
+    const int r0 = rb + S.row0;
     int src[NB];
-    float ls[NB], dl[NB];
+    float ls[NB], dl[NB], dots[NB];
     #pragma clang loop unroll(full)
     for (int b = 0; b < NB; ++b) {
       src[b] = -1;
+      dots[b] = 0.0f;
       if (r0 + b * S.step >= n) continue;
       src[b] = (b_idx * tokens_q + token_of(qc, grp_q, G.DIL, G.Lq)) * G.H + h;
       box_advance<R>(S.step, lo, ext, qc);
       if (S.col0 == 0) {
         ls[b] = lse[src[b]];
-        dl[b] = delta[src[b]];
+        dl[b] = OWN_DELTA ? (G.has_dlse ? -delta[src[b]] : 0.0f) : delta[src[b]];   // (delta: dlse here)
       }
     }
-    stage_batch<T, NB>(st, voff, q, dout, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads);
+    stage_batch<T, NB, OWN_DELTA>(st, voff, q, dout, out, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, dots);
+    if (OWN_DELTA) {
+      #pragma clang loop unroll(full)
+      for (int b = 0; b < NB; ++b) dots[b] = slice_sum<32>(dots[b], S.per_row);
+    }
     if (S.col0 == 0) {
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) {
         if (src[b] < 0) continue;
         stats[r0 + b * S.step] = ls[b] * kLog2e;
-        stats[kMaxChunk + r0 + b * S.step] = dl[b];
+        stats[kMaxChunk + r0 + b * S.step] = OWN_DELTA ? dots[b] + dl[b] : dl[b];
       }
     }
   }
@@ -585,16 +606,10 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
 // Backward, part 1: dQ and delta = rowsum(dout * out) - dlse, per query tile
 // ------------------------------------------------------------------------------------------------
 template <typename T, int DS, int R, int NB>
-kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
-                             device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
-                             device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
-                             device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],
-                             device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
-                             device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
-                             constant float& scale [[buffer(12)]],
-                             uint tg [[threadgroup_position_in_grid]],
-                             uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+inline void backward_dq(device const T* q, device const T* k, device const T* v, device const T* xk,
+                        device const T* xv, device const T* out, device const T* dout, device const float* lse,
+                        device const float* dlse, device T* dq, device float* delta, constant int* geom,
+                        float scale, threadgroup vec<T, 4>* stage, uint tg, uint tid) {
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
   if (tile_outside(Tl)) return;
@@ -674,19 +689,29 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
   if (P.slice == 0) delta[row] = dlt;
 }
 
+template <typename T, int DS, int R, int NB>
+kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                             device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
+                             device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
+                             device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],
+                             device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
+                             device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
+                             constant float& scale [[buffer(12)]],
+                             uint tg [[threadgroup_position_in_grid]],
+                             uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Backward, part 2: dK and dV, per key tile, over the queries whose windows hold the keys
 // ------------------------------------------------------------------------------------------------
-template <typename T, int DS, int R, int NB>
-kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
-                               device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
-                               device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
-                               device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
-                               constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
-                               uint tg [[threadgroup_position_in_grid]],
-                               uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
-  threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
+// OWN_DELTA: `out` is read and delta computed from it (stage_queries); `delta` then holds dlse.
+template <typename T, int DS, int R, int NB, bool OWN_DELTA>
+inline void backward_dkdv(device const T* q, device const T* k, device const T* v, device const T* dout,
+                          device const T* out, device const float* lse, device const float* delta, device T* dk,
+                          device T* dv, constant int* geom, float scale, threadgroup vec<T, 4>* stage,
+                          threadgroup float* stats, uint tg, uint tid) {
   const Geom G = load_geom(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   if (tile_outside(Tl)) return;
@@ -752,8 +777,8 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
     for (int c0 = 0; c0 < vol; c0 += chunk) {
       const int n = min(chunk, vol - c0);
       if (gh > 0 || c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the last chunk is consumed
-      stage_queries<T, DS, R, NB>(stage, stats, voff, q, dout, lse, delta, G, Tl.b, grp_q, lo, ext, h, c0, n,
-                                  R4, RS, tid);
+      stage_queries<T, DS, R, NB, OWN_DELTA>(stage, stats, voff, q, dout, out, lse, delta, G, Tl.b, grp_q, lo,
+                                             ext, h, c0, n, R4, RS, tid);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
       for (Walk w = walk_start<R>(c0, n, lo, ext); w.kk < n; walk_next<R>(w, n, lo, ext)) {
@@ -795,6 +820,48 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
   }
 }
 
+template <typename T, int DS, int R, int NB>
+kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                               device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
+                               device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
+                               device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
+                               constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
+                               uint tg [[threadgroup_position_in_grid]],
+                               uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
+  backward_dkdv<T, DS, R, NB, false>(q, k, v, dout, dout, lse, delta, dk, dv, geom, scale, stage, stats, tg, tid);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward in one dispatch (small problems): threadgroups [0, q_tiles) are dQ tiles (geometry
+// `geom`), the rest dK/dV tiles (geometry `kgeom`), each computing the deltas of the queries it
+// stages itself, so no tile waits for another. Same results as the two-kernel backward; dQ tiles
+// still write delta (the additional keys' dK/dV kernel, a later dispatch, reads it).
+// ------------------------------------------------------------------------------------------------
+template <typename T, int DS, int R, int NB>
+kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                                device const T* v [[buffer(2)]], device const T* xk [[buffer(3)]],
+                                device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]],
+                                device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],
+                                device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
+                                device float* delta [[buffer(10)]], device T* dk [[buffer(11)]],
+                                device T* dv [[buffer(12)]], constant int* geom [[buffer(13)]],
+                                constant int* kgeom [[buffer(14)]], constant long& q_tiles [[buffer(15)]],
+                                constant float& scale [[buffer(16)]],
+                                uint tg [[threadgroup_position_in_grid]],
+                                uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  threadgroup float stats[2 * kMaxChunk];
+  const int nq = int(q_tiles);             // fewer than 2^31 tiles (the host's 32-bit bound)
+  if (int(tg) < nq) {
+    backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
+  } else {
+    backward_dkdv<T, DS, R, NB, true>(q, k, v, dout, out, lse, dlse, dk, dv, kgeom, scale, stage, stats,
+                                      uint(int(tg) - nq), tid);
+  }
+}
+
 #define INSTANTIATE_ATTN(NAME, T, DS, R, NB, TAG)                                                         \
   template [[host_name("attn_forward_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_forward<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
@@ -816,14 +883,29 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
       constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
       uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
 
+#define INSTANTIATE_FUSED(NAME, T, DS, R, NB, TAG)                                                       \
+  template [[host_name("attn_backward_fused_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_fused<T, DS, R, NB>( \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device const T* out [[buffer(5)]], \
+      device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
+      device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
+      device T* dk [[buffer(11)]], device T* dv [[buffer(12)]], constant int* geom [[buffer(13)]],          \
+      constant int* kgeom [[buffer(14)]], constant long& q_tiles [[buffer(15)]],                            \
+      constant float& scale [[buffer(16)]], uint tg [[threadgroup_position_in_grid]],                      \
+      uint tid [[thread_index_in_threadgroup]]);
+
 #define INSTANTIATE_ATTN_RANKS(NAME, T, DS, NB, TAG)                                            \
   INSTANTIATE_ATTN(NAME, T, DS, 1, NB, TAG) INSTANTIATE_ATTN(NAME, T, DS, 2, NB, TAG)             \
   INSTANTIATE_ATTN(NAME, T, DS, 3, NB, TAG)
-// Every slice width with NB = 1; the small problems' slices (4, 8) also with NB = 4 ("_b4").
+// The small problems' kernels: NB = 4 ("_b4") and the single-dispatch backward.
+#define INSTANTIATE_SMALL_RANKS(NAME, T, DS)                                                      \
+  INSTANTIATE_ATTN_RANKS(NAME, T, DS, 4, "_b4") INSTANTIATE_FUSED(NAME, T, DS, 1, 4, "_b4")       \
+  INSTANTIATE_FUSED(NAME, T, DS, 2, 4, "_b4") INSTANTIATE_FUSED(NAME, T, DS, 3, 4, "_b4")
+// Every slice width with NB = 1; the small problems' slices (4, 8) also as small-problem kernels.
 #define INSTANTIATE_ATTN_DTYPE(NAME, T)                                                           \
   INSTANTIATE_ATTN_RANKS(NAME, T, 4, 1, "") INSTANTIATE_ATTN_RANKS(NAME, T, 8, 1, "")             \
   INSTANTIATE_ATTN_RANKS(NAME, T, 16, 1, "") INSTANTIATE_ATTN_RANKS(NAME, T, 32, 1, "")           \
-  INSTANTIATE_ATTN_RANKS(NAME, T, 4, 4, "_b4") INSTANTIATE_ATTN_RANKS(NAME, T, 8, 4, "_b4")
+  INSTANTIATE_SMALL_RANKS(NAME, T, 4) INSTANTIATE_SMALL_RANKS(NAME, T, 8)
 
 INSTANTIATE_ATTN_DTYPE(float32, float)
 INSTANTIATE_ATTN_DTYPE(float16, half)
