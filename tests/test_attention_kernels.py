@@ -198,6 +198,7 @@ def test_narrow_slices_for_small_problems(i, fused, dev, monkeypatch):
     dQ and dK/dV as one dispatch (``fused``; the dK/dV tiles' own deltas) or, turned off, as two."""
     monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
     monkeypatch.setenv("NATTEN_MPS_METAL_FUSED_BACKWARD", "1" if fused else "0")
+    monkeypatch.setattr(metal, "FUSED_MAX_HALO", float("inf"))    # every rank through the fused kernel
     c, narrowest = NARROW_CASES[i]
     q, k, v = inputs(c, torch.float32, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
@@ -209,6 +210,20 @@ def test_narrow_slices_for_small_problems(i, fused, dev, monkeypatch):
         names = [s.kernel for s in counter.launches]
         assert any(n.startswith("attn_backward_fused") for n in names) == fused
         assert any(n.startswith("attn_backward_dq") for n in names) != fused
+
+
+@pytest.mark.parametrize("spatial,k,fused", [((256,), 7, True), ((32, 32), 7, False), ((16, 16, 16), 3, False)])
+def test_fused_backward_where_key_tiles_have_few_queries(spatial, k, fused, monkeypatch):
+    """The single dispatch is taken for small problems whose key tiles' query boxes are at most
+    FUSED_MAX_HALO times the tile (1-D), not where the halo is large (2-D, 3-D); a GPU of 132 cores."""
+    monkeypatch.delenv("NATTEN_MPS_METAL_FUSED_BACKWARD", raising=False)
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 198)
+    r = len(spatial)
+    q = torch.randn(2, *spatial, 8 if r == 1 else 4, 32)
+    args = ([k] * r, [1] * r, [1] * r, [False] * r, False, 0)
+    prob, kprob = metal._Problem(q, q, q, *args), metal._Problem(q, q, q, *args, tile_keys=True)
+    assert (kprob.query_halo() <= metal.FUSED_MAX_HALO) == fused
+    assert metal._fuses_backward(prob, kprob) == fused
 
 
 def test_fused_backward_env_is_checked(monkeypatch):

@@ -33,6 +33,7 @@ SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are inst
 NARROW_SLICES = (16, 8, 4)       # tried in turn when a problem has too few tiles for the GPU
 BATCHED_SLICES = (4, 8)          # slice widths also instantiated with NB = 4 staged rows a thread ("_b4")
 STAGE_BATCH = 4
+FUSED_MAX_HALO = 2.0             # the single-dispatch backward's bound on queries staged per key of a tile
 _INT32_MAX = 2 ** 31 - 1
 _DTYPE_SUFFIX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -277,6 +278,17 @@ class _Problem:
         """Tiles along each axis of the tiled space (its longest dilation group)."""
         return [_ceil_div(_ceil_div(self.space[ax], self.DIL[ax]), self.u[ax] * self.a[ax]) for ax in range(3)]
 
+    def query_halo(self) -> float:
+        """Queries whose windows reach a tile of keys (stride-1 estimate: the tile grown by K - 1 on
+        each axis, within the group), per key of the tile."""
+        ext = [_ceil_div(n, d) for n, d in zip(self.space, self.DIL)]
+        box = tile = 1
+        for ax in range(3):
+            t = min(self.u[ax] * self.a[ax], ext[ax])
+            tile *= t
+            box *= min(t + self.K[ax] - 1, ext[ax]) if not self.dense else self.Lq[ax]
+        return box / tile
+
     def tiles(self) -> int:
         n = self.B * self.heads * self.DIL[0] * self.DIL[1] * self.DIL[2]
         for t in self.tiles_per_axis():
@@ -394,12 +406,16 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
     width and threadgroup size. There no kernel fills the GPU, so the two halves run side by side
     (each dK/dV tile computes the deltas it needs from ``out``: its staged queries' rows of ``out``
     are the extra reads) and one launch's fixed cost is saved. ``NATTEN_MPS_METAL_FUSED_BACKWARD=0``
-    turns it off (experiments)."""
+    turns it off (experiments). Only where a key tile's queries are few (``query_halo`` at most
+    FUSED_MAX_HALO): each staged query costs the dK/dV tile a row of ``out`` and a reduction, so in
+    2-D and 3-D, where the halo is 4-10x the tile, the two dispatches were faster (ncu, H200:
+    2-D 32x32 K=7 backward 59 us as two, 67 us fused; 1-D L=256 K=7 16 us as two, 11 us fused)."""
     flag = os.environ.get("NATTEN_MPS_METAL_FUSED_BACKWARD", "1")
     if flag not in ("0", "1"):
         raise ValueError(f"NATTEN_MPS_METAL_FUSED_BACKWARD must be '0' or '1', got {flag!r}")
     return (flag == "1" and prob.NB == kprob.NB == STAGE_BATCH and prob.DS == kprob.DS
-            and prob.threads_per_group == kprob.threads_per_group)
+            and prob.threads_per_group == kprob.threads_per_group
+            and kprob.query_halo() <= FUSED_MAX_HALO)
 
 
 def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):

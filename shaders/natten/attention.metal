@@ -605,12 +605,40 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
 // ------------------------------------------------------------------------------------------------
 // Backward, part 1: dQ and delta = rowsum(dout * out) - dlse, per query tile
 // ------------------------------------------------------------------------------------------------
+// One step of dQ: score `s` (base 2) and dP of a staged key row `kr`: dq += exp2(s - lse) (dP - delta) k.
+template <typename T, int DS>
+inline void dq_step(float s, float dp, float lse2, float dlt, threadgroup const vec<T, 4>* kr, thread float4* dqa) {
+  const float ds = exp2(s - lse2) * (dp - dlt);
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    const vec<T, 4> x = kr[i];
+    dqa[i] += ds * float4(x);
+  }
+}
+
+// One step of dK/dV: score and dP of a staged query row `qs` (and its output gradient `gs`), the
+// query's LSE (base 2) and delta: dv += p dout, dk += p (dP - delta) q.
+template <typename T, int DS>
+inline void dkdv_step(float s, float dp, float lse2, float dlt, threadgroup const vec<T, 4>* qs,
+                      threadgroup const vec<T, 4>* gs, thread float4* dka, thread float4* dva) {
+  const float p = exp2(s - lse2);
+  const float ds = p * (dp - dlt);
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) {
+    const vec<T, 4> x = qs[i];
+    const vec<T, 4> y = gs[i];
+    dva[i] += p * float4(y);
+    dka[i] += ds * float4(x);
+  }
+}
+
 template <typename T, int DS, int R, int NB>
 inline void backward_dq(device const T* q, device const T* k, device const T* v, device const T* xk,
                         device const T* xv, device const T* out, device const T* dout, device const float* lse,
                         device const float* dlse, device T* dq, device float* delta, constant int* geom,
                         float scale, threadgroup vec<T, 4>* stage, uint tg, uint tid) {
   const Geom G = load_geom(geom);
+  const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
   const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
   if (tile_outside(Tl)) return;
   const Place P = locate_thread<R>(G, Tl, tid);
@@ -659,21 +687,24 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
       const Run run = key_run<R>(K, w, extra, P.valid, extra ? 0 : own_width);
       if (run.first > run.last) continue;                   // SIMD-uniform
-      for (int j = run.first; j <= run.last; ++j) {
-        const int kk = run_token(w, run, j);
-        const bool ok = run_ok(run, j);
-        threadgroup const vec<T, 4>* kr = stage + kk * RS + s4;
-        threadgroup const vec<T, 4>* vr = stage + voff + kk * RS + s4;
-        const float2 sd = slice_sum2<DS>(slice_dot<T, DS>(kr, qv), slice_dot<T, DS>(vr, gv), G.NG);  // score, dP
-        const float s = sd.x, dp = sd.y;
-        if (ok) {
-          const float ds = exp2(s - lse2) * (dp - dlt);
-          #pragma clang loop unroll(full)
-          for (int i = 0; i < DS / 4; ++i) {
-            const vec<T, 4> x = kr[i];
-            dqa[i] += ds * float4(x);
-          }
+      // kPairs: steps in pairs (both steps' score and dP in one float4 exchange a level).
+      for (int j = run.first; j <= run.last; j += kPairs ? 2 : 1) {
+        const int j1 = kPairs ? min(j + 1, run.last) : j;
+        const int k0 = run_token(w, run, j), k1 = run_token(w, run, j1);
+        threadgroup const vec<T, 4>* kr0 = stage + k0 * RS + s4;
+        threadgroup const vec<T, 4>* kr1 = stage + k1 * RS + s4;
+        float4 sd;                                           // score, dP of step j, then of step j1
+        if (kPairs) {
+          sd = slice_sum<DS>(float4(slice_dot<T, DS>(kr0, qv), slice_dot<T, DS>(stage + voff + k0 * RS + s4, gv),
+                                    slice_dot<T, DS>(kr1, qv), slice_dot<T, DS>(stage + voff + k1 * RS + s4, gv)),
+                             G.NG);
+        } else {
+          const float2 one = slice_sum2<DS>(slice_dot<T, DS>(kr0, qv),
+                                            slice_dot<T, DS>(stage + voff + k0 * RS + s4, gv), G.NG);
+          sd = float4(one, one);
         }
+        if (run_ok(run, j)) dq_step<T, DS>(sd.x, sd.y, lse2, dlt, kr0, dqa);
+        if (kPairs && j1 > j && run_ok(run, j1)) dq_step<T, DS>(sd.z, sd.w, lse2, dlt, kr1, dqa);
       }
     }
   }
@@ -713,6 +744,7 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
                           device T* dv, constant int* geom, float scale, threadgroup vec<T, 4>* stage,
                           threadgroup float* stats, uint tg, uint tid) {
   const Geom G = load_geom(geom);
+  const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
   if (tile_outside(Tl)) return;
   const Place P = locate_thread<R>(G, Tl, tid);
@@ -784,24 +816,24 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
       for (Walk w = walk_start<R>(c0, n, lo, ext); w.kk < n; walk_next<R>(w, n, lo, ext)) {
         const Run run = row_run<R>(w, sub, mine, P.valid, own_width);
         if (run.first > run.last) continue;                 // SIMD-uniform
-        for (int j = run.first; j <= run.last; ++j) {
-          const int ii = run_token(w, run, j);
-          const bool ok = run_ok(run, j);
-          threadgroup const vec<T, 4>* qs = stage + ii * RS + s4;
-          threadgroup const vec<T, 4>* gs = stage + voff + ii * RS + s4;
-          const float2 sd = slice_sum2<DS>(slice_dot<T, DS>(qs, kv), slice_dot<T, DS>(gs, vv), G.NG);  // score, dP
-          const float s = sd.x, dp = sd.y;
-          if (ok) {
-            const float p = exp2(s - stats[ii]);
-            const float ds = p * (dp - stats[kMaxChunk + ii]);
-            #pragma clang loop unroll(full)
-            for (int i = 0; i < DS / 4; ++i) {
-              const vec<T, 4> x = qs[i];
-              const vec<T, 4> y = gs[i];
-              dva[i] += p * float4(y);
-              dka[i] += ds * float4(x);
-            }
+        for (int j = run.first; j <= run.last; j += kPairs ? 2 : 1) {   // kPairs: as in backward_dq
+          const int j1 = kPairs ? min(j + 1, run.last) : j;
+          const int i0 = run_token(w, run, j), i1 = run_token(w, run, j1);
+          threadgroup const vec<T, 4>* qs0 = stage + i0 * RS + s4;
+          threadgroup const vec<T, 4>* gs0 = stage + voff + i0 * RS + s4;
+          threadgroup const vec<T, 4>* qs1 = stage + i1 * RS + s4;
+          threadgroup const vec<T, 4>* gs1 = stage + voff + i1 * RS + s4;
+          float4 sd;                                         // score, dP of step j, then of step j1
+          if (kPairs) {
+            sd = slice_sum<DS>(float4(slice_dot<T, DS>(qs0, kv), slice_dot<T, DS>(gs0, vv),
+                                      slice_dot<T, DS>(qs1, kv), slice_dot<T, DS>(gs1, vv)), G.NG);
+          } else {
+            const float2 one = slice_sum2<DS>(slice_dot<T, DS>(qs0, kv), slice_dot<T, DS>(gs0, vv), G.NG);
+            sd = float4(one, one);
           }
+          if (run_ok(run, j)) dkdv_step<T, DS>(sd.x, sd.y, stats[i0], stats[kMaxChunk + i0], qs0, gs0, dka, dva);
+          if (kPairs && j1 > j && run_ok(run, j1))
+            dkdv_step<T, DS>(sd.z, sd.w, stats[i1], stats[kMaxChunk + i1], qs1, gs1, dka, dva);
         }
       }
     }
