@@ -28,7 +28,7 @@ MAX_HEAD_DIM = 256
 SIMDGROUPS = 8
 STAGE_BYTES = 24576
 MAX_CHUNK = 64
-GEOM_FIXED = 49                  # entries of the geom buffer before varlen's per-sample extents (attn_tile.h)
+GEOM_FIXED = 52                  # entries of the geom buffer before varlen's per-sample extents (attn_tile.h)
 SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are instantiated for
 NARROW_SLICES = (16, 8, 4)       # tried in turn when a problem has too few tiles for the GPU
 BATCHED_SLICES = (4, 8)          # slice widths also instantiated with NB = 4 staged rows a thread ("_b4")
@@ -290,10 +290,17 @@ class _Problem:
         return box / tile
 
     def tiles(self) -> int:
-        n = self.B * self.heads * self.DIL[0] * self.DIL[1] * self.DIL[2]
+        """Threadgroups of a launch: ``grid()``'s product."""
+        x, y, z = self.grid()
+        return x * y * z
+
+    def grid(self) -> Tuple[int, int, int]:
+        """Threadgroups per grid axis (attn_tile.h, locate_tile): x the tiles of one (batch, head,
+        dilation group), y the heads, z the batch index and dilation group."""
+        x = 1
         for t in self.tiles_per_axis():
-            n *= t
-        return n
+            x *= t
+        return x, self.heads, self.B * self.DIL[0] * self.DIL[1] * self.DIL[2]
 
     def geometry(self, device, has_dlse=False, sizes: Optional[torch.Tensor] = None,
                  tensors: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -309,6 +316,7 @@ class _Problem:
                                                                        int(sizes is not None), int(vec_loads),
                                                                        int(self.own_walk), self.RS]
              + log2([self.NG]) + log2(self.u) + log2(self.a) + self.tiles_per_axis() + [self.H // self.Hkv])
+        g += [0] * (GEOM_FIXED - len(g))          # padding: the kernels read 13 int4 vectors
         assert len(g) == GEOM_FIXED, len(g)
         fixed = _geom_buffer(tuple(g), torch.device(device))
         if sizes is None:
@@ -324,11 +332,11 @@ class _Problem:
         return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}{tag}")
 
     def launch(self, lib, name, dtype, *args):
-        tiles = self.tiles()
-        if tiles == 0:
+        x, y, z = self.grid()
+        if x * y * z == 0:
             return
         tpg = self.threads_per_group
-        self.kernel(lib, name, dtype)(*args, threads=tiles * tpg, group_size=tpg)
+        self.kernel(lib, name, dtype)(*args, threads=(x * tpg, y, z), group_size=(tpg, 1, 1))
 
 
 def _extras(q, extra_k, extra_v):
@@ -379,11 +387,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     geom = prob.geometry(q.device, has_dlse, sizes, tensors=(q, k, v, xk, xv, out, dout))
     if _fuses_backward(prob, kprob):
         kgeom = kprob.geometry(q.device, has_dlse, sizes, tensors=(q, dout, out, k, v))
-        nq, nk, tpg = prob.tiles(), kprob.tiles(), prob.threads_per_group
-        if nq + nk > 0:
+        (nq, heads, groups), (nk, _, _) = prob.grid(), kprob.grid()
+        tpg = prob.threads_per_group
+        if (nq + nk) * heads * groups > 0:
             prob.kernel(lib, "attn_backward_fused", q.dtype)(
                 q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, dk, dv, geom, kgeom, nq, float(scale),
-                threads=(nq + nk) * tpg, group_size=tpg)
+                threads=((nq + nk) * tpg, heads, groups), group_size=(tpg, 1, 1))
     else:
         prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, geom,
                     float(scale))
@@ -405,7 +414,8 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
     query and key tilings both took the small-problem kernels (``NB`` = STAGE_BATCH) at one slice
     width and threadgroup size. There no kernel fills the GPU, so the two halves run side by side
     (each dK/dV tile computes the deltas it needs from ``out``: its staged queries' rows of ``out``
-    are the extra reads) and one launch's fixed cost is saved. ``NATTEN_MPS_METAL_FUSED_BACKWARD=0``
+    are the extra reads) and one launch's fixed cost is saved. The two halves share the grid's head
+    axis (H): with GQA the dK/dV threadgroups past Hkv return at once. ``NATTEN_MPS_METAL_FUSED_BACKWARD=0``
     turns it off (experiments). Only where a key tile's queries are few (``query_halo`` at most
     FUSED_MAX_HALO): each staged query costs the dK/dV tile a row of ``out`` and a reduction, so in
     2-D and 3-D, where the halo is 4-10x the tile, the two dispatches were faster (ncu, H200:

@@ -133,6 +133,13 @@ inline void box_advance(int step, thread const int* lo, thread const int* ext, t
   }
 }
 
+// Tokens of the whole box rows (each `row` tokens, at most `kc`) that fit a chunk of `kc`; a 1-D box
+// is one row, so there it is the row (no division).
+template <int R>
+inline int whole_rows(int kc, int row) {
+  return R == 1 ? row : (kc / row) * row;
+}
+
 // A chunk of staged tokens [0, n) (flat box indices base .. base + n - 1) is walked row by row:
 // `Walk` holds the coordinates of the current row's first staged token, the staged index of it,
 // and its run (staged tokens left on the row). Per row the SIMD-group's span on the inner axis
@@ -309,14 +316,15 @@ inline Run key_run(thread const KeyBox& K, thread const Walk& w, bool extra, boo
 }
 
 // 4-vector `c` of a row of `width` elements (zero beyond it): one vector load when the host found
-// every row 4-element aligned (`vec_loads`: widths and tensor offsets multiples of 4), else
-// element by element.
+// every row 4-element aligned (`vec_loads`: widths and tensor offsets multiples of 4, so width >= 4),
+// unconditional (the row's last vector stands in past its end, then is replaced by zeros: no branch
+// around the load for the compiler to wait at), else element by element.
 template <typename T>
 inline vec<T, 4> load4(device const T* row, int c, int width, bool vec_loads) {
   vec<T, 4> a = vec<T, 4>(T(0.0f));
   if (vec_loads) {
-    if (4 * c < width) a = reinterpret_cast<device const vec<T, 4>*>(row)[c];
-    return a;
+    const vec<T, 4> x = reinterpret_cast<device const vec<T, 4>*>(row)[min(c, (width >> 2) - 1)];
+    return 4 * c < width ? x : a;
   }
   #pragma clang loop unroll(full)
   for (int j = 0; j < 4; ++j) {
@@ -387,12 +395,38 @@ inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, 
       continue;
     }
     vec<T, 4> ab[NB], bb[NB], ob[NB];
+    if (vec_loads) {
+      // Branch-free loads: a batch row past the chunk reads the batch's first row again (row 0 of
+      // the tensor when there is none: stage_queries' uniform loop) and a vector past a row's width
+      // its last vector (all discarded below), so the batch's loads issue back
+      // to back with nothing between them that waits for one (a conditional load merged into a
+      // zeroed vector made nvcc wait for each half-precision load before issuing the next).
+      const int ca = min(c, (wa >> 2) - 1), cb = min(c, (wb >> 2) - 1);
+      #pragma clang loop unroll(full)
+      for (int i = 0; i < NB; ++i) {
+        const int s = src[i] >= 0 ? src[i] : max(src[0], 0);
+        ab[i] = reinterpret_cast<device const vec<T, 4>*>(a + s * wa)[ca];
+        bb[i] = reinterpret_cast<device const vec<T, 4>*>(b + s * wb)[cb];
+        if (DOT) ob[i] = reinterpret_cast<device const vec<T, 4>*>(o + s * wb)[cb];
+      }
+      const vec<T, 4> zero = vec<T, 4>(T(0.0f));
+      #pragma clang loop unroll(full)
+      for (int i = 0; i < NB; ++i) {
+        if (src[i] < 0) continue;
+        const int r = r0 + i * S.step;
+        const vec<T, 4> y = 4 * c < wb ? bb[i] : zero;
+        st[r * RS + c] = 4 * c < wa ? ab[i] : zero;
+        st[voff + r * RS + c] = y;
+        if (DOT) dots[i] += dot(float4(y), float4(4 * c < wb ? ob[i] : zero));
+      }
+      continue;
+    }
     #pragma clang loop unroll(full)
     for (int i = 0; i < NB; ++i) {
       if (src[i] < 0) continue;
-      ab[i] = load4<T>(a + src[i] * wa, c, wa, vec_loads);
-      bb[i] = load4<T>(b + src[i] * wb, c, wb, vec_loads);
-      if (DOT) ob[i] = load4<T>(o + src[i] * wb, c, wb, vec_loads);
+      ab[i] = load4<T>(a + src[i] * wa, c, wa, false);
+      bb[i] = load4<T>(b + src[i] * wb, c, wb, false);
+      if (DOT) ob[i] = load4<T>(o + src[i] * wb, c, wb, false);
     }
     #pragma clang loop unroll(full)
     for (int i = 0; i < NB; ++i) {
@@ -531,11 +565,11 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          device const T* xv [[buffer(4)]], device T* out [[buffer(5)]],
                          device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],
                          constant float& scale [[buffer(8)]],
-                         uint tg [[threadgroup_position_in_grid]],
+                         uint3 tg [[threadgroup_position_in_grid]],
                          uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   const Geom G = load_geom(geom);
-  const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
   if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
   const Place P = locate_thread<R>(G, Tl, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
@@ -564,7 +598,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
   // Own-window walk (host's choice) when a chunk holds whole rows of the box: chunks of whole rows.
   const bool own = G.own_walk && K.ext[2] <= G.KC;
   const int own_width = own ? G.K[2] : 0;
-  const int chunk = own ? (G.KC / K.ext[2]) * K.ext[2] : G.KC;
+  const int chunk = own ? whole_rows<R>(G.KC, K.ext[2]) : G.KC;
   const int total = K.vol + G.E;
   for (int c0 = 0, n = 0; c0 < total; c0 += n) {     // chunks never straddle the two key sets
     const bool extra = c0 >= K.vol;
@@ -636,10 +670,10 @@ template <typename T, int DS, int R, int NB>
 inline void backward_dq(device const T* q, device const T* k, device const T* v, device const T* xk,
                         device const T* xv, device const T* out, device const T* dout, device const float* lse,
                         device const float* dlse, device T* dq, device float* delta, constant int* geom,
-                        float scale, threadgroup vec<T, 4>* stage, uint tg, uint tid) {
+                        float scale, threadgroup vec<T, 4>* stage, uint3 tg, uint tid) {
   const Geom G = load_geom(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
-  const Tile Tl = locate_tile<R>(G, geom, tg, G.H, G.Lq);
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
   if (tile_outside(Tl)) return;
   const Place P = locate_thread<R>(G, Tl, tid);
   const int tokens_q = G.Lq[0] * G.Lq[1] * G.Lq[2];
@@ -674,7 +708,7 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
   // Own-window walk (host's choice) when a chunk holds whole rows of the box: chunks of whole rows.
   const bool own = G.own_walk && K.ext[2] <= G.KC;
   const int own_width = own ? G.K[2] : 0;
-  const int chunk = own ? (G.KC / K.ext[2]) * K.ext[2] : G.KC;
+  const int chunk = own ? whole_rows<R>(G.KC, K.ext[2]) : G.KC;
   const int total = K.vol + G.E;
   for (int c0 = 0, n = 0; c0 < total; c0 += n) {
     const bool extra = c0 >= K.vol;
@@ -728,7 +762,7 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]],
                              device float* delta [[buffer(10)]], constant int* geom [[buffer(11)]],
                              constant float& scale [[buffer(12)]],
-                             uint tg [[threadgroup_position_in_grid]],
+                             uint3 tg [[threadgroup_position_in_grid]],
                              uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
@@ -742,11 +776,11 @@ template <typename T, int DS, int R, int NB, bool OWN_DELTA>
 inline void backward_dkdv(device const T* q, device const T* k, device const T* v, device const T* dout,
                           device const T* out, device const float* lse, device const float* delta, device T* dk,
                           device T* dv, constant int* geom, float scale, threadgroup vec<T, 4>* stage,
-                          threadgroup float* stats, uint tg, uint tid) {
+                          threadgroup float* stats, uint3 tg, uint tid) {
   const Geom G = load_geom(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
-  const Tile Tl = locate_tile<R>(G, geom, tg, G.Hkv, G.Lk);     // a tile of keys of key head Tl.h
-  if (tile_outside(Tl)) return;
+  const Tile Tl = locate_tile<R>(G, geom, tg, G.Lk);     // a tile of keys of key head Tl.h
+  if (tile_outside(Tl) || Tl.h >= G.Hkv) return;         // (the fused backward's grid has H heads)
   const Place P = locate_thread<R>(G, Tl, tid);
   const int R4 = G.NG * DS / 4, RS = G.RS, s4 = P.slice * DS / 4, voff = G.KC * RS;
   const int hk = Tl.h, groups = G.groups;
@@ -802,7 +836,7 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
   // row are the longest inner span of the SIMD-group's keys (inverse windows differ in length).
   const bool own = G.own_walk && ext[2] <= G.KC;
   const int own_width = own ? simd_max(mine[2].hi - mine[2].lo + 1) : 0;
-  const int chunk = own ? (G.KC / ext[2]) * ext[2] : G.KC;
+  const int chunk = own ? whole_rows<R>(G.KC, ext[2]) : G.KC;
 
   for (int gh = 0; gh < groups; ++gh) {
     const int h = hk * groups + gh;
@@ -858,7 +892,7 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
                                device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
                                constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
-                               uint tg [[threadgroup_position_in_grid]],
+                               uint3 tg [[threadgroup_position_in_grid]],
                                uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
@@ -866,9 +900,9 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward in one dispatch (small problems): threadgroups [0, q_tiles) are dQ tiles (geometry
-// `geom`), the rest dK/dV tiles (geometry `kgeom`), each computing the deltas of the queries it
-// stages itself, so no tile waits for another. Same results as the two-kernel backward; dQ tiles
+// Backward in one dispatch (small problems): threadgroups x in [0, q_tiles) are dQ tiles (geometry
+// `geom`), the rest dK/dV tiles (geometry `kgeom`; with GQA those of heads past Hkv have no work),
+// each computing the deltas of the queries it stages itself, so no tile waits for another. Same results as the two-kernel backward; dQ tiles
 // still write delta (the additional keys' dK/dV kernel, a later dispatch, reads it).
 // ------------------------------------------------------------------------------------------------
 template <typename T, int DS, int R, int NB>
@@ -881,16 +915,16 @@ kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T*
                                 device T* dv [[buffer(12)]], constant int* geom [[buffer(13)]],
                                 constant int* kgeom [[buffer(14)]], constant long& q_tiles [[buffer(15)]],
                                 constant float& scale [[buffer(16)]],
-                                uint tg [[threadgroup_position_in_grid]],
+                                uint3 tg [[threadgroup_position_in_grid]],
                                 uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
   threadgroup float stats[2 * kMaxChunk];
-  const int nq = int(q_tiles);             // fewer than 2^31 tiles (the host's 32-bit bound)
-  if (int(tg) < nq) {
+  const uint nq = uint(q_tiles);           // query tiles a (batch, head, group); fewer than 2^31
+  if (tg.x < nq) {
     backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
   } else {
     backward_dkdv<T, DS, R, NB, true>(q, k, v, dout, out, lse, dlse, dk, dv, kgeom, scale, stage, stats,
-                                      uint(int(tg) - nq), tid);
+                                      uint3(tg.x - nq, tg.y, tg.z), tid);
   }
 }
 
@@ -899,7 +933,7 @@ kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T*
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* xk [[buffer(3)]], device const T* xv [[buffer(4)]], device T* out [[buffer(5)]], \
       device float* lse [[buffer(6)]], constant int* geom [[buffer(7)]],                       \
-      constant float& scale [[buffer(8)]], uint tg [[threadgroup_position_in_grid]],              \
+      constant float& scale [[buffer(8)]], uint3 tg [[threadgroup_position_in_grid]],              \
       uint tid [[thread_index_in_threadgroup]]);                                                   \
   template [[host_name("attn_backward_dq_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dq<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
@@ -907,13 +941,13 @@ kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T*
       device const T* dout [[buffer(6)]], device const float* lse [[buffer(7)]],                  \
       device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
       constant int* geom [[buffer(11)]], constant float& scale [[buffer(12)]],                 \
-      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
+      uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
   template [[host_name("attn_backward_dkdv_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_dkdv<T, DS, R, NB>( \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
       device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                   \
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]], \
       constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                   \
-      uint tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
+      uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]]);          \
 
 #define INSTANTIATE_FUSED(NAME, T, DS, R, NB, TAG)                                                       \
   template [[host_name("attn_backward_fused_" #NAME "_" #DS "_r" #R TAG)]] kernel void attn_backward_fused<T, DS, R, NB>( \
@@ -923,7 +957,7 @@ kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T*
       device const float* dlse [[buffer(8)]], device T* dq [[buffer(9)]], device float* delta [[buffer(10)]], \
       device T* dk [[buffer(11)]], device T* dv [[buffer(12)]], constant int* geom [[buffer(13)]],          \
       constant int* kgeom [[buffer(14)]], constant long& q_tiles [[buffer(15)]],                            \
-      constant float& scale [[buffer(16)]], uint tg [[threadgroup_position_in_grid]],                      \
+      constant float& scale [[buffer(16)]], uint3 tg [[threadgroup_position_in_grid]],                      \
       uint tid [[thread_index_in_threadgroup]]);
 
 #define INSTANTIATE_ATTN_RANKS(NAME, T, DS, NB, TAG)                                            \

@@ -16,8 +16,11 @@
 //   (its lanes read different rows at once; the skew puts neighbouring rows in different banks)
 //   [38] log2 NG  [39..41] log2 u  [42..44] log2 a  (the host's shifts: no shift search a thread)
 //   [45..47] tiles per axis of the tiled space (its longest dilation group)  [48] H / Hkv
-//   [49 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
+//   [49..51] unused (the fixed part is 13 int4 vectors: kernels read it as 13 vector loads)
+//   [52 + 3 b + ax] (varlen only) the extents of sample b, 3-D padded, within the padded Lq (= Lk):
 //   its positions past them are padding, never attended and written as zeros.
+// The grid is three-dimensional (see locate_tile): x the tiles of the tiled space, y the head,
+// z the batch index and dilation group.
 #pragma once
 #include "na_window.h"
 
@@ -36,23 +39,33 @@ struct Geom {
   int groups;              // query heads a key/value head serves (GQA)
 };
 
-constant constexpr int kGeomFixed = 49;   // entries before the per-sample extents of varlen
+constant constexpr int kGeomFixed = 52;   // entries before the per-sample extents of varlen
 
+// The fixed part as 13 int4 loads (a 16-byte aligned buffer: a fresh tensor's storage) rather than
+// 49 scalar ones: fewer instructions before the first address a thread can compute.
 inline Geom load_geom(constant int* g) {
-  Geom G;
-  G.B = g[0]; G.H = g[1]; G.Hkv = g[2]; G.D = g[3]; G.Dv = g[4];
-  for (int i = 0; i < 3; ++i) {
-    G.Lq[i] = g[5 + i]; G.Lk[i] = g[8 + i]; G.K[i] = g[11 + i]; G.S[i] = g[14 + i];
-    G.DIL[i] = g[17 + i]; G.C[i] = g[20 + i] != 0; G.u[i] = g[25 + i]; G.a[i] = g[28 + i];
-    G.su[i] = g[39 + i]; G.sa[i] = g[42 + i]; G.ntiles[i] = g[45 + i];
+  constant int4* g4 = reinterpret_cast<constant int4*>(g);
+  int v[kGeomFixed];
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < kGeomFixed / 4; ++i) {
+    const int4 x = g4[i];
+    v[4 * i] = x.x; v[4 * i + 1] = x.y; v[4 * i + 2] = x.z; v[4 * i + 3] = x.w;
   }
-  G.sNG = g[38];
-  G.groups = g[48];
-  G.dense = g[23] != 0; G.NG = g[24]; G.KC = g[31]; G.E = g[32]; G.has_dlse = g[33] != 0;
-  G.varlen = g[34] != 0;
-  G.vec_loads = g[35] != 0;
-  G.own_walk = g[36] != 0;
-  G.RS = g[37];
+  Geom G;
+  G.B = v[0]; G.H = v[1]; G.Hkv = v[2]; G.D = v[3]; G.Dv = v[4];
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < 3; ++i) {
+    G.Lq[i] = v[5 + i]; G.Lk[i] = v[8 + i]; G.K[i] = v[11 + i]; G.S[i] = v[14 + i];
+    G.DIL[i] = v[17 + i]; G.C[i] = v[20 + i] != 0; G.u[i] = v[25 + i]; G.a[i] = v[28 + i];
+    G.su[i] = v[39 + i]; G.sa[i] = v[42 + i]; G.ntiles[i] = v[45 + i];
+  }
+  G.sNG = v[38];
+  G.groups = v[48];
+  G.dense = v[23] != 0; G.NG = v[24]; G.KC = v[31]; G.E = v[32]; G.has_dlse = v[33] != 0;
+  G.varlen = v[34] != 0;
+  G.vec_loads = v[35] != 0;
+  G.own_walk = v[36] != 0;
+  G.RS = v[37];
   return G;
 }
 
@@ -95,7 +108,7 @@ inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
       lo = j;
       hi = j + G.K[ax] - 1;
     } else {                       // windows centred on clamp(i, left, qlen - 1 - right)
-      const int left = G.K[ax] / 2, right = G.K[ax] / 2 - (1 - G.K[ax] % 2);
+      const int left = G.K[ax] >> 1, right = left - (1 - (G.K[ax] & 1));
       lo = j - right <= left ? 0 : j - right;
       hi = j + left >= qlen - 1 - right ? qlen - 1 : j + left;
     }
@@ -125,8 +138,9 @@ inline Span query_bounds(thread const Geom& G, int ax, int j, int qlen) {
 }
 
 // The tile a threadgroup owns: `tile_origin` (group coordinates) of a box of t[ax] = u[ax] a[ax]
-// positions in dilation group `grp` of batch `b`, head `h`. The grid is one-dimensional over
-// (b, h, dilation group, tile), tiles fastest; `len` are the (padded) extents of the tiled space.
+// positions in dilation group `grp` of batch `b`, head `h`. The grid is three-dimensional:
+// tg.x the tile (flat over the tiled space's tiles, the inner axis fastest), tg.y the head, tg.z the
+// batch index and dilation group (groups fastest); `len` are the (padded) extents of the tiled space.
 // `glen`: positions of the group in the sample's own extents (varlen), `plen` in the padded ones;
 // `padding`: the whole tile lies in the sample's padding (its threads only write zeros).
 struct Tile {
@@ -135,22 +149,29 @@ struct Tile {
   bool padding;
 };
 
-// R: the problem's rank; its 3 - R leading axes are trivial (one tile, one group), so they cost no
-// division; neither do undilated problems' groups.
+// R: the problem's rank; its 3 - R leading axes are trivial (one tile, one group) and the outermost
+// active axis takes what is left of tg.x, so a 1-D problem's tile costs no division (a 2-D one
+// one, a 3-D one two); neither do undilated problems' batch index and groups.
 template <int R>
-inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int heads, thread const int* len) {
+inline Tile locate_tile(thread const Geom& G, constant int* geom, uint3 tg, thread const int* len) {
   Tile T;
   int tidx[3] = {0, 0, 0};
-  int rest = int(tg);
+  int rest = int(tg.x);
   #pragma clang loop unroll(full)
   for (int ax = 2; ax >= 0; --ax) {
     T.t[ax] = G.u[ax] * G.a[ax];
     T.grp[ax] = 0;
     if (ax < 3 - R) continue;
+    if (ax == 3 - R) {
+      tidx[ax] = rest;
+      continue;
+    }
     const int next = rest / G.ntiles[ax];
     tidx[ax] = rest - next * G.ntiles[ax];
     rest = next;
   }
+  T.h = int(tg.y);
+  rest = int(tg.z);
   if (G.DIL[0] * G.DIL[1] * G.DIL[2] != 1) {
     #pragma clang loop unroll(full)
     for (int ax = 2; ax >= 0; --ax) {
@@ -159,8 +180,7 @@ inline Tile locate_tile(thread const Geom& G, constant int* geom, uint tg, int h
       rest = next;
     }
   }
-  T.b = rest / heads;
-  T.h = rest - T.b * heads;
+  T.b = rest;
   T.padding = false;
   #pragma clang loop unroll(full)
   for (int ax = 0; ax < 3; ++ax) {

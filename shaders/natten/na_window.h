@@ -22,9 +22,9 @@ inline AxisWindowT<I> na_axis_window(I query, I group_len, I kernel_size, I stri
     w.hi = query;
     return w;
   }
-  I left = kernel_size / 2;
-  I right = kernel_size / 2 - (1 - kernel_size % 2);
-  I leader = min(run_start + stride / 2, group_len - 1);
+  I left = kernel_size >> 1;                  // kernel_size, stride >= 1: shifts, not signed divisions
+  I right = left - (1 - (kernel_size & 1));
+  I leader = min(run_start + (stride >> 1), group_len - 1);
   I centre = clamp(leader, left, group_len - 1 - right);
   w.lo = centre - left;
   w.hi = centre + right;
