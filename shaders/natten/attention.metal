@@ -568,7 +568,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          uint3 tg [[threadgroup_position_in_grid]],
                          uint tid [[thread_index_in_threadgroup]]) {
   threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<(NB > 1)>(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
   if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
   const Place P = locate_thread<R>(G, Tl, tid);
@@ -671,7 +671,7 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
                         device const T* xv, device const T* out, device const T* dout, device const float* lse,
                         device const float* dlse, device T* dq, device float* delta, constant int* geom,
                         float scale, threadgroup vec<T, 4>* stage, uint3 tg, uint tid) {
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<(NB > 1)>(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
   if (tile_outside(Tl)) return;
@@ -777,7 +777,7 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
                           device const T* out, device const float* lse, device const float* delta, device T* dk,
                           device T* dv, constant int* geom, float scale, threadgroup vec<T, 4>* stage,
                           threadgroup float* stats, uint3 tg, uint tid) {
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<(NB > 1)>(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Lk);     // a tile of keys of key head Tl.h
   if (tile_outside(Tl) || Tl.h >= G.Hkv) return;         // (the fused backward's grid has H heads)

@@ -41,15 +41,25 @@ struct Geom {
 
 constant constexpr int kGeomFixed = 52;   // entries before the per-sample extents of varlen
 
-// The fixed part as 13 int4 loads (a 16-byte aligned buffer: a fresh tensor's storage) rather than
-// 49 scalar ones: fewer instructions before the first address a thread can compute.
+// VEC: the fixed part as 13 int4 loads rather than 49 scalar ones (a 16-byte aligned buffer: a fresh
+// tensor's storage), for the small-problem kernels (NB > 1), latency-bound: fewer instructions before
+// the first address a thread can compute. The others, register-bound, load entries one by one, which
+// leaves the compiler free to load an entry again where it is used instead of holding it (nvcc: the
+// vector loads took 3 more registers a thread in the 3-D fp32 dK/dV kernel, 168 -> 171, a threadgroup
+// less a core there, 23% slower).
+template <bool VEC>
 inline Geom load_geom(constant int* g) {
-  constant int4* g4 = reinterpret_cast<constant int4*>(g);
   int v[kGeomFixed];
-  #pragma clang loop unroll(full)
-  for (int i = 0; i < kGeomFixed / 4; ++i) {
-    const int4 x = g4[i];
-    v[4 * i] = x.x; v[4 * i + 1] = x.y; v[4 * i + 2] = x.z; v[4 * i + 3] = x.w;
+  if (VEC) {
+    constant int4* g4 = reinterpret_cast<constant int4*>(g);
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < kGeomFixed / 4; ++i) {
+      const int4 x = g4[i];
+      v[4 * i] = x.x; v[4 * i + 1] = x.y; v[4 * i + 2] = x.z; v[4 * i + 3] = x.w;
+    }
+  } else {
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < kGeomFixed; ++i) v[i] = g[i];
   }
   Geom G;
   G.B = v[0]; G.H = v[1]; G.Hkv = v[2]; G.D = v[3]; G.Dv = v[4];

@@ -71,7 +71,7 @@ template <typename T>
 kernel void split_qk(device const T* a [[buffer(0)]], device const T* x [[buffer(1)]],
                      device T* w [[buffer(2)]], constant int* geom [[buffer(3)]],
                      constant float& fill [[buffer(4)]], uint gid [[thread_position_in_grid]]) {
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<false>(geom);
   const int kvol = kernel_volume(G), L = tokens(G);
   if (int(gid) >= G.B * L * G.H * kvol) return;
   const int n = int(gid) % kvol;
@@ -100,7 +100,7 @@ template <typename T>
 kernel void split_av(device const T* w [[buffer(0)]], device const T* x [[buffer(1)]],
                      device T* out [[buffer(2)]], constant int* geom [[buffer(3)]],
                      uint gid [[thread_position_in_grid]]) {
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<false>(geom);
   const int kvol = kernel_volume(G), L = tokens(G), chunks = (G.Dv + 3) / 4;
   if (int(gid) >= G.B * L * G.H * chunks) return;
   const int ch = int(gid) % chunks;
@@ -137,7 +137,7 @@ template <typename T>
 kernel void split_inverse(device const T* w [[buffer(0)]], device const T* x [[buffer(1)]],
                           device T* out [[buffer(2)]], constant int* geom [[buffer(3)]],
                           uint gid [[thread_position_in_grid]]) {
-  const Geom G = load_geom(geom);
+  const Geom G = load_geom<false>(geom);
   const int kvol = kernel_volume(G), L = tokens(G), chunks = (G.Dv + 3) / 4;
   if (int(gid) >= G.B * L * G.Hkv * chunks) return;
   const int ch = int(gid) % chunks;
