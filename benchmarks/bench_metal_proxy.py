@@ -161,8 +161,10 @@ def setup_contender(who: str, natten_mps_path: str):
     return fns, our_cuda, f"natten-mps {getattr(theirs, '__version__', '?')}"
 
 
-def measure_config(fn, timer, rank, spatial, K, B, H, D, dtype, reps, warmup) -> dict:
-    """Whole-call and kernel-only medians of one contender on one configuration."""
+def na_calls(fn, spatial, K, B, H, D, dtype):
+    """The two timed calls of one configuration: ``fwd()`` (no grad; returns the output) and
+    ``fwd_bwd()`` of the NA function ``fn`` on seeded random q, k, v and dout [B, *spatial, H, D] on CUDA;
+    then (q, k, v)."""
     import torch
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (B, *spatial, H, D)
@@ -177,6 +179,12 @@ def measure_config(fn, timer, rank, spatial, K, B, H, D, dtype, reps, warmup) ->
         q.grad = k.grad = v.grad = None
         fn(q, k, v, K).backward(dout)
 
+    return fwd, fwd_bwd, (q, k, v)
+
+
+def measure_config(fn, timer, rank, spatial, K, B, H, D, dtype, reps, warmup) -> dict:
+    """Whole-call and kernel-only medians of one contender on one configuration."""
+    fwd, fwd_bwd, _ = na_calls(fn, spatial, K, B, H, D, dtype)
     row = dict(checksum=float(fwd().float().abs().mean()))
     row["fwd_ms"] = wall_ms(fwd, reps, warmup)
     row["fwd_kernel_ms"], row["fwd_launches"], row["fwd_kernels"] = timer.measure(fwd, reps)

@@ -84,7 +84,20 @@ def workload_sweep() -> None:
     for args in ((37, 37, True, 4, 2, 32), (20, 45, False, 2, 1, 64)):
         tk.test_dense_attention(*args, torch.float32, "cuda")
         n += 1
-    tk.test_nan_stays_in_its_windows("cuda")
+    import pytest
+    for small in (False, True):
+        with pytest.MonkeyPatch.context() as mp:
+            tk.test_nan_stays_in_its_windows(small, "cuda", mp)
+    # the small problems' kernels (the "_b4" family: batched staging, steps in groups, float rows)
+    for i in range(len(tk.FLOAT_STAGED_CASES)):
+        for dtype in (torch.float16, torch.bfloat16):
+            with pytest.MonkeyPatch.context() as mp:
+                tk.test_small_problem_forward_stages_float_rows(i, dtype, "cuda", mp)
+            n += 1
+    for i in range(len(tk.NARROW_CASES)):
+        with pytest.MonkeyPatch.context() as mp:
+            tk.test_narrow_slices_for_small_problems(i, i % 2 == 0, "cuda", mp)
+        n += 1
     os.environ["NATTEN_MPS_METAL_WALK"] = "own"        # the own-window walk on every shape it takes
     for i, c in enumerate(tk.OWN_WALK_CASES):
         tk.check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev="cuda")

@@ -212,6 +212,32 @@ def test_narrow_slices_for_small_problems(i, fused, dev, monkeypatch):
         assert any(n.startswith("attn_backward_dq") for n in names) != fused
 
 
+FLOAT_STAGED_CASES = [
+    # windows longer than a chunk of float rows (several chunks a tile), vector loads
+    dict(spatial=[100], ks=[63], st=[1], dil=[1], causal=[False], hkv=1, h=2, d=64, dv=64, b=1),
+    # rows not 4-aligned (element loads), strides, dilation, causal, Dv != D
+    dict(spatial=[5, 9], ks=[3, 4], st=[1, 2], dil=[1, 2], causal=[False, True], hkv=1, h=2, d=13, dv=7, b=2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("i", range(len(FLOAT_STAGED_CASES)))
+def test_small_problem_forward_stages_float_rows(i, dtype, dev, monkeypatch):
+    """The small problems' forward (NB > 1) stages half-precision keys and values as float rows
+    (attention.metal, Staged: each element converted once, not once a lane that reads it): the host
+    sizes its chunks for float rows, and the results stay within the dtype's tolerance with several
+    chunks a tile, element loads and additional keys; the backward, which stages the input type in
+    the same chunks, too."""
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    c = FLOAT_STAGED_CASES[i]
+    q, k, v = inputs(c, dtype, i)[:3]
+    prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
+    assert prob.NB == metal.STAGE_BATCH and prob.KC == metal._chunk(prob.RS, 4)
+    if i == 0:                                    # half the tokens of half rows; a window spans chunks
+        assert prob.KC < metal._chunk(prob.RS, 2) and prob.KC < c["ks"][0]
+    check_na(c, dtype, seed=40 + i, extra=3, dev=dev)
+
+
 @pytest.mark.parametrize("spatial,k,fused", [((256,), 7, True), ((32, 32), 7, False), ((16, 16, 16), 3, False)])
 def test_fused_backward_where_key_tiles_have_few_queries(spatial, k, fused, monkeypatch):
     """The single dispatch is taken for small problems whose key tiles' query boxes are at most
@@ -324,17 +350,26 @@ def check_dense(lq, lk, causal, h, hkv, d, dtype, dev):
         torch.testing.assert_close(got.double(), r.grad, atol=GRAD_TOL[dtype], rtol=GRAD_TOL[dtype])
 
 
-def test_nan_stays_in_its_windows(dev):
+@pytest.mark.parametrize("small", [False, True])
+def test_nan_stays_in_its_windows(small, dev, monkeypatch):
+    """A NaN key reaches the outputs and LSEs of exactly the queries whose window holds it, a NaN value
+    their outputs; ``small``: through the small problems' kernels (steps in groups, masked steps of a
+    group add nothing)."""
+    if small:
+        monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
     c = dict(spatial=[12, 12], ks=[3, 3], st=[1, 1], dil=[1, 1], causal=[False, False], hkv=1, h=1, d=8, dv=8, b=1)
     q, k, v = inputs(c, torch.float32, 5)
+    prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
+    assert (prob.NB > 1) == small
     k[0, 0, 0, 0, 0] = float("nan")          # key at (0, 0): only queries whose window holds it
+    v[0, 11, 11, 0, 0] = float("nan")        # value at (11, 11): the outputs of the queries near it
     out, lse = (t.cpu() for t in metal.attention_forward(q.to(dev), k.to(dev), v.to(dev), c["ks"], c["st"],
                                                          c["dil"], c["causal"], 0.35))
-    bad = torch.isnan(out[0, :, :, 0, 0])
     expected = torch.zeros(12, 12, dtype=torch.bool)
     expected[:2, :2] = True                   # queries whose 3x3 window (clamped at the border) holds (0, 0)
-    assert torch.equal(bad, expected)
     assert torch.equal(torch.isnan(lse[0, :, :, 0]), expected)
+    expected[10:, 10:] = True                 # ... or (11, 11)
+    assert torch.equal(torch.isnan(out[0, :, :, 0, 0]), expected)
 
 
 def test_cost_budgets_2d_32x32_k7(dev):

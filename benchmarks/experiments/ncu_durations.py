@@ -46,23 +46,12 @@ def run(args):
 
 def run_configs(args, configs, fns, cuda_module, label, log):
     import torch
+    import bench_metal_proxy as proxy
     for name, rank, spatial, K, B, H, D in configs:
         name = name + label
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            g = torch.Generator(device="cuda").manual_seed(0)
-            shape = (B, *spatial, H, D)
-            q, k, v = (torch.randn(shape, device="cuda", generator=g, dtype=dtype).requires_grad_() for _ in range(3))
-            dout = torch.randn(shape, device="cuda", generator=g, dtype=dtype)
-            fn = fns[rank]
-
-            def fwd():
-                with torch.no_grad():
-                    fn(q, k, v, K)
-
-            def fwd_bwd():
-                q.grad = k.grad = v.grad = None
-                fn(q, k, v, K).backward(dout)
+            fwd, fwd_bwd, _ = proxy.na_calls(fns[rank], spatial, K, B, H, D, dtype)
 
             for phase, call in (("fwd", fwd), ("fwdbwd", fwd_bwd)):
                 for i in range(args.warmup + args.reps):

@@ -211,7 +211,8 @@ class _Problem:
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
-        self.KC = _chunk(self.RS, q.element_size())
+        # the small-problem forward stages float rows (attention.metal, Staged): chunks sized for them
+        self.KC = _chunk(self.RS, 4 if self.NB > 1 else q.element_size())
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
 
     def _stage_batch(self, target: int) -> int:

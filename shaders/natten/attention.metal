@@ -12,7 +12,8 @@
 // dimension in slices of DS floats (a lane holds at most 4 DS floats: few registers); their partial
 // dot products meet through simd_shuffle_xor. The box holding the tile's windows (keys for a query
 // tile, queries for a key tile) is staged in chunks of KC tokens once per threadgroup in
-// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS), and every SIMD-group walks a
+// threadgroup memory as 4-vectors (rows padded with zeros to NG x DS; float rows in the small-problem
+// forward, see Staged), and every SIMD-group walks a
 // chunk row by row (rows along the inner axis): rows outside its sub-tile's union are skipped and a
 // row's tokens are bounded by the union's inner span (SIMD-uniform bounds, no per-token box
 // stepping); each lane masks with its exact window. Two walks (Run): the union walk, every lane on
@@ -45,6 +46,14 @@ constant constexpr float kLog2e = 1.4426950408889634f;
 constant constexpr float kLn2 = 0.6931471805599453f;
 constant constexpr float kRescaleSlack = 8.0f;  // base-2 headroom of the forward's running maximum
 
+// Element type of the forward's staged keys and values: float in the small-problem kernels
+// (WIDE = NB > 1, latency-bound: a staged element is converted once, not once a lane reading it;
+// their chunks are short anyway), else the input type (half the threadgroup bytes of float, so
+// twice the tokens a chunk). The host sizes chunks (KC) for float rows when NB > 1. The backward
+// kernels stage the input type.
+template <typename T, bool WIDE> struct Staged { typedef T type; };
+template <typename T> struct Staged<T, true> { typedef float type; };
+
 // Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8), of
 // a float or of a vector of independent sums (one exchange a level for all of them).
 // DS <= 8 (the small problems' slices, few registers): three guarded exchanges, no loop. Wider
@@ -73,6 +82,17 @@ template <int DS>
 inline float2 slice_sum2(float a, float b, int NG) {
   if (DS <= 8) return slice_sum<DS>(float2(a, b), NG);
   return float2(slice_sum<DS>(a, NG), slice_sum<DS>(b, NG));
+}
+
+// NS (a multiple of 4) independent sums in place, over the NG lanes of a position: one float4
+// exchange a level for every four.
+template <int DS, int NS>
+inline void slice_sums(thread float* s, int NG) {
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < NS; i += 4) {
+    const float4 t = slice_sum<DS>(float4(s[i], s[i + 1], s[i + 2], s[i + 3]), NG);
+    s[i] = t.x; s[i + 1] = t.y; s[i + 2] = t.z; s[i + 3] = t.w;
+  }
 }
 
 // Coordinates (in the tile's group) of flat index f of a box starting at `lo` with extents `ext`
@@ -381,16 +401,16 @@ inline StageSplit stage_split(thread const Geom& G, uint tid) {
 // `a` (width wa) and `b` (width wb, `voff` vectors further), this thread's columns of each.
 // DOT: also this thread's part of each batch row's dot product of `b` with `o` (same layout as `b`),
 // in dots[i] (the dK/dV kernel's own delta = rowsum(dout * out), see stage_queries).
-template <typename T, int NB, bool DOT>
-inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, device const T* b,
+template <typename T, typename TS, int NB, bool DOT>
+inline void stage_batch(threadgroup vec<TS, 4>* st, int voff, device const T* a, device const T* b,
                         device const T* o, int wa, int wb, thread const int* src, int r0,
                         thread const StageSplit& S, int R4, int RS, bool vec_loads, thread float* dots) {
   for (int c = S.col0; c < R4; c += S.per_row) {
     if (NB == 1) {                  // one row: load and store in turn (fewer live registers)
       if (src[0] < 0) continue;
-      st[r0 * RS + c] = load4<T>(a + src[0] * wa, c, wa, vec_loads);
+      st[r0 * RS + c] = vec<TS, 4>(load4<T>(a + src[0] * wa, c, wa, vec_loads));
       const vec<T, 4> y = load4<T>(b + src[0] * wb, c, wb, vec_loads);
-      st[voff + r0 * RS + c] = y;
+      st[voff + r0 * RS + c] = vec<TS, 4>(y);
       if (DOT) dots[0] += dot(float4(y), float4(load4<T>(o + src[0] * wb, c, wb, vec_loads)));
       continue;
     }
@@ -415,34 +435,29 @@ inline void stage_batch(threadgroup vec<T, 4>* st, int voff, device const T* a, 
         if (src[i] < 0) continue;
         const int r = r0 + i * S.step;
         const vec<T, 4> y = 4 * c < wb ? bb[i] : zero;
-        st[r * RS + c] = 4 * c < wa ? ab[i] : zero;
-        st[voff + r * RS + c] = y;
+        st[r * RS + c] = vec<TS, 4>(4 * c < wa ? ab[i] : zero);
+        st[voff + r * RS + c] = vec<TS, 4>(y);
         if (DOT) dots[i] += dot(float4(y), float4(4 * c < wb ? ob[i] : zero));
       }
       continue;
     }
-    #pragma clang loop unroll(full)
-    for (int i = 0; i < NB; ++i) {
-      if (src[i] < 0) continue;
-      ab[i] = load4<T>(a + src[i] * wa, c, wa, false);
-      bb[i] = load4<T>(b + src[i] * wb, c, wb, false);
-      if (DOT) ob[i] = load4<T>(o + src[i] * wb, c, wb, false);
-    }
+    // element loads (rows not 4-aligned, a rare layout): row by row, stored as loaded
     #pragma clang loop unroll(full)
     for (int i = 0; i < NB; ++i) {
       if (src[i] < 0) continue;
       const int r = r0 + i * S.step;
-      st[r * RS + c] = ab[i];
-      st[voff + r * RS + c] = bb[i];
-      if (DOT) dots[i] += dot(float4(bb[i]), float4(ob[i]));
+      st[r * RS + c] = vec<TS, 4>(load4<T>(a + src[i] * wa, c, wa, false));
+      const vec<T, 4> y = load4<T>(b + src[i] * wb, c, wb, false);
+      st[voff + r * RS + c] = vec<TS, 4>(y);
+      if (DOT) dots[i] += dot(float4(y), float4(load4<T>(o + src[i] * wb, c, wb, false)));
     }
   }
 }
 
 // Stage rows [n][R4] (4-vectors, rows RS vectors apart) of keys and values (neighbourhood box or
 // additional tokens) of key head `hk`; values go `voff` vectors further. Rows are zero beyond D (Dv).
-template <typename T, int DS, int R, int NB>
-inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, device const T* v,
+template <typename T, typename TS, int DS, int R, int NB>
+inline void stage_keys(threadgroup vec<TS, 4>* st, int voff, device const T* k, device const T* v,
                        device const T* xk, device const T* xv, thread const Geom& G, thread const Tile& Tl,
                        thread const KeyBox& K, int hk, bool extra, int base, int n, int R4, int RS,
                        uint tid) {
@@ -466,7 +481,7 @@ inline void stage_keys(threadgroup vec<T, 4>* st, int voff, device const T* k, d
       }
     }
     float unused[1];
-    stage_batch<T, NB, false>(st, voff, ks, vs, vs, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, unused);
+    stage_batch<T, TS, NB, false>(st, voff, ks, vs, vs, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, unused);
   }
 }
 
@@ -504,7 +519,7 @@ inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, i
         dl[b] = OWN_DELTA ? (G.has_dlse ? -delta[src[b]] : 0.0f) : delta[src[b]];   // (delta: dlse here)
       }
     }
-    stage_batch<T, NB, OWN_DELTA>(st, voff, q, dout, out, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, dots);
+    stage_batch<T, T, NB, OWN_DELTA>(st, voff, q, dout, out, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, dots);
     if (OWN_DELTA) {
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) dots[b] = slice_sum<32>(dots[b], S.per_row);
@@ -533,10 +548,7 @@ inline float slice_dot(threadgroup const vec<T, 4>* row, thread const float4* x)
 }
 
 // One key of the forward's online softmax: score `s` (base 2), its staged value row slice `vr`;
-// running maximum `m`, sum `l` and output slice `av`.
-// NaN-propagating: a NaN score never raises m and makes p (so l) NaN. Lazy rescaling: the running
-// maximum moves only when a score passes it by more than kRescaleSlack (base 2), so
-// p = exp2(s - m) stays below 2^kRescaleSlack and the rescale is rare after the first keys.
+// running maximum `m`, sum `l` and output slice `av` (the rules of online_steps, key by key).
 template <typename T, int DS>
 inline void online_step(float s, threadgroup const vec<T, 4>* vr, thread float& m, thread float& l,
                         thread float4* av) {
@@ -556,6 +568,43 @@ inline void online_step(float s, threadgroup const vec<T, 4>* vr, thread float& 
   }
 }
 
+// A group of NS keys of the forward's online softmax: scores `s` (base 2; ok[i]: step i is in the
+// lane's window), staged value rows `vrows + tok[i] * RS` (this lane's slice); running maximum `m`,
+// sum `l` and output slice `av`.
+// NaN-propagating: a NaN score never raises m (comparisons with NaN are false) and makes p (so l)
+// NaN. Lazy rescaling: the running maximum moves only when the group's largest score passes it by
+// more than kRescaleSlack (base 2), so every p = exp2(s - m) stays below 2^kRescaleSlack and the
+// rescale is rare after the first keys. Steps outside the window add nothing (not even 0 x NaN).
+template <typename T, int DS, int NS>
+inline void online_steps(thread const float* s, thread const bool* ok, thread const int* tok,
+                         threadgroup const vec<T, 4>* vrows, int RS, thread float& m, thread float& l,
+                         thread float4* av) {
+  float top = m;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < NS; ++i) top = ok[i] && s[i] > top ? s[i] : top;
+  if (top > m + kRescaleSlack) {
+    const float corr = exp2(m - top);
+    l *= corr;
+    #pragma clang loop unroll(full)
+    for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+    m = top;
+  }
+  float p[NS];
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < NS; ++i) p[i] = exp2(s[i] - m);
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < NS; ++i) {
+    if (!ok[i]) continue;
+    l += p[i];
+    threadgroup const vec<T, 4>* vr = vrows + tok[i] * RS;
+    #pragma clang loop unroll(full)
+    for (int d = 0; d < DS / 4; ++d) {
+      const vec<T, 4> x = vr[d];
+      av[d] += p[i] * float4(x);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------------
@@ -567,7 +616,8 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
                          constant float& scale [[buffer(8)]],
                          uint3 tg [[threadgroup_position_in_grid]],
                          uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  typedef typename Staged<T, (NB > 1)>::type TS;
+  threadgroup vec<TS, 4> stage[kStageBytes / (4 * sizeof(TS))];
   const Geom G = load_geom<(NB > 1)>(geom);
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
   if (tile_outside(Tl)) return;                          // the whole tile lies past a short group
@@ -593,6 +643,7 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     av[i] = float4(0.0f);
   }
   float m = -INFINITY, l = 0.0f;
+  constexpr int kSteps = 4;            // steps a group in the small problems' walk (NB > 1)
 
   // Neighbourhood keys, then the additional keys (every query sees them all).
   // Own-window walk (host's choice) when a chunk holds whole rows of the box: chunks of whole rows.
@@ -605,21 +656,40 @@ kernel void attn_forward(device const T* q [[buffer(0)]], device const T* k [[bu
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the previous chunk is consumed
-    stage_keys<T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
+    stage_keys<T, TS, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
       const Run run = key_run<R>(K, w, extra, P.valid, extra ? 0 : own_width);
       if (run.first > run.last) continue;                   // SIMD-uniform
-      // Steps in pairs: both scores' dot products and lane exchanges are independent (one float2
-      // exchange a level), so their latencies overlap; the softmax then takes them in order.
+      if (NB > 1) {
+        // Small problems (latency-bound): steps in groups of kSteps, whose dot products and lane
+        // exchanges are independent (one float4 exchange a level for four), so their latencies
+        // overlap, then one softmax update for the group.
+        for (int j = run.first; j <= run.last; j += kSteps) {
+          int tok[kSteps];
+          bool ok[kSteps];
+          float s[kSteps];
+          #pragma clang loop unroll(full)
+          for (int i = 0; i < kSteps; ++i) {
+            tok[i] = run_token(w, run, min(j + i, run.last));  // past the run: its last step again, unused
+            ok[i] = j + i <= run.last && run_ok(run, j + i);
+            s[i] = slice_dot<TS, DS>(stage + tok[i] * RS + s4, qv);
+          }
+          slice_sums<DS, kSteps>(s, G.NG);
+          online_steps<TS, DS, kSteps>(s, ok, tok, stage + voff + s4, RS, m, l, av);
+        }
+        continue;
+      }
+      // Large problems (register-bound): steps in pairs, both scores' dot products and lane
+      // exchanges independent (one float2 exchange a level), then the softmax takes them in order.
       for (int j = run.first; j <= run.last; j += 2) {
         const int j1 = min(j + 1, run.last);                // the pair's second step (none: j again)
         const int k0 = run_token(w, run, j), k1 = run_token(w, run, j1);
-        const float2 s = slice_sum2<DS>(slice_dot<T, DS>(stage + k0 * RS + s4, qv),
-                                        slice_dot<T, DS>(stage + k1 * RS + s4, qv), G.NG);
-        if (run_ok(run, j)) online_step<T, DS>(s.x, stage + voff + k0 * RS + s4, m, l, av);
-        if (j1 > j && run_ok(run, j1)) online_step<T, DS>(s.y, stage + voff + k1 * RS + s4, m, l, av);
+        const float2 s = slice_sum2<DS>(slice_dot<TS, DS>(stage + k0 * RS + s4, qv),
+                                        slice_dot<TS, DS>(stage + k1 * RS + s4, qv), G.NG);
+        if (run_ok(run, j)) online_step<TS, DS>(s.x, stage + voff + k0 * RS + s4, m, l, av);
+        if (j1 > j && run_ok(run, j1)) online_step<TS, DS>(s.y, stage + voff + k1 * RS + s4, m, l, av);
       }
     }
   }
@@ -715,7 +785,7 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
+    stage_keys<T, T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
