@@ -38,6 +38,17 @@ def test_every_shader_translates_and_compiles(name, tmp_path, monkeypatch):
 
 
 @needs_nvcc
+def test_translation_check_reports_compile_errors(tmp_path, monkeypatch):
+    """The check (unoptimised device code, PTX only) still fails on a source nvcc rejects, naming it."""
+    monkeypatch.setenv("NATTEN_MPS_CUDA_CACHE", str(tmp_path))
+    bad = HEADER + """kernel void broken(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {
+  out[i] = not_declared_anywhere + 1.0f;
+}"""
+    with pytest.raises(msl.ShaderCompileError, match="not_declared_anywhere"):
+        cuda.check_translation(bad, "broken kernel")
+
+
+@needs_nvcc
 def test_feature_test_kernels_translate_and_compile(tmp_path, monkeypatch):
     monkeypatch.setenv("NATTEN_MPS_CUDA_CACHE", str(tmp_path))
     text = (Path(__file__).parent / "test_emulator.py").read_text()

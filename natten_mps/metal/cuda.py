@@ -278,11 +278,17 @@ def _shim_text() -> str:
     return "\0".join((_SHIM_DIR / f).read_text() for f in ("metal_common.h", "metal_stdlib_cuda.cuh"))
 
 
+# A translation check compiles the device code unoptimised to PTX only (no ptxas): the front end's
+# errors are what it looks for, and the optimising build of attention.metal takes 5 minutes on 2 cores.
+_CHECK_FLAGS = ["-Xcicc", "-O0"]
+
+
 def build(cuda_source: str, label: str, arch: Optional[str] = None, shared: bool = True) -> Path:
-    """Compile a translation with nvcc: a shared object (``shared``) or just an object file (a check)."""
+    """Compile a translation with nvcc: a shared object (``shared``) or just an object file (a check:
+    unoptimised device code, and PTX only when ``arch`` is a ``compute_`` one)."""
     nvcc = msl.compiler_for("nvcc")
     arch = arch or target_arch()
-    flags = _NVCC_FLAGS + [f"-arch={arch}"] + (["-shared"] if shared else ["-c"])
+    flags = _NVCC_FLAGS + [f"-arch={arch}"] + (["-shared"] if shared else ["-c"] + _CHECK_FLAGS)
     return msl.cached_build(cuda_source, nvcc, flags, _SHIM_DIR, _cache_dir(), ".so" if shared else ".o", "kernel.cu",
                             _shim_text(), f"nvcc could not compile the CUDA translation of {label}")
 
@@ -402,7 +408,9 @@ def compile(source: str, label: str = "<source>", strict_scalars: bool = True) -
 
 
 def check_translation(source: str, label: str = "<source>", arch: Optional[str] = None) -> Path:
-    """Translate ``source`` and compile it with ``nvcc -c`` (no GPU needed): a translation check."""
+    """Translate ``source`` and compile it with ``nvcc -c`` (no GPU needed): a translation check, to
+    PTX for ``compute_90`` unless ``arch`` (or ``NATTEN_MPS_CUDA_ARCH``) names another target."""
     cuda_source, _ = translate(source, label)
-    return build(cuda_source, label, arch=arch or os.environ.get("NATTEN_MPS_CUDA_ARCH", "sm_90"), shared=False)
+    arch = arch or os.environ.get("NATTEN_MPS_CUDA_ARCH", "sm_90").replace("sm_", "compute_")
+    return build(cuda_source, label, arch=arch, shared=False)
 
