@@ -13,8 +13,7 @@
 // dot products meet through simd_shuffle_xor. The box holding the tile's windows (keys for a query
 // tile, queries for a key tile) is staged in chunks of KC tokens once per threadgroup in
 // threadgroup memory as 4-vectors (rows padded with zeros to NG x DS; float rows in the small-problem
-// forward, see Staged), and every SIMD-group walks a
-// chunk row by row (rows along the inner axis): rows outside its sub-tile's union are skipped and a
+// forward, see Staged), and every SIMD-group walks a chunk row by row (rows along the inner axis): rows outside its sub-tile's union are skipped and a
 // row's tokens are bounded by the union's inner span (SIMD-uniform bounds, no per-token box
 // stepping); each lane masks with its exact window. Two walks (Run): the union walk, every lane on
 // the same token (broadcast reads), and the own-window walk, each lane through its own window (no
@@ -547,18 +546,23 @@ inline float slice_dot(threadgroup const vec<T, 4>* row, thread const float4* x)
   return hsum(part);
 }
 
+// Moves the forward's running maximum `m` to `top` (base 2), rescaling the sum `l` and the output
+// slice `av` to it.
+template <int DS>
+inline void rescale_to(float top, thread float& m, thread float& l, thread float4* av) {
+  const float corr = exp2(m - top);
+  l *= corr;
+  #pragma clang loop unroll(full)
+  for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
+  m = top;
+}
+
 // One key of the forward's online softmax: score `s` (base 2), its staged value row slice `vr`;
 // running maximum `m`, sum `l` and output slice `av` (the rules of online_steps, key by key).
 template <typename T, int DS>
 inline void online_step(float s, threadgroup const vec<T, 4>* vr, thread float& m, thread float& l,
                         thread float4* av) {
-  if (s > m + kRescaleSlack) {
-    const float corr = exp2(m - s);
-    l *= corr;
-    #pragma clang loop unroll(full)
-    for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
-    m = s;
-  }
+  if (s > m + kRescaleSlack) rescale_to<DS>(s, m, l, av);
   const float p = exp2(s - m);
   l += p;
   #pragma clang loop unroll(full)
@@ -582,13 +586,7 @@ inline void online_steps(thread const float* s, thread const bool* ok, thread co
   float top = m;
   #pragma clang loop unroll(full)
   for (int i = 0; i < NS; ++i) top = ok[i] && s[i] > top ? s[i] : top;
-  if (top > m + kRescaleSlack) {
-    const float corr = exp2(m - top);
-    l *= corr;
-    #pragma clang loop unroll(full)
-    for (int i = 0; i < DS / 4; ++i) av[i] *= corr;
-    m = top;
-  }
+  if (top > m + kRescaleSlack) rescale_to<DS>(top, m, l, av);
   float p[NS];
   #pragma clang loop unroll(full)
   for (int i = 0; i < NS; ++i) p[i] = exp2(s[i] - m);
