@@ -22,6 +22,10 @@ _last = {"path": None}
 
 
 def set_backend(name: str) -> None:
+    """Choose the implementation for every later call: ``"auto"`` (Metal kernels on MPS tensors, the
+    pure-PyTorch path elsewhere; the default), ``"metal"`` (Metal kernels; an op on a tensor that cannot
+    run them raises ``RuntimeError``) or ``"pure"`` (PyTorch ops on every device). Process-wide; the
+    ``NATTEN_MPS_BACKEND`` variable sets it at import. Any other name raises ``ValueError``."""
     global _backend
     if name not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
@@ -29,6 +33,8 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
+    """The setting made by :func:`set_backend` or ``NATTEN_MPS_BACKEND`` (``"auto"``, ``"metal"`` or
+    ``"pure"``); :func:`last_backend` tells which path an op actually took."""
     return _backend
 
 

@@ -19,5 +19,5 @@ from . import metal_int8 as _metal_int8  # noqa: E402
 
 _runtime.precompile([_metal_int8.INT8_SHADER])     # on a Mac, compiled once at import
 
-__version__ = "0.1.0"
+from natten_mps.version import __version__  # noqa: E402  (one version for the distribution)
 __all__ = ["sageattn", "sageattn_varlen", "__version__"]

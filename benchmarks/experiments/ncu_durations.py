@@ -10,7 +10,7 @@ head-dim slice [x staged rows a thread] forced (the host's fallbacks off), label
 ``--metrics gpu__time_duration.sum,smsp__inst_executed.sum,smsp__warps_launched.sum`` the report adds
 instructions per warp (the latency-bound small problems' critical path).
 
-CUDA events around a launch (bench_metal_proxy.py until session 9) include a 6-12 us floor (an empty kernel on the
+CUDA events around a launch (what bench_metal_proxy.py measured before it read CUPTI) include a 6-12 us floor (an empty kernel on the
 same grid), larger than natten-mps' whole 1-D L=256 kernel; ncu's duration is the kernel alone.
 The script logs every translated launch, in order, with its call (config, dtype, phase); the report
 joins that log with ncu's rows, which come in the same order, and prints medians per call.

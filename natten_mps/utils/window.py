@@ -30,22 +30,32 @@ def _starts(indices: torch.Tensor, length: int, kernel_size: int, dilation: int)
 
 
 def get_window_start_vectorized(indices: torch.Tensor, length: int, kernel_size: int, dilation: int) -> torch.Tensor:
+    """First key position of the window of each position in ``indices`` (any shape, int), as a
+    long tensor of the same shape; ``length``, ``kernel_size``, ``dilation`` as :func:`get_window_start`."""
     lo, _, group = _starts(indices, length, kernel_size, dilation)
     return lo * dilation + group
 
 
 def get_pb_start_vectorized(indices: torch.Tensor, length: int, kernel_size: int, dilation: int) -> torch.Tensor:
+    """``rpb`` index of neighbour 0 for each position in ``indices`` (any shape, int), as a long
+    tensor of the same shape: ``kernel_size - 1 + (start - index) / dilation``."""
     lo, coord, _ = _starts(indices, length, kernel_size, dilation)
     return kernel_size - 1 + lo - coord
 
 
 def get_window_start(index: int, length: int, kernel_size: int, dilation: int) -> int:
+    """First key position of the window of position ``index`` on an axis of ``length`` (stride 1, not
+    causal): neighbour ``n`` is ``start + n * dilation``. Needs ``kernel_size * dilation <= length``."""
     return int(get_window_start_vectorized(torch.tensor([index]), length, kernel_size, dilation)[0])
 
 
 def get_window_end(index: int, length: int, kernel_size: int, dilation: int) -> int:
+    """Last key position of the window of position ``index``:
+    ``get_window_start(...) + (kernel_size - 1) * dilation``."""
     return get_window_start(index, length, kernel_size, dilation) + (kernel_size - 1) * dilation
 
 
 def get_pb_start(index: int, length: int, kernel_size: int, dilation: int) -> int:
+    """``rpb`` index of neighbour 0 of position ``index`` (``rpb`` has ``2 * kernel_size - 1`` entries
+    an axis): ``kernel_size - 1 + (start - index) / dilation``."""
     return int(get_pb_start_vectorized(torch.tensor([index]), length, kernel_size, dilation)[0])

@@ -56,8 +56,9 @@ template <typename T> struct Staged<T, true> { typedef float type; };
 // Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8), of
 // a float or of a vector of independent sums (one exchange a level for all of them).
 // DS <= 8 (the small problems' slices, few registers): three guarded exchanges, no loop. Wider
-// slices keep the loop: unrolled there it took 30-50 more registers a thread in nvcc's report
-// (dQ 168 -> 217, dK/dV 229 -> 255 with spills).
+// slices keep the loop: they serve the large problems, whose kernels are limited by registers (a
+// thread's registers decide how many SIMD-groups a GPU core keeps resident to hide memory latency),
+// and an unrolled sum keeps more partial values live (figures: docs/performance.md).
 template <int DS, typename V>
 inline V slice_sum(V v, int NG) {
   if (DS <= 8) {
@@ -75,8 +76,8 @@ inline V slice_sum(V v, int NG) {
 inline float hsum(float4 v) { return (v.x + v.y) + (v.z + v.w); }
 
 // Two independent sums over the NG lanes of a position: one float2 exchange a level for narrow
-// slices; wide slices (register-bound kernels) sum them one after the other (the fused exchange
-// took 17-33 more registers a thread in dQ at DS 16 and 32).
+// slices; wide slices (register-bound kernels) sum them one after the other, so only one pair of
+// partial sums is live at a time.
 template <int DS>
 inline float2 slice_sum2(float a, float b, int NG) {
   if (DS <= 8) return slice_sum<DS>(float2(a, b), NG);
@@ -392,10 +393,10 @@ inline StageSplit stage_split(thread const Geom& G, uint tid) {
 // NB: rows a thread stages at once (a template parameter of the kernels). Their device loads are all
 // issued before the first threadgroup store, so the thread waits for device memory once a batch, not
 // once a row (a GPU issues in order: a store stalls on its load, and the next row's loads wait behind
-// it). Small problems, with too few SIMD-groups a core to hide that latency, were bound by it: the
+// it). Small problems, with too few SIMD-groups a core to hide that latency, are bound by it: the
 // host takes NB = 4 for them (the "_b4" kernels, DS 4 and 8). Batches hold two 4-vectors a row and
-// thread, registers that cost large problems occupancy (nvcc: +25-40 a thread even at NB = 1), so
-// those keep NB = 1, a row loaded and stored in turn as before.
+// thread in registers, which large problems pay in resident SIMD-groups a core, so those keep
+// NB = 1, a row loaded and stored in turn.
 // One batch of staged rows of two arrays: rows r0, r0 + step, ... (NB of them; src[b] < 0: none) of
 // `a` (width wa) and `b` (width wb, `voff` vectors further), this thread's columns of each.
 // DOT: also this thread's part of each batch row's dot product of `b` with `o` (same layout as `b`),
@@ -419,7 +420,7 @@ inline void stage_batch(threadgroup vec<TS, 4>* st, int voff, device const T* a,
       // the tensor when there is none: stage_queries' uniform loop) and a vector past a row's width
       // its last vector (all discarded below), so the batch's loads issue back
       // to back with nothing between them that waits for one (a conditional load merged into a
-      // zeroed vector made nvcc wait for each half-precision load before issuing the next).
+      // zeroed vector lets the compiler place a wait after each load, before the next is issued).
       const int ca = min(c, (wa >> 2) - 1), cb = min(c, (wb >> 2) - 1);
       #pragma clang loop unroll(full)
       for (int i = 0; i < NB; ++i) {

@@ -44,9 +44,8 @@ constant constexpr int kGeomFixed = 52;   // entries before the per-sample exten
 // VEC: the fixed part as 13 int4 loads rather than 49 scalar ones (a 16-byte aligned buffer: a fresh
 // tensor's storage), for the small-problem kernels (NB > 1), latency-bound: fewer instructions before
 // the first address a thread can compute. The others, register-bound, load entries one by one, which
-// leaves the compiler free to load an entry again where it is used instead of holding it (nvcc: the
-// vector loads took 3 more registers a thread in the 3-D fp32 dK/dV kernel, 168 -> 171, a threadgroup
-// less a core there, 23% slower).
+// leaves the compiler free to load an entry again (from the constant cache) where it is used instead
+// of holding all 49 in registers for the whole kernel (figures: docs/performance.md).
 template <bool VEC>
 inline Geom load_geom(constant int* g) {
   int v[kGeomFixed];

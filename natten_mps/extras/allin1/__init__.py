@@ -29,37 +29,55 @@ def _check(name: str, t, rank: int, what: str) -> None:
 
 def na1d_qk_rpb(query: Tensor, key: Tensor, rpb: Optional[Tensor], kernel_size: int, dilation: int = 1, *,
                 scale: Optional[float] = None) -> Tensor:
+    """Scores of each query with its neighbours, plus the relative positional bias.
+    
+    ``query``, ``key`` ``[B, L, heads, D]``; ``rpb`` ``[heads, 2 * kernel_size - 1]`` or None; ``scale``
+    (default None: unscaled) multiplies the query first. Returns ``[B, L, heads, kernel_size]``.
+    Differentiable in all three tensors. ``ValueError`` for a query that is not 4-D."""
     _check("na1d_qk_rpb", query, 1, "query")
     return split.na1d_qk(query, key, kernel_size, dilation, scale=scale, rpb=rpb)
 
 
 def na2d_qk_rpb(query: Tensor, key: Tensor, rpb: Optional[Tensor], kernel_size: int, dilation: int = 1, *,
                 scale: Optional[float] = None) -> Tensor:
+    """2-D form of :func:`na1d_qk_rpb`: ``query``, ``key`` ``[B, X, Y, heads, D]``; ``rpb``
+    ``[heads, 2K - 1, 2K - 1]`` or None. Returns ``[B, X, Y, heads, K * K]``."""
     _check("na2d_qk_rpb", query, 2, "query")
     return split.na2d_qk(query, key, kernel_size, dilation, scale=scale, rpb=rpb)
 
 
 def na1d_av_fused(attn: Tensor, value: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
+    """Neighbours' values weighted by ``attn`` ``[B, L, heads, kernel_size]`` (as from
+    :func:`na1d_qk_rpb` after a softmax); ``value`` ``[B, L, heads, D]``. Returns ``[B, L, heads, D]``."""
     _check("na1d_av_fused", attn, 1, "attn")
     return split.na1d_av(attn, value, kernel_size, dilation)
 
 
 def na2d_av_fused(attn: Tensor, value: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
+    """2-D form of :func:`na1d_av_fused`: ``attn`` ``[B, X, Y, heads, K * K]``, ``value``
+    ``[B, X, Y, heads, D]``. Returns ``[B, X, Y, heads, D]``."""
     _check("na2d_av_fused", attn, 2, "attn")
     return split.na2d_av(attn, value, kernel_size, dilation)
 
 
 def natten1dqkrpb(query, key, rpb, kernel_size, dilation):
+    """:func:`na1d_qk_rpb` with NATTEN 0.14's positional order ``(query, key, rpb, kernel_size,
+    dilation)``; tensors heads-last ``[B, L, heads, D]`` (as natten-mps has them)."""
     return na1d_qk_rpb(query, key, rpb, kernel_size, dilation)
 
 
 def natten2dqkrpb(query, key, rpb, kernel_size, dilation):
+    """:func:`na2d_qk_rpb` with NATTEN 0.14's positional order; ``query``, ``key`` ``[B, X, Y, heads, D]``."""
     return na2d_qk_rpb(query, key, rpb, kernel_size, dilation)
 
 
 def natten1dav(attn, value, kernel_size, dilation):
+    """:func:`na1d_av_fused` with NATTEN 0.14's positional order; ``attn`` ``[B, L, heads, K]``,
+    ``value`` ``[B, L, heads, D]``."""
     return na1d_av_fused(attn, value, kernel_size, dilation)
 
 
 def natten2dav(attn, value, kernel_size, dilation):
+    """:func:`na2d_av_fused` with NATTEN 0.14's positional order; ``attn`` ``[B, X, Y, heads, K * K]``,
+    ``value`` ``[B, X, Y, heads, D]``."""
     return na2d_av_fused(attn, value, kernel_size, dilation)
