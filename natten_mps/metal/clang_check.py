@@ -118,20 +118,31 @@ def inline_includes(path, root=None) -> Tuple[str, List[Tuple[str, int]]]:
         src = p.read_text()
         pieces, pos = [], 0
         for m in _INCLUDE_RE.finditer(src):
+            target = (p.parent / m.group(1)).resolve()
+            if not target.is_file():
+                continue            # left in place (check_source's stand_ins may supply it)
             pieces.append((src[pos:m.start()], show(p), src.count("\n", 0, pos) + 1))
-            pieces += expand((p.parent / m.group(1)).resolve())
+            pieces += expand(target)
             pos = m.end()
         pieces.append((src[pos:], show(p), src.count("\n", 0, pos) + 1))
         return pieces
 
     pieces = expand(path)
     text = "".join(piece for piece, _, _ in pieces)
-    origins: List[Tuple[str, int]] = [(show(path), 1)]
+    # A line's origin is that of its first character (an empty line: where it was started).
+    origins: List[Tuple[str, int]] = []
+    pending, need = (show(path), 1), True
     for piece, name, line in pieces:
-        if not origins:
-            origins.append((name, line))
-        for i in range(piece.count("\n")):
-            origins.append((name, line + i + 1))
+        for i, part in enumerate(piece.split("\n")):
+            if i > 0:
+                if need:
+                    origins.append(pending)
+                pending, need = (name, line + i), True
+            if need and part:
+                origins.append((name, line + i))
+                need = False
+    if need:
+        origins.append(pending)
     return text, origins
 
 
@@ -219,7 +230,7 @@ def _parse(text: str, args: Sequence[str]):
 
 def _msl_words(msg: str) -> str:
     msg = re.sub(r"([*&)])\s*__private\b", r"\1", msg)   # the pointer variable's own (thread) space
-    msg = re.sub(r"^__private\s+|(?<=['(])__private\s+", "", msg) if "binding reference" not in msg else msg
+    msg = re.sub(r"(?:^|(?<=['(]))__private\s+(?=[^*&']*(?:'|$))", "", msg) if "binding reference" not in msg else msg
     for k, v in _SPACES.items():
         msg = msg.replace(k, v)
     msg = re.sub(r"metal::msl_make_vector<([^>]*(?:<[^>]*>)?)>", r"\1", msg)
@@ -240,7 +251,7 @@ def _ignored_opencl_diagnostic(msg: str) -> bool:
         return True
     # An explicit cast between vectors of one length is MSL's explicit conversion (T4(x) with T4 a
     # template parameter or typedef; the spelled-out constructors go through msl_make_vector).
-    m = re.search(r"cast from vector (.*) to vector (.*) of different size", msg)
+    m = re.search(r"from vector (.*) to vector (.*) of different size", msg)
     if m and _vector_len(m.group(1)) is not None and _vector_len(m.group(1)) == _vector_len(m.group(2)):
         return True
     return False
@@ -458,7 +469,12 @@ def check_source(src: str, filename: str = "<source>", origins=None, cpp14: bool
     C++14 pass; ``stand_ins``: text to put in place of ``#include "name"`` lines that remain (a
     third-party header the source needs, for instance)."""
     if stand_ins:
-        src = _INCLUDE_RE.sub(lambda m: stand_ins.get(m.group(1), m.group(0)).replace("\n", " "), src)
+        def stand_in(m):
+            if m.group(1) not in stand_ins:
+                return m.group(0)
+            # the match may start with blank lines before the directive: keep them
+            return "\n" * m.group(0).count("\n") + stand_ins[m.group(1)].replace("\n", " ")
+        src = _INCLUDE_RE.sub(stand_in, src)
     where = _Located(origins, filename)
     text = rewrite(src)
     ci = _cindex()

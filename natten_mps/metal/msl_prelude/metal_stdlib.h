@@ -125,11 +125,10 @@ template <> struct msl_components<> { static constexpr int n = 0; };
 template <class A, class... R> struct msl_components<A, R...> {
   static constexpr int n = msl_vector_info<A>::n + msl_components<R...>::n;
 };
-template <class V, class... A>
-enable_if_t<(msl_vector_info<V>::n > 1) && (sizeof...(A) == 1 || msl_components<A...>::n == msl_vector_info<V>::n), V>
-msl_make_vector(A... a);
-template <class V>
-enable_if_t<(msl_vector_info<V>::n > 1), V> msl_make_vector();
+template <class V, class... A,
+          class = enable_if_t<(msl_vector_info<V>::n > 1) &&
+                              (sizeof...(A) <= 1 || msl_components<A...>::n == msl_vector_info<V>::n)>>
+V msl_make_vector(A... a);
 
 // Threadgroup variables are rewritten to references to this storage (see clang_check.py).
 template <class X> threadgroup X* msl_threadgroup_storage();
