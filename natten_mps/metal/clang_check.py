@@ -234,6 +234,9 @@ def _msl_words(msg: str) -> str:
     for k, v in _SPACES.items():
         msg = msg.replace(k, v)
     msg = re.sub(r"metal::msl_make_vector<([^>]*(?:<[^>]*>)?)>", r"\1", msg)
+    msg = msg.replace("no matching function for call to 'msl_make_vector'",
+                      "no MSL vector constructor takes these arguments (one scalar, or scalars and vectors "
+                      "whose lengths add up to the vector's; no implicit truncation)")
     msg = msg.replace("msl_make_vector", "vector constructor").replace("msl_half_t", "half")
     msg = msg.replace("msl_threadgroup_storage", "threadgroup variable")
     return msg

@@ -115,8 +115,9 @@ template <class T> struct remove_cv<const T> { typedef T type; };
 
 // ---- vector construction -------------------------------------------------------------------------
 // MSL's vector constructors (float4(x), float4(a, b, c, d), float4(float2, float2), float4(half4))
-// are rewritten by the check to msl_make_vector<float4>(...): one scalar (replicated), one vector of
-// the same length (an explicit conversion), or scalars and vectors whose lengths add up to N.
+// are rewritten by the check to msl_make_vector<float4>(...): no argument (zero), one scalar
+// (replicated), or scalars and vectors whose lengths add up to N (one vector of length N: an explicit
+// conversion); never a longer vector (no truncation).
 template <class X> struct msl_vector_info { static constexpr int n = 1; typedef X elem; };
 template <class X, int N> struct msl_vector_info<vec<X, N>> { static constexpr int n = N; typedef X elem; };
 template <class X> struct msl_vector_info<const X> : msl_vector_info<X> {};
@@ -125,9 +126,12 @@ template <> struct msl_components<> { static constexpr int n = 0; };
 template <class A, class... R> struct msl_components<A, R...> {
   static constexpr int n = msl_vector_info<A>::n + msl_components<R...>::n;
 };
+template <class... A> struct msl_one_scalar { static constexpr bool value = false; };
+template <class A> struct msl_one_scalar<A> { static constexpr bool value = msl_vector_info<A>::n == 1; };
 template <class V, class... A,
           class = enable_if_t<(msl_vector_info<V>::n > 1) &&
-                              (sizeof...(A) <= 1 || msl_components<A...>::n == msl_vector_info<V>::n)>>
+                              (sizeof...(A) == 0 || msl_one_scalar<A...>::value ||
+                               msl_components<A...>::n == msl_vector_info<V>::n)>>
 V msl_make_vector(A... a);
 
 // Threadgroup variables are rewritten to references to this storage (see clang_check.py).
