@@ -4,6 +4,8 @@ Every shader under shaders/ (found by glob, with every template instantiation) p
 of each rule is reported with its file and line, among them mistakes that g++ (the emulator) and nvcc
 (the CUDA translation) accept; a real-world MSL source that compiles on Macs raises no alarm.
 """
+import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -235,6 +237,21 @@ def test_mistake_in_an_included_header_names_the_header(tmp_path):
     assert ("kernels/k.metal", 7) in {(f, line) for f, line, _ in problems}, problems
 
 
+def test_real_shader_with_a_planted_mistake_is_reported_in_its_header(tmp_path):
+    """The shaders are really parsed: one address space dropped from attn_tile.h, which split.metal
+    includes, is reported at that header line."""
+    shutil.copytree(ROOT / "shaders", tmp_path / "shaders")
+    header = tmp_path / "shaders" / "natten" / "attn_tile.h"
+    needle = "inline Span key_span(thread const Geom& G"
+    text = header.read_text()
+    assert needle in text
+    at = text[:text.index(needle)].count("\n") + 1
+    header.write_text(text.replace(needle, "inline Span key_span(const Geom& G", 1))
+    problems = clang_check.check_file(tmp_path / "shaders" / "natten" / "split.metal", tmp_path / "shaders")
+    assert any(f == "shaders/natten/attn_tile.h" and line == at and "without an address space" in msg
+               for f, line, msg in problems), problems
+
+
 def test_gxx_accepts_the_planted_mistakes_it_cannot_see():
     """The emulator (g++, C++17) compiles these: only the clang check stands between them and a Mac."""
     source = HEAD + "\n".join(PLANTED[k][0] for k in ACCEPTED_BY_GXX)
@@ -292,8 +309,9 @@ def test_control_with_a_planted_mistake_is_reported(tmp_path):
 def test_cli_reports_file_and_line_and_exit_status(tmp_path):
     bad = tmp_path / "bad.metal"
     bad.write_text(HEAD + PLANTED["pointer_without_address_space"][0])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "natten_mps.metal.clang_check", str(bad)],
-                         capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                         capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 1, out.stderr
-    assert f"bad.metal:{_marked_line(HEAD + PLANTED['pointer_without_address_space'][0])}:" in out.stdout
+    assert f"bad.metal:{_marked_line(bad.read_text())}:" in out.stdout
     assert clang_check.main([str(ROOT / "shaders" / "natten" / "split.metal")]) == 0

@@ -180,7 +180,8 @@ def rewrite(src: str) -> str:
     s = re.sub(r"^[ \t]*#[ \t]*include[ \t]*<metal_\w+>[^\n]*", "", s, flags=re.M)
     s = re.sub(r"\[\[\s*kernel\s*\]\]", "kernel", s)
     # Explicit instantiations carry [[host_name("...")]] where C++ allows no attribute.
-    s = re.sub(r"\btemplate(\s*)(\[\[(?:[^\]]|\](?!\]))*\]\])", lambda m: "template" + m.group(1) + " " * len(m.group(2)), s)
+    s = re.sub(r"\btemplate(\s*)(\[\[(?:[^\]]|\](?!\]))*\]\])",
+               lambda m: "template" + m.group(1) + " " * len(m.group(2)), s)
     # Function constants: a `constant` with a value (any value: the rules do not depend on it).
     s = re.sub(r"\[\[\s*function_constant\s*\([^)\]]*\)\s*\]\]\s*;", " = {};", s)
     # Vector constructors: float4(...), metal::half2(...), vec<T, 4>(...).
@@ -223,9 +224,8 @@ _MAIN = "msl_check_input.metal"
 def _parse(text: str, args: Sequence[str]):
     ci = _cindex()
     index = ci.Index.create()
-    flags = ci.TranslationUnit.PARSE_INCOMPLETE if False else 0
     return index.parse(_MAIN, args=list(args) + ["-D__METAL_VERSION__=%d" % METAL_VERSION, "-include", str(PRELUDE)],
-                       unsaved_files=[(_MAIN, text)], options=flags)
+                       unsaved_files=[(_MAIN, text)])
 
 
 def _msl_words(msg: str) -> str:
@@ -295,8 +295,12 @@ _AS_RE = re.compile(r"\b__(global|constant|local|private)\b")
 
 
 def _space(type_spelling: str) -> Optional[str]:
-    """The address space qualifying the outermost level of a pointee type spelling."""
-    m = _AS_RE.search(type_spelling.split("*")[0].split("&")[0] if "(" not in type_spelling else type_spelling)
+    """The address space of a (pointee) type from its spelling: a pointer type's own qualifiers follow
+    its last '*'; any other type's lead it (``const __global T``, ``__local float[32]``)."""
+    s = type_spelling
+    if "*" in s:
+        s = s[s.rfind("*") + 1:]
+    m = _AS_RE.search(s)
     return m.group(1) if m else None
 
 
