@@ -298,6 +298,8 @@ def _space(type_spelling: str) -> Optional[str]:
     """The address space of a (pointee) type from its spelling: a pointer type's own qualifiers follow
     its last '*'; any other type's lead it (``const __global T``, ``__local float[32]``)."""
     s = type_spelling
+    for _ in range(4):   # array bounds and template arguments may hold '*'
+        s = re.sub(r"\[[^\[\]]*\]|<[^<>]*>|\([^()]*\)", "", s)
     if "*" in s:
         s = s[s.rfind("*") + 1:]
     m = _AS_RE.search(s)
