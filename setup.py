@@ -35,11 +35,13 @@ setup(
               "natten_mps.metal", "natten_mps.utils", "natten_mps._shaders", "sage_mps"],
     # The Metal sources live in shaders/ at the top of the repo and ship as natten_mps/_shaders.
     package_dir={"natten_mps._shaders": "shaders"},
-    package_data={"natten_mps._shaders": SHADER_FILES, "natten_mps.metal": ["emulator_shim/metal_stdlib", "emulator_shim/*.h", "emulator_shim/*.cuh"]},
+    package_data={"natten_mps._shaders": SHADER_FILES, "natten_mps.metal": ["emulator_shim/metal_stdlib", "emulator_shim/*.h", "emulator_shim/*.cuh",
+                                        "msl_prelude/*.h"]},
     include_package_data=False,
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib"],
+        "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib", "libclang>=16",
+                 "natten-mlx; python_version >= '3.10' and platform_system != 'Windows'"],
         "bench": ["matplotlib"],
     },
 )

@@ -1,6 +1,9 @@
 """Static check of .metal sources for constructs g++ (the emulator) accepts but Metal rejects.
 
 Run on every shader by the test suite: ``python -m natten_mps.metal.static_check [files]``.
+A lexical check: what a C++ front end accepts but Metal forbids. The compiler-grade check
+(:mod:`natten_mps.metal.clang_check`, docs/msl-check.md) parses the shaders with clang under Metal's
+address-space, scope, vector, kernel-signature and C++14 rules; the rules here are the ones it cannot see.
 Rules (each reported with file and line):
 
 * ``double``: Metal has no double-precision type.
