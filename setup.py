@@ -14,7 +14,9 @@ setup(
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["natten_mps", "natten_mps.backends", "natten_mps.compat", "natten_mps.extras", "natten_mps.extras.allin1",
+    packages=["natten_mps", "natten_mps.backends", "natten_mps.compat", "natten_mps.compat.v014",
+              "natten_mps.compat.v015", "natten_mps.compat.v017", "natten_mps.compat.v020", "natten_mps.compat.v021",
+              "natten_mps.compat.path_entry.natten", "natten_mps.extras", "natten_mps.extras.allin1",
               "natten_mps.metal", "natten_mps.utils", "natten_mps._shaders", "sage_mps"],
     # The Metal sources live in shaders/ at the top of the repo and ship as natten_mps/_shaders.
     package_dir={"natten_mps._shaders": "shaders"},

@@ -139,7 +139,7 @@ def test_v015_split_ops_3d_bias_and_additional_tokens():
     ref = reference_rpb(q, k, v, (2, 3, 3), (1, 2, 2), rpb, 1.0)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     check_grads(out, ref, (q, k, v, rpb))
-    assert v015.natten3dqkrpb is not None and v015.natten2dqk is v014.natten2dqk
+    assert v015.natten3dqkrpb is not None and v015.natten2dqk is v015.na2d_qk      # 0.15: natten2dqk = na2d_qk
     # additional tokens: their weights follow the neighbourhood's; softmax over the union
     xk, xv = rand(2, 2, 4, 4, seed=11), rand(2, 2, 4, 4, seed=12)
     q1, k1, v1 = (t[:, :, 0, 0] for t in (q, k, v))          # [B, L=5, H, D]
@@ -208,7 +208,7 @@ def test_v020_matches_the_new_api_and_accepts_tuning_arguments():
 
 @pytest.mark.parametrize("version,name", [("0.14.6", "v014"), ("0.15.1", "v015"), ("0.16.0", "v015"),
                                           ("0.17.1", "v017"), ("0.19.0", "v017"), ("0.20.1", "v020"),
-                                          ("0.21.7", "v020"), ("1.0", "v020")])
+                                          ("0.21.7", "v021"), ("1.0", "v021")])
 def test_for_version(version, name):
     assert compat.for_version(version) is getattr(compat, name)
 
