@@ -123,7 +123,9 @@ class NattenAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return module
 
     def exec_module(self, module):
-        pass
+        if module.__name__ == _NAME:
+            for sub in self.release.eager():
+                importlib.import_module(f"{_NAME}.{sub}")
 
 
 def installed_natten_alias() -> Optional[NattenAliasFinder]:

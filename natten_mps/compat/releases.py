@@ -109,6 +109,13 @@ class Release:
     def is_package(self, sub: str) -> bool:
         return sub == "" or any(m.startswith(sub + ".") for m in self.modules)
 
+    def eager(self) -> List[str]:
+        """Submodules that ``import natten`` loaded (upstream's ``__init__`` imported them, directly or
+        not), so code may use ``natten.functional.x`` after a bare ``import natten``: all but
+        ``flops`` and, in 0.17, the deprecated ``natten1d/2d/3d`` (they warned when imported)."""
+        lazy = {"flops"} | ({"natten1d", "natten2d", "natten3d"} if self.line == "0.17" else set())
+        return [m for m in self.modules if m and m not in lazy]
+
 
 def release(version: str) -> Release:
     """The :class:`Release` for ``version`` (``"0.17"``, ``"0.17.1"``, ``"v0.21.7"``). ``ValueError``
