@@ -35,10 +35,14 @@ def _fail(message: str) -> int:
 
 
 def _export_environment(version: str) -> None:
+    """For the processes the program starts: the environment, and ``sys.path`` too, since
+    ``multiprocessing``'s spawned workers take the parent's ``sys.path``."""
     os.environ[ENV_VAR] = version
     entry = path_entry()
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != entry]
     os.environ["PYTHONPATH"] = os.pathsep.join([entry] + parts)
+    if entry not in sys.path:
+        sys.path.insert(1, entry)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
