@@ -65,7 +65,9 @@ def forward_backward(fn, leaves, seed=99, backward=True):
     return out.detach(), [None if g is None else g.detach() for g in grads]
 
 
-def differences(a, b):
+def differences(a, b, reference_ran=True):
+    """Largest differences of outputs and gradients; ``reference_ran``: the stand-ins were called."""
+    assert reference_ran, "the reference run did not reach the stand-in functions"
     (out_a, grads_a), (out_b, grads_b) = a, b
     assert out_a.shape == out_b.shape, (out_a.shape, out_b.shape)
     assert torch.isfinite(out_a).all() and torch.isfinite(out_b).all()
@@ -78,6 +80,17 @@ def differences(a, b):
             grad_err = max(grad_err, (ga.double() - gb.double()).abs().max().item())
     return {"out": (out_a.double() - out_b.double()).abs().max().item(), "grad": grad_err,
             "out_scale": out_b.abs().max().item()}
+
+
+def stand_ins_ran(before):
+    return sum(ref.CALLS.values()) > before
+
+
+UPSTREAM_CALLS = [0]
+
+
+def upstream_ran():
+    return UPSTREAM_CALLS[0] > 0
 
 
 @contextlib.contextmanager
@@ -114,6 +127,7 @@ def genuine_natten():
 
 def upstream_na2d(*args, **kwargs):
     """Genuine NATTEN 0.21's na2d (CPU: flex backend), run with the alias swapped out."""
+    UPSTREAM_CALLS[0] += 1
     args = [a.detach() if torch.is_tensor(a) else a for a in args]       # forward only (no CPU backward)
     with genuine_natten() as natten:
         return natten.na2d(*args, **kwargs)
@@ -141,6 +155,8 @@ def check_allin1(version, dtype=F64):
             return forward_backward(lambda: torch.cat([l1(x1)[0].flatten(), l2(x2)[0].flatten()]), leaves)
 
         got = run(build())
+        upstream, before = False, sum(ref.CALLS.values())
+
         def qk(q, k, rpb, ks, d):
             return ref.split_qk(q, k, ks, d, rpb=rpb).to(q.dtype)
 
@@ -149,7 +165,7 @@ def check_allin1(version, dtype=F64):
 
         with patched(dinat, natten1dqkrpb=qk, natten2dqkrpb=qk, natten1dav=av, natten2dav=av):
             want = run(build())
-        return differences(got, want)
+        return differences(got, want, upstream_ran() if upstream else stand_ins_ran(before))
 
 
 # ---- k-diffusion's hourglass transformer (NATTEN 0.17: has_fused_na probe, fused or split) ---------
@@ -174,13 +190,14 @@ def check_k_diffusion(version, fused=True, upstream=False):
         backward = not upstream
         with patched(alias, has_fused_na=lambda: fused):
             got = forward_backward(lambda: layer(x, pos, cond), leaves, backward=backward)
+        before, UPSTREAM_CALLS[0] = sum(ref.CALLS.values()), 0
         if upstream:
             functional = types.SimpleNamespace(na2d=upstream_na2d)
         else:
             functional = types.SimpleNamespace(na2d=ref.fused, na2d_qk=ref.split_qk, na2d_av=ref.split_av)
         with patched(itv2, natten=types.SimpleNamespace(has_fused_na=lambda: fused, functional=functional)):
             want = forward_backward(lambda: layer(x, pos, cond), leaves, backward=backward)
-        return differences(got, want)
+        return differences(got, want, upstream_ran() if upstream else stand_ins_ran(before))
 
 
 # ---- NAF (NATTEN 0.20/0.21 na2d with stride and backend; 0.17 split ops otherwise) -----------------
@@ -196,6 +213,7 @@ def check_naf(version, upstream=False, dtype=F64):
             rand(2, 16, 3, 3, seed=10, dtype=dtype)
         backward = not upstream
         got = forward_backward(lambda: layer(q, k, v), [q, k, v], backward=backward)
+        before, UPSTREAM_CALLS[0] = sum(ref.CALLS.values()), 0
         assert layer.dilation == (2, 2)
 
         def ref_na2d(q, k, v, kernel_size, dilation, stride, backend):
@@ -212,7 +230,7 @@ def check_naf(version, upstream=False, dtype=F64):
                                                                                              dilation),
                          na2d_av=lambda a, v, kernel_size, dilation: ref.split_av(a, v, kernel_size, dilation)):
                 want = forward_backward(lambda: layer(q, k, v), [q, k, v])
-        return differences(got, want)
+        return differences(got, want, upstream_ran() if upstream else stand_ins_ran(before))
 
 
 # ---- natten-fwd-ad blocks (0.17 probe + fused/split; 0.15/0.17 split ops with extra tokens) -----
@@ -240,6 +258,7 @@ def check_natten_fwd_ad(version):
             return torch.cat([f().flatten() for f in blocks])
 
         got = forward_backward(run, leaves)
+        upstream, before = False, sum(ref.CALLS.values())
         functional = sys.modules["natten.functional"]
         with patched(registers_block, na2d_qk=ref.split_qk, na2d_av=ref.split_av):
             if has_probe:
@@ -247,7 +266,7 @@ def check_natten_fwd_ad(version):
                     want = forward_backward(run, leaves)
             else:
                 want = forward_backward(run, leaves)
-        return differences(got, want)
+        return differences(got, want, upstream_ran() if upstream else stand_ins_ran(before))
 
 
 CHECKS = {"allin1": check_allin1, "k_diffusion": check_k_diffusion, "naf": check_naf,

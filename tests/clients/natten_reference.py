@@ -12,6 +12,8 @@ import torch
 
 from reference import axis_mask
 
+CALLS = {"split_qk": 0, "split_av": 0, "fused": 0}     # how often each stand-in ran (checks assert it did)
+
 
 def neighbours(spatial, kernel, dilation):
     """[T, prod(kernel)] flat key indices and [T, prod(kernel)] flat rpb indices (stride 1, non-causal)."""
@@ -33,6 +35,7 @@ def _as_tuple(x, rank):
 
 def split_qk(query, key, kernel_size, dilation=1, rpb=None, additional_keys=None):
     """Heads-first scores q . k (+ rpb), then q . additional_keys: [B, H, *spatial, Kvol (+ N)]."""
+    CALLS["split_qk"] += 1
     rank = query.dim() - 3
     spatial = tuple(query.shape[2:2 + rank])
     ks, dil = _as_tuple(kernel_size, rank), _as_tuple(dilation, rank)
@@ -50,6 +53,7 @@ def split_qk(query, key, kernel_size, dilation=1, rpb=None, additional_keys=None
 
 def split_av(attn, value, kernel_size, dilation=1, additional_values=None):
     """Heads-first sum of weights times neighbour values (then additional values): [B, H, *spatial, D]."""
+    CALLS["split_av"] += 1
     rank = value.dim() - 3
     spatial = tuple(value.shape[2:2 + rank])
     ks, dil = _as_tuple(kernel_size, rank), _as_tuple(dilation, rank)
@@ -66,6 +70,7 @@ def split_av(attn, value, kernel_size, dilation=1, additional_values=None):
 
 def fused(query, key, value, kernel_size, dilation=1, scale=None):
     """Heads-last softmax(scale * q . k) v over the neighbourhood: [B, *spatial, H, D]."""
+    CALLS["fused"] += 1
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     hf = lambda t: t.movedim(-2, 1)     # noqa: E731
     attn = split_qk(hf(query) * scale, hf(key), kernel_size, dilation).softmax(-1)
