@@ -302,3 +302,19 @@ def test_path_entry_serves_an_unmodified_interpreter(tmp_path):
                                                       ENV_VAR: "0.14"}, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["0.14.6", "0.14.6", "natten_mps", "alias", "of", "NATTEN", "0.14.6"]
+
+
+def test_runner_runs_code_given_with_c(monkeypatch, capsys):
+    from natten_mps import as_natten
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setenv(ENV_VAR, "0.14")          # restored afterwards; --natten-version wins
+    try:
+        code = "import sys, natten; print(natten.__version__, sys.argv, __name__)"
+        assert as_natten.main(["--natten-version", "0.20", "--replace", "-c", code, "a"]) == 0
+        assert capsys.readouterr().out.split() == ["0.20.1", "['-c',", "'a']", "__main__"]
+        assert os.environ[ENV_VAR] == "0.20" and os.environ["PYTHONPATH"] == path_entry()
+        assert sys.path[0] == "" and sys.path[1] == path_entry()
+    finally:
+        natten_mps.uninstall_natten_alias()
