@@ -187,9 +187,11 @@ def test_probes_answer_for_this_package(alias):
     assert natten.has_fused_na() is True and natten.has_fna() is True
     assert natten.has_half() is True and natten.has_bfloat() is True and natten.has_gemm() is False
     assert natten.has_cuda() is torch.cuda.is_available()
+    assert hasattr(natten, "context")            # NAT's "is_natten_post_017" probe
     alias("0.15")
     natten = importlib.import_module("natten")
     assert natten.functional.has_half() is True and not hasattr(natten, "has_fused_na")
+    assert not hasattr(natten, "context")
     alias("0.21")
     natten = importlib.import_module("natten")
     assert natten.HAS_LIBNATTEN is True and natten.get_configs_for_cutlass_fna() == []

@@ -1,4 +1,5 @@
-"""NATTEN 0.14 API: ``natten.functional`` split ops with relative positional bias, and the modules.
+"""NATTEN 0.14 API (``natten_mps.compat.v014``; ``.functional`` is 0.14's ``natten.functional``):
+split ops with relative positional bias, and the modules.
 
 Functional (heads-first: ``query``/``key``/``value`` ``[B, heads, *spatial, head_dim]``, weights
 ``[B, heads, *spatial, K^rank]``; 1-D and 2-D, square kernels and one dilation, as in 0.14):
