@@ -95,8 +95,8 @@ class NattenAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sub = fullname[len(_NAME) + 1:]
         if sub not in self.release.modules:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, origin=f"natten_mps alias of NATTEN {self.release.version}",
-                                              is_package=self.release.is_package(sub))
+        origin = f"natten_mps alias of NATTEN {self.release.version}"
+        return importlib.machinery.ModuleSpec(fullname, self, origin=origin, is_package=self.release.is_package(sub))
 
     def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
         name = getattr(context, "name", None)

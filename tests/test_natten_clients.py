@@ -110,7 +110,8 @@ def test_clients_match_upstream_natten_021_cpu(serve, model):
     """Forward against genuine NATTEN 0.21.7's CPU path (flex; no CPU backward there): k-diffusion's
     fused call ``natten.functional.na2d(q, k, v, kernel_size, scale=1.0)`` and NAF's 0.21 call."""
     _need(model)
-    if importlib.util.find_spec("natten") is None or not os.path.isfile(importlib.util.find_spec("natten").origin or ""):
+    spec = importlib.util.find_spec("natten")
+    if spec is None or not os.path.isfile(spec.origin or ""):
         pytest.skip("upstream natten is not installed")
     import natten  # noqa: F401  (the genuine one; serve() sets it aside)
     if not natten.__version__.startswith("0.21"):

@@ -40,8 +40,10 @@ def _layout_014() -> Layout:
     return {
         "": [(f"{C}.v014", _NA12)],
         "functional": [(f"{C}.v014.functional", _F014)],
-        "natten1d": [(f"{C}.v014", ["NeighborhoodAttention1D"]), (f"{C}.v014.functional", ["natten1dqkrpb", "natten1dav"])],
-        "natten2d": [(f"{C}.v014", ["NeighborhoodAttention2D"]), (f"{C}.v014.functional", ["natten2dqkrpb", "natten2dav"])],
+        "natten1d": [(f"{C}.v014", ["NeighborhoodAttention1D"]),
+                     (f"{C}.v014.functional", ["natten1dqkrpb", "natten1dav"])],
+        "natten2d": [(f"{C}.v014", ["NeighborhoodAttention2D"]),
+                     (f"{C}.v014.functional", ["natten2dqkrpb", "natten2dav"])],
         "flops": [(f"{C}._flops", ["add_natten_handle"])],
     }
 

@@ -51,7 +51,8 @@ class _Module017(LegacyNeighborhoodAttention):
                  qk_scale=None, attn_drop=0.0, proj_drop=0.0, use_experimental_ops=False):
         r = self.rank
         super().__init__(r, dim, num_heads, checks.as_tuple(kernel_size, r, "kernel_size"),
-                         checks.as_tuple(dilation, r, "dilation"), checks.as_tuple(is_causal, r, "is_causal", kind=bool),
+                         checks.as_tuple(dilation, r, "dilation"),
+                         checks.as_tuple(is_causal, r, "is_causal", kind=bool),
                          rel_pos_bias, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.use_experimental_ops = bool(use_experimental_ops)
 
