@@ -31,7 +31,9 @@ setup(
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
     python_requires=">=3.9",
-    packages=["natten_mps", "natten_mps.backends", "natten_mps.compat", "natten_mps.extras", "natten_mps.extras.allin1",
+    packages=["natten_mps", "natten_mps.backends", "natten_mps.compat", "natten_mps.compat.v014",
+              "natten_mps.compat.v015", "natten_mps.compat.v017", "natten_mps.compat.v020", "natten_mps.compat.v021",
+              "natten_mps.compat.path_entry.natten", "natten_mps.extras", "natten_mps.extras.allin1",
               "natten_mps.metal", "natten_mps.utils", "natten_mps._shaders", "sage_mps"],
     # The Metal sources live in shaders/ at the top of the repo and ship as natten_mps/_shaders.
     package_dir={"natten_mps._shaders": "shaders"},
@@ -41,7 +43,7 @@ setup(
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
         "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib", "libclang>=16",
-                 "natten-mlx; python_version >= '3.10' and platform_system != 'Windows'"],
+                 "natten-mlx; python_version >= '3.10' and platform_system != 'Windows'", "einops"],
         "bench": ["matplotlib"],
     },
 )

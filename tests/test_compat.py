@@ -139,7 +139,7 @@ def test_v015_split_ops_3d_bias_and_additional_tokens():
     ref = reference_rpb(q, k, v, (2, 3, 3), (1, 2, 2), rpb, 1.0)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     check_grads(out, ref, (q, k, v, rpb))
-    assert v015.natten3dqkrpb is not None and v015.natten2dqk is v014.natten2dqk
+    assert v015.natten3dqkrpb is not None and v015.natten2dqk is v015.na2d_qk      # 0.15: natten2dqk = na2d_qk
     # additional tokens: their weights follow the neighbourhood's; softmax over the union
     xk, xv = rand(2, 2, 4, 4, seed=11), rand(2, 2, 4, 4, seed=12)
     q1, k1, v1 = (t[:, :, 0, 0] for t in (q, k, v))          # [B, L=5, H, D]
@@ -208,7 +208,7 @@ def test_v020_matches_the_new_api_and_accepts_tuning_arguments():
 
 @pytest.mark.parametrize("version,name", [("0.14.6", "v014"), ("0.15.1", "v015"), ("0.16.0", "v015"),
                                           ("0.17.1", "v017"), ("0.19.0", "v017"), ("0.20.1", "v020"),
-                                          ("0.21.7", "v020"), ("1.0", "v020")])
+                                          ("0.21.7", "v021"), ("1.0", "v021")])
 def test_for_version(version, name):
     assert compat.for_version(version) is getattr(compat, name)
 
@@ -259,3 +259,71 @@ def test_compat_on_the_metal_path(emulate):
     w_ref = v017.na1d_qk(q, k, 3, 2, rpb=rpb)
     torch.testing.assert_close(w, w_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, v017.na1d_av(w_ref.softmax(-1), v, 3, 2), atol=1e-5, rtol=1e-5)
+
+
+# ---- defects of the flat shims, each with the test that would have caught it ---------------------
+def test_functional_submodules_are_each_releases_api():
+    """compat.v017.functional / v020.functional used to be this package's 0.21 API (heads-last split
+    ops): 0.17's heads-first na2d_qk then gave a silently wrong answer."""
+    import natten_mps.functional as new_api
+    from natten_mps.compat import v021
+    assert v017.functional is not new_api and v020.functional is not new_api
+    assert v021.functional.na2d is new_api.na2d
+    assert not hasattr(v020.functional, "na2d_qk") and not hasattr(v021.functional, "na2d_qk")
+    q, k, v = (rand(2, 6, 7, 2, 4, seed=i).requires_grad_() for i in range(3))   # heads-last data
+    w = v017.functional.na2d_qk(hf(q) * 0.5, hf(k), 3, 2)                       # 0.17: heads-first
+    assert w.shape == (2, 2, 6, 7, 9)
+    out = v017.functional.na2d_av(w.softmax(-1), hf(v), 3, 2).movedim(1, -2)
+    ref, _ = reference_na(q, k, v, (3, 3), (1, 1), (2, 2), (False, False), scale=0.5)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    check_grads(out, ref, (q, k, v))
+    fused = v017.functional.na2d(q, k, v, 3, dilation=2, scale=0.5)              # 0.17 fused: heads-last
+    torch.testing.assert_close(fused, ref, atol=1e-10, rtol=1e-10)
+    ref1 = reference_rpb(q, k, v, (3, 3), (2, 2), torch.zeros(2, 5, 5, dtype=F64), 0.5)
+    torch.testing.assert_close(v014.functional.natten2dav(v014.functional.natten2dqkrpb(
+        hf(q) * 0.5, hf(k), None, 3, 2).softmax(-1), hf(v), 3, 2).movedim(1, -2), ref1, atol=1e-10, rtol=1e-10)
+
+
+def test_v017_fused_with_rpb_and_additional_tokens():
+    q, k, v = (rand(1, 7, 2, 4, seed=i) for i in range(3))
+    xk, xv = rand(1, 3, 2, 4, seed=5), rand(1, 3, 2, 4, seed=6)
+    got = v017.functional.na1d(q, k, v, 3, additional_keys=xk, additional_values=xv, xformers_kwargs={})
+    want, _ = reference_na(q, k, v, (3,), (1,), (1,), (False,), add_k=xk, add_v=xv)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    rpb = torch.zeros(2, 5, dtype=F64)        # a zero bias takes the explicit path; same answer
+    torch.testing.assert_close(v017.functional.na1d(q, k, v, 3, rpb=rpb, additional_keys=xk, additional_values=xv),
+                               want, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="additional_keys and additional_values must be given together"):
+        v017.functional.na1d(q, k, v, 3, additional_keys=xk)
+
+
+def test_v017_probes_fused_na():
+    """compat.v017.has_fused_na() used to answer False, sending clients down their slow split path."""
+    assert v017.has_fused_na() is True and v017.has_fna() is True and v015.has_fna() is True
+    assert v017.is_fused_na_enabled() is True
+
+
+@pytest.mark.parametrize("name,version", [("v014", "0.14.6"), ("v015", "0.15.1"), ("v017", "0.17.5"),
+                                          ("v020", "0.20.1"), ("v021", "0.21.7")])
+def test_compat_packages_have_versions(name, version):
+    mod = getattr(compat, name)
+    assert mod.__version__ == version and mod.functional.__name__ == f"natten_mps.compat.{name}.functional"
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_allin1_natten_functions_are_heads_first(rank):
+    """extras.allin1's natten*dqkrpb / natten*dav are the layout the All-In-One model passes
+    (heads-first, NATTEN 0.14); they used to be heads-last."""
+    spatial = (12,) if rank == 1 else (6, 7)
+    q, k, v = (rand(2, *spatial, 2, 4, seed=i).requires_grad_() for i in range(3))
+    rpb = rand(2, *([5] * rank), seed=3).requires_grad_()
+    qk = allin1.natten1dqkrpb if rank == 1 else allin1.natten2dqkrpb
+    av = allin1.natten1dav if rank == 1 else allin1.natten2dav
+    attn = qk(hf(q) * 0.3, hf(k), rpb, 3, 2).softmax(-1)
+    assert attn.shape == (2, 2, *spatial, 3 ** rank)
+    out = av(attn, hf(v), 3, 2).movedim(1, -2)
+    ref = reference_rpb(q, k, v, (3,) * rank, (2,) * rank, rpb, 0.3)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    check_grads(out, ref, (q, k, v, rpb))
+    with pytest.raises(ValueError, match="heads-first"):
+        qk(q[..., 0, :], k[..., 0, :], rpb, 3, 2)

@@ -136,7 +136,7 @@ class LegacyNeighborhoodAttention(nn.Module):
             x = torch.nn.functional.pad(x, [0, 0] + flat)
         B, C = x.shape[0], x.shape[-1]
         q, k, v = self.qkv(x).reshape(B, *x.shape[1:-1], 3, self.num_heads, self.head_dim).unbind(-3)
-        if self.rpb is None and not (self.attn_drop_p > 0 and self.training):
+        if self.rpb is None and not (self.attn_drop_p > 0 and self.training) and self.fused_allowed():
             fn = {1: functional.na1d, 2: functional.na2d, 3: functional.na3d}[self.rank]
             out = fn(q, k, v, self.kernel_size, dilation=self.dilation, is_causal=self.is_causal, scale=self.scale)
         else:
@@ -150,6 +150,10 @@ class LegacyNeighborhoodAttention(nn.Module):
         if any(pads):
             out = out[(slice(None),) + tuple(slice(0, n) for n in spatial)]
         return self.proj_drop(self.proj(out))
+
+    def fused_allowed(self) -> bool:
+        """Whether the fused op may run (0.17's modules follow ``use_fused_na``)."""
+        return True
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
@@ -168,24 +172,9 @@ def no_op(*args, **kwargs) -> None:
     return None
 
 
-# Feature queries of NATTEN 0.15-0.17 (the answers for this package)
-def has_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
 def has_mps() -> bool:
+    """natten-mps 0.3.3's probe: an Apple GPU is usable."""
     return support.has_mps()
 
 
-def has_half(device_index=None) -> bool:
-    return True
-
-
-def has_bfloat(device_index=None) -> bool:
-    return True
-
-
-def has_gemm(device_index=None) -> bool:
-    return False
-
-
+from ._context import has_bfloat, has_cuda, has_gemm, has_half  # noqa: E402,F401  (kept importable here)

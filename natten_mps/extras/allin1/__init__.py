@@ -1,13 +1,18 @@
-"""Fused QK + relative positional bias and AV entry points for DiNAT-style models (the All-In-One
-music structure model and its kin), heads-last, as natten-mps 0.3.3's ``extras.allin1``.
+"""QK + relative positional bias and AV entry points for DiNAT-style models (the All-In-One music
+structure model, ``allin1`` on PyPI, and its kin).
 
-``na1d_qk_rpb(query, key, rpb, kernel_size, dilation=1, *, scale=None)`` -> scores
-``[B, L, heads, K]`` (``query``/``key`` ``[B, L, heads, D]``, ``rpb`` ``[heads, 2K - 1]`` or None;
-``scale`` multiplies the query first); ``na1d_av_fused(attn, value, kernel_size, dilation=1)`` ->
-``[B, L, heads, D]``; 2-D: ``[B, X, Y, heads, D]``, ``rpb`` ``[heads, 2K - 1, 2K - 1]``, weights
-``[..., K * K]``. ``natten1dqkrpb``/``natten1dav``/``natten2dqkrpb``/``natten2dav`` are the same with
-NATTEN 0.14's positional arguments (heads-last here, as in natten-mps). On Metal they run the
-split-op kernels; elsewhere PyTorch ops; autograd throughout (``rpb`` included).
+``natten1dqkrpb(query, key, rpb, kernel_size, dilation)``, ``natten1dav(attn, value, kernel_size,
+dilation)``, ``natten2dqkrpb``, ``natten2dav``: the functions the All-In-One model calls, in its
+layout, NATTEN 0.14's heads-first one: ``query``/``key``/``value`` ``[B, heads, L, D]`` (2-D:
+``[B, heads, X, Y, D]``), weights ``[B, heads, L, K]`` (``[..., K * K]``), ``rpb`` ``[heads, 2K - 1]``
+(``[heads, 2K - 1, 2K - 1]``) or None; scores unscaled (the model scales the query first). They are
+:mod:`natten_mps.compat.v014.functional`'s functions.
+
+``na1d_qk_rpb(query, key, rpb, kernel_size, dilation=1, *, scale=None)`` and ``na1d_av_fused(attn,
+value, kernel_size, dilation=1)`` (2-D likewise) keep natten-mps 0.3.3's heads-last layout:
+``[B, L, heads, D]`` (``[B, X, Y, heads, D]``), weights ``[B, L, heads, K]``; ``scale`` multiplies
+the query first. On Metal both run the split-op kernels; elsewhere PyTorch ops; autograd
+throughout (``rpb`` included).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Optional
 from torch import Tensor
 
 from ... import split
+from ...compat.v014.functional import natten1dav, natten1dqkrpb, natten2dav, natten2dqkrpb  # noqa: F401
 
 __all__ = ["na1d_qk_rpb", "na1d_av_fused", "na2d_qk_rpb", "na2d_av_fused", "natten1dqkrpb", "natten1dav",
            "natten2dqkrpb", "natten2dav"]
@@ -58,26 +64,3 @@ def na2d_av_fused(attn: Tensor, value: Tensor, kernel_size: int, dilation: int =
     ``[B, X, Y, heads, D]``. Returns ``[B, X, Y, heads, D]``."""
     _check("na2d_av_fused", attn, 2, "attn")
     return split.na2d_av(attn, value, kernel_size, dilation)
-
-
-def natten1dqkrpb(query, key, rpb, kernel_size, dilation):
-    """:func:`na1d_qk_rpb` with NATTEN 0.14's positional order ``(query, key, rpb, kernel_size,
-    dilation)``; tensors heads-last ``[B, L, heads, D]`` (as natten-mps has them)."""
-    return na1d_qk_rpb(query, key, rpb, kernel_size, dilation)
-
-
-def natten2dqkrpb(query, key, rpb, kernel_size, dilation):
-    """:func:`na2d_qk_rpb` with NATTEN 0.14's positional order; ``query``, ``key`` ``[B, X, Y, heads, D]``."""
-    return na2d_qk_rpb(query, key, rpb, kernel_size, dilation)
-
-
-def natten1dav(attn, value, kernel_size, dilation):
-    """:func:`na1d_av_fused` with NATTEN 0.14's positional order; ``attn`` ``[B, L, heads, K]``,
-    ``value`` ``[B, L, heads, D]``."""
-    return na1d_av_fused(attn, value, kernel_size, dilation)
-
-
-def natten2dav(attn, value, kernel_size, dilation):
-    """:func:`na2d_av_fused` with NATTEN 0.14's positional order; ``attn`` ``[B, X, Y, heads, K * K]``,
-    ``value`` ``[B, X, Y, heads, D]``."""
-    return na2d_av_fused(attn, value, kernel_size, dilation)

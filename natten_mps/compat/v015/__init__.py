@@ -20,11 +20,17 @@ natten-mps 0.3.3's shim: the fused ``na1d/na2d/na3d`` (heads-last, see :mod:`.v0
 """
 from __future__ import annotations
 
-from . import _legacy
-from ._legacy import LegacyNeighborhoodAttention, has_bfloat, has_cuda, has_gemm, has_half, has_mps, no_op, odd_kernel
-from .v014 import (NeighborhoodAttention1D, NeighborhoodAttention2D, _FlopHandler, add_natten_handle,  # noqa: F401
-                   natten1dav, natten1dqk, natten1dqkrpb, natten2dav, natten2dqk, natten2dqkrpb)
-from .v017 import na1d, na2d, na3d  # noqa: F401
+from .._context import has_fused_na as has_fna  # noqa: F401  (natten-mps 0.3.3's shim had it)
+from .._legacy import LegacyNeighborhoodAttention, has_mps, odd_kernel  # noqa: F401
+from ..v014 import NeighborhoodAttention1D, NeighborhoodAttention2D, _FlopHandler, add_natten_handle  # noqa: F401
+from ..v017.functional import na1d, na2d, na3d  # noqa: F401  (natten-mps 0.3.3's shim had them)
+from . import functional  # noqa: F401  (natten_mps.compat.v015.functional: 0.15's natten.functional)
+from .functional import *  # noqa: F401,F403
+from .functional import (disable_gemm_na, disable_tf32, disable_tiled_na, enable_gemm_na, enable_tf32,  # noqa: F401
+                         enable_tiled_na, has_bfloat, has_cuda, has_fp32_gemm, has_fp64_gemm, has_gemm, has_half,
+                         has_tf32_gemm)
+
+__version__ = "0.15.1"
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
            "na1d_qk", "na1d_qk_with_bias", "na1d_av", "na2d_qk", "na2d_qk_with_bias", "na2d_av",
@@ -34,54 +40,6 @@ __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAt
            "has_tf32_gemm", "has_fp32_gemm", "has_fp64_gemm", "enable_tf32", "disable_tf32",
            "enable_tiled_na", "disable_tiled_na", "enable_gemm_na", "disable_gemm_na",
            "add_natten_handle", "_FlopHandler"]
-
-
-def na1d_qk(query, key, kernel_size, dilation, additional_keys=None):
-    return _legacy.qk("na1d_qk", 1, query, key, kernel_size, dilation, additional_keys=additional_keys)
-
-
-def na1d_qk_with_bias(query, key, bias, kernel_size, dilation, additional_keys=None):
-    return _legacy.qk("na1d_qk_with_bias", 1, query, key, kernel_size, dilation, rpb=bias,
-                      additional_keys=additional_keys)
-
-
-def na1d_av(attn, value, kernel_size, dilation, additional_values=None):
-    return _legacy.av("na1d_av", 1, attn, value, kernel_size, dilation, additional_values=additional_values)
-
-
-def na2d_qk(query, key, kernel_size, dilation, additional_keys=None):
-    return _legacy.qk("na2d_qk", 2, query, key, kernel_size, dilation, additional_keys=additional_keys)
-
-
-def na2d_qk_with_bias(query, key, bias, kernel_size, dilation, additional_keys=None):
-    return _legacy.qk("na2d_qk_with_bias", 2, query, key, kernel_size, dilation, rpb=bias,
-                      additional_keys=additional_keys)
-
-
-def na2d_av(attn, value, kernel_size, dilation, additional_values=None):
-    return _legacy.av("na2d_av", 2, attn, value, kernel_size, dilation, additional_values=additional_values)
-
-
-def na3d_qk_with_bias(query, key, bias, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys=None):
-    return _legacy.qk("na3d_qk_with_bias", 3, query, key, (kernel_size_d, kernel_size, kernel_size),
-                      (dilation_d, dilation, dilation), rpb=bias, additional_keys=additional_keys)
-
-
-def na3d_qk(query, key, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys=None):
-    return na3d_qk_with_bias(query, key, None, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys)
-
-
-def na3d_av(attn, value, kernel_size_d, kernel_size, dilation_d, dilation, additional_values=None):
-    return _legacy.av("na3d_av", 3, attn, value, (kernel_size_d, kernel_size, kernel_size),
-                      (dilation_d, dilation, dilation), additional_values=additional_values)
-
-
-def natten3dqkrpb(query, key, rpb, kernel_size_d, kernel_size, dilation_d, dilation):
-    return na3d_qk_with_bias(query, key, rpb, kernel_size_d, kernel_size, dilation_d, dilation)
-
-
-natten3dqk = na3d_qk
-natten3dav = na3d_av
 
 
 class NeighborhoodAttention3D(LegacyNeighborhoodAttention):
@@ -95,7 +53,3 @@ class NeighborhoodAttention3D(LegacyNeighborhoodAttention):
         dd = dilation_d or d
         super().__init__(3, dim, num_heads, (kd, k, k), (dd, d, d), (False,) * 3, bias, qkv_bias, qk_scale,
                          attn_drop, proj_drop, pad_axes=(1, 2))
-
-
-has_tf32_gemm = has_fp32_gemm = has_fp64_gemm = has_fna = has_gemm
-enable_tf32 = disable_tf32 = enable_tiled_na = disable_tiled_na = enable_gemm_na = disable_gemm_na = no_op
