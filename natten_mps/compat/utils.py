@@ -31,4 +31,5 @@ def get_num_na_weights(kernel_size) -> int:
 
 
 def get_logger(name: str) -> logging.Logger:
+    """NATTEN's ``natten.utils.log.get_logger``: the standard library's ``logging.getLogger(name)``."""
     return logging.getLogger(name)

@@ -25,54 +25,142 @@ __all__ = ["na1d_qk", "na1d_qk_with_bias", "na1d_av", "na2d_qk", "na2d_qk_with_b
 
 
 def na1d_qk(query, key, kernel_size, dilation, additional_keys=None):
+    """1-D attention scores, heads-first (NATTEN 0.15; ``natten1dqk`` is this function).
+
+    ``query``/``key`` ``[B, heads, L, D]``; ``kernel_size``, ``dilation`` ints (no defaults);
+    ``additional_keys`` ``[B, heads, N_add, D]`` or ``None``. Returns the unscaled scores
+    ``[B, heads, L, kernel_size + N_add]``: the neighbours' in window order, then one per additional key.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis) or
+    ``additional_keys`` not ``[B, heads, N_add, D]``.
+    """
     return _legacy.qk("na1d_qk", 1, query, key, kernel_size, dilation, additional_keys=additional_keys)
 
 
 def na1d_qk_with_bias(query, key, bias, kernel_size, dilation, additional_keys=None):
+    """1-D attention scores plus relative positional bias, heads-first (NATTEN 0.15).
+
+    As :func:`na1d_qk` (``query``/``key`` ``[B, heads, L, D]``, result ``[B, heads, L, kernel_size +
+    N_add]``), with ``bias`` ``[heads, 2 * kernel_size - 1]`` added to the neighbourhood's scores as
+    ``bias[h, kernel_size - 1 + (key - query) / dilation]``; additional keys get no bias.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    a ``bias`` of the wrong shape or ``additional_keys`` not ``[B, heads, N_add, D]``.
+    """
     return _legacy.qk("na1d_qk_with_bias", 1, query, key, kernel_size, dilation, rpb=bias,
                       additional_keys=additional_keys)
 
 
 def na1d_av(attn, value, kernel_size, dilation, additional_values=None):
+    """1-D weighted values, heads-first (NATTEN 0.15; ``natten1dav`` is this function).
+
+    ``attn`` ``[B, heads, L, kernel_size + N_add]`` (weights in :func:`na1d_qk`'s order, usually its
+    softmax), ``value`` ``[B, heads, L, D]``, ``additional_values`` ``[B, heads, N_add, D]`` or
+    ``None``. Returns ``[B, heads, L, D]``: ``sum_n attn[..., n] * value[neighbour n]`` plus the
+    additional values weighted by the last ``N_add`` entries.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    ``attn.shape[-1]`` other than the window size plus ``N_add``, or bad ``additional_values``.
+    """
     return _legacy.av("na1d_av", 1, attn, value, kernel_size, dilation, additional_values=additional_values)
 
 
 def na2d_qk(query, key, kernel_size, dilation, additional_keys=None):
+    """2-D attention scores, heads-first (NATTEN 0.15; ``natten2dqk`` is this function).
+
+    ``query``/``key`` ``[B, heads, X, Y, D]``; ``kernel_size`` ``K``, ``dilation`` ints (square
+    window); ``additional_keys`` ``[B, heads, N_add, D]`` or ``None``. Returns the unscaled scores
+    ``[B, heads, X, Y, K * K + N_add]``: neighbours row-major over the window, then the additional keys.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis) or
+    ``additional_keys`` not ``[B, heads, N_add, D]``.
+    """
     return _legacy.qk("na2d_qk", 2, query, key, kernel_size, dilation, additional_keys=additional_keys)
 
 
 def na2d_qk_with_bias(query, key, bias, kernel_size, dilation, additional_keys=None):
+    """2-D attention scores plus relative positional bias, heads-first (NATTEN 0.15).
+
+    As :func:`na2d_qk` (``query``/``key`` ``[B, heads, X, Y, D]``, result ``[B, heads, X, Y, K * K +
+    N_add]``), with ``bias`` ``[heads, 2K - 1, 2K - 1]`` added to the neighbourhood's scores.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    a ``bias`` of the wrong shape or ``additional_keys`` not ``[B, heads, N_add, D]``.
+    """
     return _legacy.qk("na2d_qk_with_bias", 2, query, key, kernel_size, dilation, rpb=bias,
                       additional_keys=additional_keys)
 
 
 def na2d_av(attn, value, kernel_size, dilation, additional_values=None):
+    """2-D weighted values, heads-first (NATTEN 0.15; ``natten2dav`` is this function).
+
+    ``attn`` ``[B, heads, X, Y, K * K + N_add]`` (in :func:`na2d_qk`'s order), ``value`` ``[B, heads,
+    X, Y, D]``, ``additional_values`` ``[B, heads, N_add, D]`` or ``None``; ``kernel_size`` ``K``,
+    ``dilation`` ints. Returns ``[B, heads, X, Y, D]``.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    ``attn.shape[-1]`` other than the window size plus ``N_add``, or bad ``additional_values``.
+    """
     return _legacy.av("na2d_av", 2, attn, value, kernel_size, dilation, additional_values=additional_values)
 
 
 def na3d_qk_with_bias(query, key, bias, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys=None):
+    """3-D attention scores plus relative positional bias, heads-first (NATTEN 0.15).
+
+    ``query``/``key`` ``[B, heads, X, Y, Z, D]`` (``X`` the depth); window ``kernel_size_d x kernel_size
+    x kernel_size`` with dilations ``(dilation_d, dilation, dilation)``, all ints; ``bias``
+    ``[heads, 2Kd - 1, 2K - 1, 2K - 1]`` or ``None``; ``additional_keys`` ``[B, heads, N_add, D]`` or
+    ``None``. Returns the unscaled scores ``[B, heads, X, Y, Z, Kd * K * K + N_add]`` plus the bias.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    a ``bias`` of the wrong shape or ``additional_keys`` not ``[B, heads, N_add, D]``.
+    """
     return _legacy.qk("na3d_qk_with_bias", 3, query, key, (kernel_size_d, kernel_size, kernel_size),
                       (dilation_d, dilation, dilation), rpb=bias, additional_keys=additional_keys)
 
 
 def na3d_qk(query, key, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys=None):
+    """3-D attention scores, heads-first (NATTEN 0.15; ``natten3dqk`` is this function).
+
+    :func:`na3d_qk_with_bias` without a bias: ``query``/``key`` ``[B, heads, X, Y, Z, D]`` (``X`` the
+    depth), window ``kernel_size_d x kernel_size x kernel_size``; returns ``[B, heads, X, Y, Z,
+    Kd * K * K + N_add]``. Errors as :func:`na3d_qk_with_bias`.
+    """
     return na3d_qk_with_bias(query, key, None, kernel_size_d, kernel_size, dilation_d, dilation, additional_keys)
 
 
 def na3d_av(attn, value, kernel_size_d, kernel_size, dilation_d, dilation, additional_values=None):
+    """3-D weighted values, heads-first (NATTEN 0.15; ``natten3dav`` is this function).
+
+    ``attn`` ``[B, heads, X, Y, Z, Kd * K * K + N_add]`` (in :func:`na3d_qk`'s order), ``value``
+    ``[B, heads, X, Y, Z, D]`` (``X`` the depth), ``additional_values`` ``[B, heads, N_add, D]`` or
+    ``None``; window ``kernel_size_d x kernel_size x kernel_size``, dilations ``(dilation_d, dilation,
+    dilation)``. Returns ``[B, heads, X, Y, Z, D]``.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size * dilation`` larger than an axis),
+    ``attn.shape[-1]`` other than the window size plus ``N_add``, or bad ``additional_values``.
+    """
     return _legacy.av("na3d_av", 3, attn, value, (kernel_size_d, kernel_size, kernel_size),
                       (dilation_d, dilation, dilation), additional_values=additional_values)
 
 
 def natten1dqkrpb(query, key, rpb, kernel_size, dilation):
+    """0.14's name kept by 0.15: :func:`na1d_qk_with_bias` with ``rpb`` ``[heads, 2 * kernel_size - 1]``
+    (or ``None``) as the bias. ``query``/``key`` ``[B, heads, L, D]``; returns ``[B, heads, L,
+    kernel_size]``."""
     return na1d_qk_with_bias(query, key, rpb, kernel_size, dilation)
 
 
 def natten2dqkrpb(query, key, rpb, kernel_size, dilation):
+    """0.14's name kept by 0.15: :func:`na2d_qk_with_bias` with ``rpb`` ``[heads, 2K - 1, 2K - 1]`` (or
+    ``None``). ``query``/``key`` ``[B, heads, X, Y, D]``; returns ``[B, heads, X, Y, K * K]``."""
     return na2d_qk_with_bias(query, key, rpb, kernel_size, dilation)
 
 
 def natten3dqkrpb(query, key, rpb, kernel_size_d, kernel_size, dilation_d, dilation):
+    """0.15's 3-D counterpart of ``natten1dqkrpb``: :func:`na3d_qk_with_bias` with ``rpb`` ``[heads,
+    2Kd - 1, 2K - 1, 2K - 1]`` (or ``None``). ``query``/``key`` ``[B, heads, X, Y, Z, D]``; returns
+    ``[B, heads, X, Y, Z, Kd * K * K]``."""
     return na3d_qk_with_bias(query, key, rpb, kernel_size_d, kernel_size, dilation_d, dilation)
 
 

@@ -27,31 +27,94 @@ DEPRECATED = ["natten1dqkrpb", "natten2dqkrpb", "natten3dqkrpb", "natten1dqk", "
 
 
 def na1d_qk(query, key, kernel_size, dilation=1, additional_keys=None, is_causal=False, rpb=None):
+    """1-D attention scores, heads-first (NATTEN 0.17's split op).
+
+    ``query``/``key`` ``[B, heads, L, D]``; ``kernel_size``, ``dilation`` (default 1) and
+    ``is_causal`` (default False) are ints/bools or 1-tuples; ``additional_keys`` ``[B, heads, N_add, D]``
+    or ``None``; ``rpb`` ``[heads, 2K - 1]`` or ``None``. Returns the unscaled scores
+    ``[B, heads, L, K + N_add]`` (plus ``rpb``): neighbours row-major over the window, then
+    the additional keys; causally excluded neighbours are ``-inf``.
+    Raises ``TypeError`` for a non-tensor or a bad window-argument type, ``ValueError`` for a wrong
+    rank, mismatched shapes, a bad window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size *
+    dilation`` larger than an axis), an ``rpb`` of the wrong shape or bad ``additional_keys``.
+    """
     return _legacy.qk("na1d_qk", 1, query, key, kernel_size, dilation, is_causal=is_causal, rpb=rpb,
                       additional_keys=additional_keys)
 
 
 def na2d_qk(query, key, kernel_size, dilation=1, additional_keys=None, is_causal=False, rpb=None):
+    """2-D attention scores, heads-first (NATTEN 0.17's split op).
+
+    ``query``/``key`` ``[B, heads, X, Y, D]``; ``kernel_size``, ``dilation`` (default 1) and
+    ``is_causal`` (default False) are ints/bools or 2-tuples; ``additional_keys`` ``[B, heads, N_add, D]``
+    or ``None``; ``rpb`` ``[heads, 2Kx - 1, 2Ky - 1]`` or ``None``. Returns the unscaled scores
+    ``[B, heads, X, Y, Kx * Ky + N_add]`` (plus ``rpb``): neighbours row-major over the window, then
+    the additional keys; causally excluded neighbours are ``-inf``.
+    Raises ``TypeError`` for a non-tensor or a bad window-argument type, ``ValueError`` for a wrong
+    rank, mismatched shapes, a bad window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size *
+    dilation`` larger than an axis), an ``rpb`` of the wrong shape or bad ``additional_keys``.
+    """
     return _legacy.qk("na2d_qk", 2, query, key, kernel_size, dilation, is_causal=is_causal, rpb=rpb,
                       additional_keys=additional_keys)
 
 
 def na3d_qk(query, key, kernel_size, dilation=1, additional_keys=None, is_causal=False, rpb=None):
+    """3-D attention scores, heads-first (NATTEN 0.17's split op).
+
+    ``query``/``key`` ``[B, heads, X, Y, Z, D]``; ``kernel_size``, ``dilation`` (default 1) and
+    ``is_causal`` (default False) are ints/bools or 3-tuples; ``additional_keys`` ``[B, heads, N_add, D]``
+    or ``None``; ``rpb`` ``[heads, 2Kx - 1, 2Ky - 1, 2Kz - 1]`` or ``None``. Returns the unscaled scores
+    ``[B, heads, X, Y, Z, Kx * Ky * Kz + N_add]`` (plus ``rpb``): neighbours row-major over the window, then
+    the additional keys; causally excluded neighbours are ``-inf``.
+    Raises ``TypeError`` for a non-tensor or a bad window-argument type, ``ValueError`` for a wrong
+    rank, mismatched shapes, a bad window (``kernel_size < 2``, ``dilation < 1``, ``kernel_size *
+    dilation`` larger than an axis), an ``rpb`` of the wrong shape or bad ``additional_keys``.
+    """
     return _legacy.qk("na3d_qk", 3, query, key, kernel_size, dilation, is_causal=is_causal, rpb=rpb,
                       additional_keys=additional_keys)
 
 
 def na1d_av(attn, value, kernel_size, dilation=1, additional_values=None, is_causal=False):
+    """1-D weighted values, heads-first (NATTEN 0.17's split op).
+
+    ``attn`` ``[B, heads, L, K + N_add]`` (weights in :func:`na1d_qk`'s order, usually its
+    softmax), ``value`` ``[B, heads, L, D]``, ``additional_values`` ``[B, heads, N_add, D]`` or
+    ``None``; ``kernel_size``, ``dilation`` (default 1), ``is_causal`` (default False): ints/bools or
+    1-tuples. Returns ``[B, heads, L, D]``: ``sum_n attn[..., n] * value[neighbour n]`` plus the
+    additional values weighted by the last ``N_add`` entries.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window, ``attn.shape[-1]`` other than ``prod(kernel_size) + N_add`` or bad ``additional_values``.
+    """
     return _legacy.av("na1d_av", 1, attn, value, kernel_size, dilation, is_causal=is_causal,
                       additional_values=additional_values)
 
 
 def na2d_av(attn, value, kernel_size, dilation=1, additional_values=None, is_causal=False):
+    """2-D weighted values, heads-first (NATTEN 0.17's split op).
+
+    ``attn`` ``[B, heads, X, Y, Kx * Ky + N_add]`` (weights in :func:`na2d_qk`'s order, usually its
+    softmax), ``value`` ``[B, heads, X, Y, D]``, ``additional_values`` ``[B, heads, N_add, D]`` or
+    ``None``; ``kernel_size``, ``dilation`` (default 1), ``is_causal`` (default False): ints/bools or
+    2-tuples. Returns ``[B, heads, X, Y, D]``: ``sum_n attn[..., n] * value[neighbour n]`` plus the
+    additional values weighted by the last ``N_add`` entries.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window, ``attn.shape[-1]`` other than ``prod(kernel_size) + N_add`` or bad ``additional_values``.
+    """
     return _legacy.av("na2d_av", 2, attn, value, kernel_size, dilation, is_causal=is_causal,
                       additional_values=additional_values)
 
 
 def na3d_av(attn, value, kernel_size, dilation, additional_values=None, is_causal=False):
+    """3-D weighted values, heads-first (NATTEN 0.17's split op).
+
+    ``attn`` ``[B, heads, X, Y, Z, Kx * Ky * Kz + N_add]`` (weights in :func:`na3d_qk`'s order, usually its
+    softmax), ``value`` ``[B, heads, X, Y, Z, D]``, ``additional_values`` ``[B, heads, N_add, D]`` or
+    ``None``; ``kernel_size``, ``dilation`` (no default, as in 0.17), ``is_causal`` (default False): ints/bools or
+    3-tuples. Returns ``[B, heads, X, Y, Z, D]``: ``sum_n attn[..., n] * value[neighbour n]`` plus the
+    additional values weighted by the last ``N_add`` entries.
+    Raises ``TypeError`` for a non-tensor, ``ValueError`` for a wrong rank, mismatched shapes, a bad
+    window, ``attn.shape[-1]`` other than ``prod(kernel_size) + N_add`` or bad ``additional_values``.
+    """
     return _legacy.av("na3d_av", 3, attn, value, kernel_size, dilation, is_causal=is_causal,
                       additional_values=additional_values)
 
@@ -81,54 +144,109 @@ def _fused(rank, query, key, value, kernel_size, dilation, is_causal, rpb, scale
 
 def na1d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, additional_keys=None,
          additional_values=None, xformers_kwargs=None):
+    """1-D neighborhood attention, heads-last (NATTEN 0.17's fused op).
+
+    ``query``/``key``/``value`` ``[B, L, heads, D]``; ``kernel_size``, ``dilation`` (default 1),
+    ``is_causal`` (default False): ints/bools or 1-tuples; ``rpb`` ``[heads, 2K - 1]`` or ``None``
+    (then the weights are made explicitly: scores * scale + rpb, softmax, weighted values);
+    ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values`` ``[B, N_add, heads, D]``,
+    attended by every query. ``xformers_kwargs`` (a dict or ``None``) chooses nothing here. Returns
+    ``[B, L, heads, D]``. Raises ``ValueError`` when only one of the additional tensors is given,
+    ``TypeError`` for a non-dict ``xformers_kwargs``, and as :func:`natten_mps.na1d` otherwise.
+    """
     return _fused(1, query, key, value, kernel_size, dilation, is_causal, rpb, scale, additional_keys,
                   additional_values, xformers_kwargs)
 
 
 def na2d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, additional_keys=None,
          additional_values=None, xformers_kwargs=None):
+    """2-D neighborhood attention, heads-last (NATTEN 0.17's fused op).
+
+    ``query``/``key``/``value`` ``[B, X, Y, heads, D]``; ``kernel_size``, ``dilation`` (default 1),
+    ``is_causal`` (default False): ints/bools or 2-tuples; ``rpb`` ``[heads, 2Kx - 1, 2Ky - 1]`` or ``None``
+    (then the weights are made explicitly: scores * scale + rpb, softmax, weighted values);
+    ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values`` ``[B, N_add, heads, D]``,
+    attended by every query. ``xformers_kwargs`` (a dict or ``None``) chooses nothing here. Returns
+    ``[B, X, Y, heads, D]``. Raises ``ValueError`` when only one of the additional tensors is given,
+    ``TypeError`` for a non-dict ``xformers_kwargs``, and as :func:`natten_mps.na2d` otherwise.
+    """
     return _fused(2, query, key, value, kernel_size, dilation, is_causal, rpb, scale, additional_keys,
                   additional_values, xformers_kwargs)
 
 
 def na3d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, additional_keys=None,
          additional_values=None, xformers_kwargs=None):
+    """3-D neighborhood attention, heads-last (NATTEN 0.17's fused op).
+
+    ``query``/``key``/``value`` ``[B, X, Y, Z, heads, D]``; ``kernel_size``, ``dilation`` (default 1),
+    ``is_causal`` (default False): ints/bools or 3-tuples; ``rpb`` ``[heads, 2Kx - 1, 2Ky - 1, 2Kz - 1]`` or ``None``
+    (then the weights are made explicitly: scores * scale + rpb, softmax, weighted values);
+    ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values`` ``[B, N_add, heads, D]``,
+    attended by every query. ``xformers_kwargs`` (a dict or ``None``) chooses nothing here. Returns
+    ``[B, X, Y, Z, heads, D]``. Raises ``ValueError`` when only one of the additional tensors is given,
+    ``TypeError`` for a non-dict ``xformers_kwargs``, and as :func:`natten_mps.na3d` otherwise.
+    """
     return _fused(3, query, key, value, kernel_size, dilation, is_causal, rpb, scale, additional_keys,
                   additional_values, xformers_kwargs)
 
 
 # Deprecated 0.15 names: 0.17.0 to 0.17.4 kept them (0.17.5 removed them).
 def natten1dqkrpb(query, key, rpb, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na1d_qk` with ints ``kernel_size``, ``dilation``
+    and ``rpb`` ``[heads, 2K - 1]`` or ``None``. ``query``/``key`` ``[B, heads, L, D]``; returns
+    ``[B, heads, L, K]``."""
     return na1d_qk(query, key, (kernel_size,), (dilation,), rpb=rpb)
 
 
 def natten2dqkrpb(query, key, rpb, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na2d_qk` with a square window (ints ``kernel_size``
+    ``K``, ``dilation``) and ``rpb`` ``[heads, 2K - 1, 2K - 1]`` or ``None``. ``query``/``key``
+    ``[B, heads, X, Y, D]``; returns ``[B, heads, X, Y, K * K]``."""
     return na2d_qk(query, key, (kernel_size,) * 2, (dilation,) * 2, rpb=rpb)
 
 
 def natten3dqkrpb(query, key, rpb, kernel_size_d, kernel_size, dilation_d, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na3d_qk` with window ``(kernel_size_d, kernel_size,
+    kernel_size)``, dilations ``(dilation_d, dilation, dilation)`` and ``rpb`` ``[heads, 2Kd - 1, 2K - 1,
+    2K - 1]`` or ``None``. ``query``/``key`` ``[B, heads, X, Y, Z, D]`` (``X`` the depth); returns
+    ``[B, heads, X, Y, Z, Kd * K * K]``."""
     return na3d_qk(query, key, (kernel_size_d, kernel_size, kernel_size), (dilation_d, dilation, dilation), rpb=rpb)
 
 
 def natten1dqk(query, key, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na1d_qk` with ints ``kernel_size``, ``dilation``.
+    ``query``/``key`` ``[B, heads, L, D]``; returns the unscaled scores ``[B, heads, L, K]``."""
     return na1d_qk(query, key, (kernel_size,), (dilation,))
 
 
 def natten1dav(attn, value, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na1d_av` with ints ``kernel_size``, ``dilation``.
+    ``attn`` ``[B, heads, L, K]``, ``value`` ``[B, heads, L, D]``; returns ``[B, heads, L, D]``."""
     return na1d_av(attn, value, (kernel_size,), (dilation,))
 
 
 def natten2dqk(query, key, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na2d_qk` with a square window (ints ``kernel_size``
+    ``K``, ``dilation``). ``query``/``key`` ``[B, heads, X, Y, D]``; returns ``[B, heads, X, Y, K * K]``."""
     return na2d_qk(query, key, (kernel_size,) * 2, (dilation,) * 2)
 
 
 def natten2dav(attn, value, kernel_size, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na2d_av` with a square window (ints ``kernel_size``
+    ``K``, ``dilation``). ``attn`` ``[B, heads, X, Y, K * K]``, ``value`` ``[B, heads, X, Y, D]``; returns
+    ``[B, heads, X, Y, D]``."""
     return na2d_av(attn, value, (kernel_size,) * 2, (dilation,) * 2)
 
 
 def natten3dqk(query, key, kernel_size_d, kernel_size, dilation_d, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na3d_qk` with window ``(kernel_size_d, kernel_size,
+    kernel_size)`` and dilations ``(dilation_d, dilation, dilation)``. ``query``/``key`` ``[B, heads, X, Y,
+    Z, D]`` (``X`` the depth); returns ``[B, heads, X, Y, Z, Kd * K * K]``."""
     return na3d_qk(query, key, (kernel_size_d, kernel_size, kernel_size), (dilation_d, dilation, dilation))
 
 
 def natten3dav(attn, value, kernel_size_d, kernel_size, dilation_d, dilation):
+    """Deprecated 0.15 name (0.17.0-0.17.4): :func:`na3d_av` with window ``(kernel_size_d, kernel_size,
+    kernel_size)`` and dilations ``(dilation_d, dilation, dilation)``. ``attn`` ``[B, heads, X, Y, Z,
+    Kd * K * K]``, ``value`` ``[B, heads, X, Y, Z, D]``; returns ``[B, heads, X, Y, Z, D]``."""
     return na3d_av(attn, value, (kernel_size_d, kernel_size, kernel_size), (dilation_d, dilation, dilation))

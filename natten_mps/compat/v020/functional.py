@@ -26,26 +26,68 @@ def _na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale
 
 def na1d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None,
          additional_values=None, **tuning):
+    """1-D neighborhood attention, heads-last (NATTEN 0.20's signature; :func:`natten_mps.na1d`).
+
+    ``query`` ``[B, L, heads, D]``, ``key``/``value`` ``[B, L, heads_kv, D|Dv]``; ``kernel_size``,
+    ``stride`` (default 1), ``dilation`` (default 1), ``is_causal`` (default False): ints/bools or
+    1-tuples; ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values``
+    ``[B, N_add, heads_kv, D|Dv]`` or ``None``. ``**tuning``: 0.20's kernel choices, accepted and
+    choosing nothing. Returns ``[B, L, heads, Dv]`` (no ``return_lse`` in 0.20). Raises
+    ``TypeError`` for an unknown keyword, and ``TypeError``/``ValueError`` as :func:`natten_mps.na1d`.
+    """
     return _na(1, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                additional_values, tuning)
 
 
 def na2d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None,
          additional_values=None, **tuning):
+    """2-D neighborhood attention, heads-last (NATTEN 0.20's signature; :func:`natten_mps.na2d`).
+
+    ``query`` ``[B, X, Y, heads, D]``, ``key``/``value`` ``[B, X, Y, heads_kv, D|Dv]``; ``kernel_size``,
+    ``stride`` (default 1), ``dilation`` (default 1), ``is_causal`` (default False): ints/bools or
+    2-tuples; ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values``
+    ``[B, N_add, heads_kv, D|Dv]`` or ``None``. ``**tuning``: 0.20's kernel choices, accepted and
+    choosing nothing. Returns ``[B, X, Y, heads, Dv]`` (no ``return_lse`` in 0.20). Raises
+    ``TypeError`` for an unknown keyword, and ``TypeError``/``ValueError`` as :func:`natten_mps.na2d`.
+    """
     return _na(2, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                additional_values, tuning)
 
 
 def na3d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None,
          additional_values=None, **tuning):
+    """3-D neighborhood attention, heads-last (NATTEN 0.20's signature; :func:`natten_mps.na3d`).
+
+    ``query`` ``[B, X, Y, Z, heads, D]``, ``key``/``value`` ``[B, X, Y, Z, heads_kv, D|Dv]``; ``kernel_size``,
+    ``stride`` (default 1), ``dilation`` (default 1), ``is_causal`` (default False): ints/bools or
+    3-tuples; ``scale`` default ``D ** -0.5``; ``additional_keys``/``additional_values``
+    ``[B, N_add, heads_kv, D|Dv]`` or ``None``. ``**tuning``: 0.20's kernel choices, accepted and
+    choosing nothing. Returns ``[B, X, Y, Z, heads, Dv]`` (no ``return_lse`` in 0.20). Raises
+    ``TypeError`` for an unknown keyword, and ``TypeError``/``ValueError`` as :func:`natten_mps.na3d`.
+    """
     return _na(3, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                additional_values, tuning)
 
 
 def attention(query, key, value, scale=None, return_lse=False, **tuning):
+    """Dense (non-causal) attention with NATTEN 0.20's signature (no ``is_causal``; 0.21 added it).
+
+    ``query`` ``[B, Lq, heads, D]``, ``key``/``value`` ``[B, Lk, heads_kv, D|Dv]``; ``scale`` default
+    ``D ** -0.5``. Returns ``[B, Lq, heads, Dv]``, and with ``return_lse=True`` also the log-sum-exp
+    ``[B, Lq, heads]`` (float32). ``**tuning``: 0.20's kernel choices, accepted and choosing nothing.
+    Raises ``TypeError`` for an unknown keyword or mismatched dtypes, ``ValueError`` for tensors that
+    are not 4-D or disagree in batch, head_dim or heads (``heads`` a multiple of ``heads_kv``).
+    """
     checks.check_tuning("attention", tuning)
     return functional.attention(query, key, value, scale=scale, return_lse=return_lse)
 
 
 def merge_attentions(outputs, lse_tensors, torch_compile=True):
+    """Merge attentions over disjoint key sets (NATTEN 0.20's signature; :func:`natten_mps.merge_attentions`).
+
+    ``outputs[i]`` ``[B, *spatial, heads, Dv]``, ``lse_tensors[i]`` ``[B, *spatial, heads]``, at least two
+    of each. Returns ``(output, lse)``: ``lse = logsumexp_i(lse_i)``, ``output = sum_i exp(lse_i - lse) *
+    output_i``. ``torch_compile`` (default True) changes nothing. Raises ``TypeError`` for non-lists,
+    non-tensors or mixed output dtypes, ``ValueError`` for fewer than two outputs or mismatched shapes.
+    """
     return functional.merge_attentions(outputs, lse_tensors, torch_compile)
