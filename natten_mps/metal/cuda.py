@@ -42,9 +42,10 @@ from typing import Dict, List, Optional
 import torch
 
 from . import msl
-from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
+from .msl import Kernel, LaunchRefusedError, ShaderCompileError
 
-__all__ = ["compile", "translate", "build", "CudaLaunchError", "ShaderCompileError", "nvcc_available"]
+__all__ = ["compile", "translate", "build", "CudaLaunchError", "LaunchRefusedError", "ShaderCompileError",
+           "nvcc_available"]
 
 _SHIM_DIR = Path(__file__).with_name("emulator_shim")
 _NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC,-fsigned-char",
@@ -335,13 +336,20 @@ _timing_source: Optional[KernelTiming] = None
 class CudaKernel:
     """One host-visible kernel; call it like a ``torch.mps.compile_shader`` kernel, on CUDA tensors."""
 
-    max_threads_per_threadgroup = MAX_THREADS_PER_THREADGROUP
     thread_execution_width = 32
 
-    def __init__(self, library: "CudaLibrary", spec: Kernel, fn) -> None:
+    def __init__(self, library: "CudaLibrary", spec: Kernel, fn, threadgroup_bytes: Optional[int] = None) -> None:
         self._lib = library
         self._spec = spec
         self._fn = fn
+        # Metal's limits, enforced as Metal would (CUDA itself allows 48 KB of static shared memory):
+        # 32 KB of threadgroup memory at pipeline creation (msl.KernelLibrary), the pipeline's
+        # thread limit at dispatch (1024 unless a lower one is simulated, msl.set_emulated_max_threads)
+        self.static_thread_group_memory_length = threadgroup_bytes
+
+    @property
+    def max_threads_per_threadgroup(self) -> int:
+        return msl.emulated_max_threads()
 
     @property
     def name(self) -> str:
@@ -349,7 +357,9 @@ class CudaKernel:
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
         bound = msl.bind_arguments(self._spec, args, "cuda", strict_scalars=self._lib.strict_scalars)
-        grid, group = msl.launch_dims(self.name, args, threads, group_size)
+        limit = self.max_threads_per_threadgroup
+        grid, group = msl.launch_dims(self.name, args, threads, group_size, limit)
+        msl.check_dispatch(self.name, self._lib.label, group, limit)
         if 0 in grid:
             return
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -382,6 +392,8 @@ class CudaLibrary(msl.KernelLibrary):
         self.label = label
         self.strict_scalars = strict_scalars
         self.cuda_source, self._specs = translate(source, label)
+        clean = msl.preprocess(source, label)
+        tg_bytes = {k.host_name: msl.threadgroup_bytes(clean, k) for k in self._specs}
         self._so = ctypes.CDLL(str(build(self.cuda_source, label)))
         self._kernels: Dict[str, CudaKernel] = {}
         for i, k in enumerate(self._specs):
@@ -389,7 +401,7 @@ class CudaLibrary(msl.KernelLibrary):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-            self._kernels[k.host_name] = CudaKernel(self, k, fn)
+            self._kernels[k.host_name] = CudaKernel(self, k, fn, tg_bytes[k.host_name])
 
 
 _library_cache: Dict[tuple, CudaLibrary] = {}

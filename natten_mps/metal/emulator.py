@@ -45,6 +45,7 @@ __all__ = [
     "OutOfBoundsError",
     "BarrierDivergenceError",
     "ThreadgroupRaceError",
+    "ThreadgroupMemoryError",
     "ShaderCompileError",
     "LaunchStats",
     "compile",
@@ -71,7 +72,12 @@ class ThreadgroupRaceError(MetalEmulatorError):
     pass
 
 
-_ERROR_KINDS = {1: MetalEmulatorError, 2: OutOfBoundsError, 3: BarrierDivergenceError, 4: ThreadgroupRaceError}
+class ThreadgroupMemoryError(MetalEmulatorError, msl.LaunchRefusedError):
+    """A threadgroup allocated more than ``maxThreadgroupMemoryLength`` (32 KB): Metal refuses it."""
+
+
+_ERROR_KINDS = {1: MetalEmulatorError, 2: OutOfBoundsError, 3: BarrierDivergenceError, 4: ThreadgroupRaceError,
+                5: ThreadgroupMemoryError}
 
 
 class _CStats(ctypes.Structure):
@@ -201,24 +207,32 @@ def _build(cxx_source: str, label: str) -> Path:
 class EmulatedKernel:
     """One host-visible kernel; call it like a ``torch.mps.compile_shader`` kernel."""
 
-    def __init__(self, library: "EmulatedLibrary", spec: Kernel, fn) -> None:
+    def __init__(self, library: "EmulatedLibrary", spec: Kernel, fn, threadgroup_bytes: Optional[int] = None) -> None:
         self._lib = library
         self._spec = spec
         self._fn = fn
         self.last_stats: Optional[LaunchStats] = None
+        self.static_thread_group_memory_length = threadgroup_bytes
 
     @property
     def name(self) -> str:
         return self._spec.host_name
 
-    # Same read-only properties as compile_shader's kernel objects.
-    max_threads_per_threadgroup = MAX_THREADS_PER_THREADGROUP
+    # Same read-only properties as compile_shader's kernel objects (torch/csrc/mps/Module.cpp):
+    # the pipeline's thread limit is 1024 unless a lower one is simulated
+    # (NATTEN_MPS_EMULATE_MAX_THREADS / msl.set_emulated_max_threads).
+    @property
+    def max_threads_per_threadgroup(self) -> int:
+        return msl.emulated_max_threads()
+
     thread_execution_width = 32
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
         bound = msl.bind_arguments(self._spec, args, "cpu")
         ptrs, sizes, keep = bound.ptrs, bound.sizes, bound.keep
-        grid, group = msl.launch_dims(self.name, args, threads, group_size)
+        limit = self.max_threads_per_threadgroup
+        grid, group = msl.launch_dims(self.name, args, threads, group_size, limit)
+        msl.check_dispatch(self.name, self._lib.label, group, limit)
         stats = _CStats()
         if 0 in grid:
             self.last_stats = LaunchStats(kernel=self.name, dispatches=1)
@@ -257,7 +271,7 @@ class EmulatedLibrary(msl.KernelLibrary):
         for i, k in enumerate(self._specs):
             fn = getattr(self._so, f"mtl_launch_{i}")
             fn.restype = ctypes.c_int
-            self._kernels[k.host_name] = EmulatedKernel(self, k, fn)
+            self._kernels[k.host_name] = EmulatedKernel(self, k, fn, msl.threadgroup_bytes(clean, k))
 
 
 _library_cache: Dict[str, EmulatedLibrary] = {}
