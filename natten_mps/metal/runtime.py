@@ -284,6 +284,15 @@ def _compile(source: str, name: str, unit: str, device_type: str):
         raise ShaderCompileError(f"compiling {label} for the emulator failed:\n{e}") from e
 
 
+def _unit_kernels(source: str, unit: str) -> str:
+    """The kernels a unit instantiates, as name patterns (``attn_forward_float16_*``, ...)."""
+    names = []
+    for n in re.findall(r"\bkernel\s+void\s+([A-Za-z_]\w*)", source):
+        if n not in names:
+            names.append(n)
+    return ", ".join(f"{n}_{unit}*" for n in names) if unit != WHOLE_SOURCE else ", ".join(names)
+
+
 def _unit_library(name: str, unit: str, device_type: str):
     """The compiled library of one unit (compiled once per process; a failure marks the family)."""
     key = (name, unit, device_type)
@@ -305,7 +314,7 @@ def _unit_library(name: str, unit: str, device_type: str):
                                "seconds": time.perf_counter() - start, "ok": False})
             err = e if isinstance(e, ShaderCompileError) else ShaderCompileError(
                 f"compiling shaders/{name} [{unit}] failed:\n{e}")
-            _fail(key, "compile", f"every kernel of the unit {unit}", err)
+            _fail(key, "compile", _unit_kernels(source, unit), err)
             raise FamilyUnavailableError(str(err)) from e
         _build_log.append({"shader": name, "unit": unit, "device": device_type, "source_bytes": len(source),
                            "seconds": time.perf_counter() - start, "ok": True})
