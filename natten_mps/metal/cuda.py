@@ -356,10 +356,10 @@ class CudaKernel:
         return self._spec.host_name
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
-        bound = msl.bind_arguments(self._spec, args, "cuda", strict_scalars=self._lib.strict_scalars)
         limit = self.max_threads_per_threadgroup
         grid, group = msl.launch_dims(self.name, args, threads, group_size, limit)
-        msl.check_dispatch(self.name, self._lib.label, group, limit)
+        msl.check_dispatch(self.name, self._lib.label, group, limit)     # before anything touches the GPU
+        bound = msl.bind_arguments(self._spec, args, "cuda", strict_scalars=self._lib.strict_scalars)
         if 0 in grid:
             return
         tensors = [a for a in args if isinstance(a, torch.Tensor)]

@@ -321,7 +321,8 @@ def threadgroup_bytes(clean_src: str, kernel: Kernel) -> Optional[int]:
         return None
     params, body = found
     args = _split_params(m.group(2)) if m.group(2) else []
-    consts = {n: v for n, v in re.findall(r"\bconstexpr\s+(?:int|uint|long|short|ushort)\s+(\w+)\s*=\s*(\d+)", clean_src)}
+    consts = {n: f"({v})" for n, v in
+              re.findall(r"\bconstexpr\s+(?:int|uint|long|short|ushort)\s+(\w+)\s*=\s*([^;{}]+);", clean_src)}
     consts.update(dict(zip(params, args)))
     typedefs = {p: a for p, a in zip(params, args) if not re.fullmatch(r"[\d\s()+\-*/<>=!&|]*", a)}
     for target, alias in re.findall(r"\btypedef\s+([^;]+?)\s+(\w+)\s*;", body):
