@@ -22,7 +22,11 @@ setup(
     include_package_data=False,
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
-        "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib"],
+        # natten (upstream NATTEN, its CPU build) for tests/test_upstream_parity.py. Its sdist builds
+        # against the installed torch: install it first with `pip install --no-build-isolation
+        # natten==0.21.7` (pip would otherwise fetch a second, CUDA, torch to build it); then this
+        # extra finds it satisfied. See .github/workflows/tests.yml.
+        "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib", "natten==0.21.7"],
         "bench": ["matplotlib"],
     },
 )
