@@ -156,7 +156,7 @@ def build_families(device_type: str) -> List[Dict[str, object]]:
             try:
                 compiled = runtime._unit_library(shader, unit, device_type)
                 row["compile_s"] = round(time.perf_counter() - start, 3)
-                names = runtime._kernel_names(compiled)
+                names = runtime._kernel_names(compiled, shader, unit)
                 start = time.perf_counter()
                 kernels = [getattr(lib(shader, device_type), n) for n in names]
                 row["pipelines_s"] = round(time.perf_counter() - start, 3)

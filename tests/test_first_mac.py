@@ -198,3 +198,71 @@ def test_import_without_mps_compiles_nothing_and_is_quick():
     assert proc.returncode == 0, proc.stderr[-2000:]
     torch_s, ours_s = map(float, proc.stdout.split())
     assert ours_s < 3.0, (torch_s, ours_s)
+
+
+class _FakeMpsKernel:
+    """Stands for a ``compile_shader`` kernel object whose pipeline allows fewer threads."""
+
+    def __init__(self, limit):
+        self.max_threads_per_threadgroup = limit
+        self.calls = 0
+
+    def __call__(self, *args, threads=None, group_size=None):
+        self.calls += 1
+
+
+class _FakeMpsLibrary:
+    def __init__(self, limits):
+        self._k = {n: _FakeMpsKernel(v) for n, v in limits.items()}
+
+    def __dir__(self):
+        return list(self._k)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.__dict__["_k"][name]
+
+
+def test_mps_pipeline_limits_are_read_and_never_exceeded(fallback_state):
+    """On MPS the host reads each pipeline's max_threads_per_threadgroup (the family minimum) and a
+    launch over a kernel's own limit is refused before dispatch: strict raises, otherwise the family
+    falls back once with a warning."""
+    lib = _FakeMpsLibrary({"split_qk_float32": 512, "split_av_float32": 192, "split_inverse_float32": 1024})
+    fallback_state.setitem(runtime._unit_libs, ("natten/split.metal", "float32", "mps"), lib)
+    assert runtime.thread_limit("natten/split.metal", "mps", "float32") == 192
+    guarded = runtime.library("natten/split.metal", "mps").split_av_float32
+    guarded(threads=1024, group_size=192)
+    runtime.set_strict(True)
+    with pytest.raises(msl.LaunchRefusedError, match="split_av_float32.*256 threads.*\\(192\\)"):
+        guarded(threads=1024, group_size=(256,))
+    runtime.set_strict(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with pytest.raises(runtime.FamilyUnavailableError):
+                guarded(threads=1024, group_size=256)
+    assert len(_fallback_warnings(caught)) == 1 and lib._k["split_av_float32"].calls == 1
+    assert not runtime.family_available("natten/split.metal", "float32")
+    assert runtime.thread_limit("natten/split.metal", "mps", "float32") == 0
+
+
+def test_build_every_family_is_strict_when_asked(fallback_state):
+    rows = runtime.build_every_family(["natten/split.metal"], "cpu")
+    assert [(r["unit"], r["kernels"]) for r in rows] == [("float32", 3), ("float16", 3), ("bfloat16", 3)]
+    original = runtime.shader_source
+    fallback_state.setattr(runtime, "shader_source",
+                           lambda n: original(n).replace("kernel void split_av", "kernel void split_av_undeclared(")
+                           if n == "natten/split.metal" else original(n))
+    runtime._unit_libs.clear()
+    runtime.set_strict(True)
+    with pytest.raises(runtime.ShaderCompileError):
+        runtime.build_every_family(["natten/split.metal"], "cpu")
+
+
+def test_ci_runs_the_readme_command_and_checks_the_metal_build_on_macos():
+    text = open(os.path.join(ROOT, ".github", "workflows", "tests.yml")).read()
+    assert "<!-- test-command -->" in text and 'eval "$cmd"' in text
+    assert "download.pytorch.org/whl/cpu" in text and "natten==0.21.7" in text
+    assert "macos-14" in text and "build_every_family" in text and "NATTEN_MPS_STRICT" in text
+    assert text.count("python -m natten_mps.doctor") == 2

@@ -52,7 +52,7 @@ __all__ = ["shader_dir", "shader_source", "library", "set_emulation", "emulation
            "mps_available", "runs_metal", "ShaderCompileError", "precompile",
            "shader_units", "unit_source", "unit_of", "family_available", "family_report", "build_log",
            "thread_limit", "set_strict", "strict", "FamilyUnavailableError", "MetalFallbackWarning",
-           "pure_on_failure"]
+           "pure_on_failure", "build_every_family"]
 
 
 class ShaderCompileError(RuntimeError):
@@ -332,6 +332,20 @@ def _refusal(device_type: str) -> tuple:
     return (LaunchRefusedError,)
 
 
+def _check_group(name: str, kernel, group_size) -> None:
+    if group_size is None:
+        return
+    dims = [group_size] if isinstance(group_size, int) else list(group_size)
+    n = 1
+    for d in dims:
+        n *= int(d)
+    limit = int(getattr(kernel, "max_threads_per_threadgroup", 1024))
+    if n > limit:
+        from .msl import LaunchRefusedError
+        raise LaunchRefusedError(f"kernel {name}: a threadgroup of {n} threads exceeds the pipeline's "
+                                 f"max_threads_per_threadgroup ({limit})")
+
+
 class _GuardedKernel:
     """A kernel whose pipeline-creation or launch failure marks its family unavailable."""
 
@@ -347,6 +361,8 @@ class _GuardedKernel:
         if not family_available(*self._key):
             raise FamilyUnavailableError(f"shaders/{self._key[0]} [{self._key[1]}] is unavailable")
         try:
+            if self._key[2] == "mps":       # never dispatch a larger group than the pipeline allows
+                _check_group(self._name, self._kernel, kwargs.get("group_size"))
             return self._kernel(*args, **kwargs)
         except _refusal(self._key[2]) as e:
             _fail(self._key, "launch", self._name, e)
@@ -388,7 +404,7 @@ class ShaderLibrary:
     def kernel_names(self) -> List[str]:
         names: List[str] = []
         for unit in shader_units(self.name):
-            names += _kernel_names(_unit_library(self.name, unit, self.device_type))
+            names += _kernel_names(_unit_library(self.name, unit, self.device_type), self.name, unit)
         return names
 
 
@@ -419,20 +435,33 @@ def thread_limit(name: str, device_type: str, unit: str, kernels: Optional[List[
     if limit is None:
         try:
             lib = library(name, device_type)
-            names = kernels or _kernel_names(_unit_library(name, unit, device_type))
-            limit = min(int(getattr(getattr(lib, k), "max_threads_per_threadgroup", 1024)) for k in names)
+            names = kernels or _kernel_names(_unit_library(name, unit, device_type), name, unit)
+            limit = min((int(getattr(getattr(lib, k), "max_threads_per_threadgroup", 1024)) for k in names),
+                        default=1024)     # unknown: the dispatch check below still refuses a larger group
         except FamilyUnavailableError:
             limit = 0
         _limits[key] = limit
     return limit
 
 
-def _kernel_names(lib) -> List[str]:
-    """Kernel names of a compiled unit (``compile_shader``'s libraries list them through ``dir``)."""
+def _kernel_names(lib, name: Optional[str] = None, unit: Optional[str] = None) -> List[str]:
+    """Kernel names of a compiled unit: the back ends list them; for ``compile_shader``'s libraries
+    ``dir()``, else (with ``name`` and ``unit``) the MSL front end's reading of the unit's source
+    (needs a C preprocessor); ``[]`` when neither can tell."""
     names = lib.__dict__.get("_kernels") if hasattr(lib, "__dict__") else None
     if names:
         return list(names)
-    return [n for n in dir(lib) if not n.startswith("_")]
+    try:
+        listed = [n for n in dir(lib) if not n.startswith("_")]
+    except Exception:  # noqa: BLE001
+        listed = []
+    if listed or name is None:
+        return listed
+    try:
+        from . import msl
+        return [k.host_name for k in msl.find_kernels(msl.preprocess(unit_source(name, unit), name))]
+    except Exception:  # noqa: BLE001 - no preprocessor on this machine
+        return []
 
 
 def pure_on_failure(fallback):
@@ -447,6 +476,21 @@ def pure_on_failure(fallback):
                 return fallback(*args, **kwargs)
         return run
     return wrap
+
+
+def build_every_family(names, device_type: str = "mps") -> List[dict]:
+    """Compile every unit of ``names`` for ``device_type`` and create every pipeline; per unit a dict
+    (shader, unit, kernels, seconds). Failures follow the strict rule (:func:`strict`): with
+    ``set_strict(True)`` the first one raises, which is what CI's Metal build check wants."""
+    rows = []
+    for n in names:
+        for unit in shader_units(n):
+            start = time.perf_counter()
+            lib = _unit_library(n, unit, device_type)
+            kernels = [getattr(library(n, device_type), k) for k in _kernel_names(lib, n, unit)]
+            rows.append({"shader": n, "unit": unit, "kernels": len(kernels),
+                         "seconds": round(time.perf_counter() - start, 3)})
+    return rows
 
 
 def precompile(names) -> None:
