@@ -93,6 +93,7 @@ def fallback_state(monkeypatch):
     runtime.set_strict(False)
     natten_mps.set_emulation(True)
     runtime._libs.clear()
+    runtime._unit_libs.clear()      # units compile again (from the emulator's in-process cache when unchanged)
     yield monkeypatch
     runtime.set_strict(None)
     for store, old in zip((runtime._unavailable, runtime._unit_libs, runtime._libs), saved):
@@ -255,6 +256,7 @@ def test_build_every_family_is_strict_when_asked(fallback_state):
                            lambda n: original(n).replace("kernel void split_av", "kernel void split_av_undeclared(")
                            if n == "natten/split.metal" else original(n))
     runtime._unit_libs.clear()
+    runtime._libs.clear()
     runtime.set_strict(True)
     with pytest.raises(runtime.ShaderCompileError):
         runtime.build_every_family(["natten/split.metal"], "cpu")
