@@ -4,7 +4,6 @@ threads a threadgroup and never more than the pipeline's own ``max_threads_per_t
 (dispatch). A lower pipeline limit can be simulated (``NATTEN_MPS_EMULATE_MAX_THREADS``); every op
 then still runs on the Metal path, with threadgroups that fit, and matches the reference."""
 import os
-import random
 import subprocess
 import sys
 

@@ -24,6 +24,10 @@ How a source becomes CUDA (:func:`translate`):
    the target is the current GPU's architecture, or ``NATTEN_MPS_CUDA_ARCH`` (e.g. ``sm_90``),
    which also lets a machine without a GPU build (and so check) every translation.
 
+Metal's limits are enforced as on Metal, not CUDA's (:class:`msl.LaunchRefusedError`, checked in
+Python before the launcher runs): 32 KB of static threadgroup memory (the front end's count) at
+pipeline creation, 1024 threads or the simulated pipeline limit at dispatch.
+
 Scalars are passed in the 8 bytes ``compile_shader`` would have bound and read as the declared
 type, exactly as MPS reads them, which also runs third-party shaders that declare ``constant int&``
 for Python ints (``compile(..., strict_scalars=False)``). Timings of these kernels rank designs on

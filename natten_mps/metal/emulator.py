@@ -22,6 +22,13 @@ Errors a GPU would turn into silent corruption (out-of-bounds access of a bound 
 threadgroup array, a barrier not reached by every thread, a threadgroup-memory race between two
 barriers) raise :class:`MetalEmulatorError` subclasses naming the kernel.
 
+Metal's limits are enforced as the Metal runtime would (:class:`msl.LaunchRefusedError` naming the
+kernel): more than 32 KB of static threadgroup memory at pipeline creation (first ``lib.<kernel>``
+access; also counted at dispatch from what a threadgroup allocates, :class:`ThreadgroupMemoryError`),
+and a threadgroup larger than 1024 threads or than the pipeline's ``max_threads_per_threadgroup`` at
+dispatch (1024 unless ``NATTEN_MPS_EMULATE_MAX_THREADS`` / ``msl.set_emulated_max_threads`` simulates
+a lower pipeline limit).
+
 Per launch the emulator counts threads, threadgroups, device bytes read/written (a ``constant``
 buffer once a launch: uniform data served by the constant cache), barriers and SIMD collectives (:class:`LaunchStats`); :func:`counting` collects them for benchmarks.
 """
@@ -38,7 +45,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import msl
-from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
+from .msl import Kernel, ShaderCompileError
 
 __all__ = [
     "MetalEmulatorError",
