@@ -232,6 +232,7 @@ def test_mps_pipeline_limits_are_read_and_never_exceeded(fallback_state):
     lib = _FakeMpsLibrary({"split_qk_float32": 512, "split_av_float32": 192, "split_inverse_float32": 1024})
     fallback_state.setitem(runtime._unit_libs, ("natten/split.metal", "float32", "mps"), lib)
     assert runtime.thread_limit("natten/split.metal", "mps", "float32") == 192
+    assert runtime.thread_limit("natten/split.metal", "mps", "float32", contains="_qk_") == 512
     guarded = runtime.library("natten/split.metal", "mps").split_av_float32
     guarded(threads=1024, group_size=192)
     runtime.set_strict(True)

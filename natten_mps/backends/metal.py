@@ -195,7 +195,8 @@ class _Problem:
             ds = self._own_slice()
         start = _simdgroups(q.device, own)
         # the compiled pipelines' own thread limit (can be < 1024 on Apple GPUs): never more SIMD-groups
-        fits = runtime.thread_limit(ATTENTION_SHADER, q.device.type, _DTYPE_SUFFIX[q.dtype]) // 32
+        fits = runtime.thread_limit(ATTENTION_SHADER, q.device.type, _DTYPE_SUFFIX[q.dtype],
+                                    contains=f"_r{self.rank}") // 32
         if fits < 1:
             raise runtime.FamilyUnavailableError(f"{ATTENTION_SHADER}: no pipeline thread limit fits a SIMD-group")
         while start > fits:

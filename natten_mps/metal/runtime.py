@@ -419,10 +419,12 @@ def library(name: str, device_type: str) -> ShaderLibrary:
     return lib
 
 
-def thread_limit(name: str, device_type: str, unit: str, kernels: Optional[List[str]] = None) -> int:
+def thread_limit(name: str, device_type: str, unit: str, kernels: Optional[List[str]] = None,
+                 contains: Optional[str] = None) -> int:
     """The lowest ``max_threads_per_threadgroup`` among ``kernels`` of family (``name``, ``unit``)
-    (default: all of them), as their compiled pipelines report it (1024 on ``meta``). On MPS this
-    creates those pipelines once. A family that cannot be built reports 0."""
+    (default: all of them, or those whose name contains ``contains``), as their compiled pipelines
+    report it (1024 on ``meta``). On MPS this creates those pipelines, once. A family that cannot be
+    built reports 0."""
     if device_type == "meta":
         return 1024
     if not family_available(name, unit, device_type):
@@ -430,12 +432,13 @@ def thread_limit(name: str, device_type: str, unit: str, kernels: Optional[List[
     if device_type != "mps":            # every emulated or translated pipeline reports the same limit
         from . import msl
         return msl.emulated_max_threads()
-    key = (name, unit, device_type, tuple(kernels) if kernels else None)
+    key = (name, unit, device_type, tuple(kernels) if kernels else None, contains)
     limit = _limits.get(key)
     if limit is None:
         try:
             lib = library(name, device_type)
-            names = kernels or _kernel_names(_unit_library(name, unit, device_type), name, unit)
+            names = kernels or [k for k in _kernel_names(_unit_library(name, unit, device_type), name, unit)
+                                if contains is None or contains in k]
             limit = min((int(getattr(getattr(lib, k), "max_threads_per_threadgroup", 1024)) for k in names),
                         default=1024)     # unknown: the dispatch check below still refuses a larger group
         except FamilyUnavailableError:
