@@ -42,6 +42,8 @@ setup(
     include_package_data=False,
     install_requires=["torch>=2.8", "numpy"],
     extras_require={
+        # Upstream NATTEN (for tests/test_upstream_parity.py) is not listed: its sdist builds against the
+        # installed torch, so install it with `pip install --no-build-isolation natten==0.21.7` (.ci/run does).
         "test": ["pytest>=7", "setuptools>=64", "wheel", "matplotlib", "libclang>=16",
                  "natten-mlx; python_version >= '3.10' and platform_system != 'Windows'", "einops"],
         "bench": ["matplotlib"],

@@ -14,7 +14,22 @@ from . import ops
 from .backends import metal, metal_split
 from .metal import runtime
 
-__all__ = ["has_mps", "has_metal", "get_support_matrix"]
+__all__ = ["has_mps", "has_metal", "get_support_matrix", "family_status"]
+
+_SHADERS = ("natten/attention.metal", "natten/split.metal", "sage/int8_attention.metal")
+
+
+def family_status() -> Dict[str, dict]:
+    """Per kernel family ``"<shader> [<unit>]"``: ``available`` on every device this process ran it
+    on, and for a failed one the failures (device, stage, kernel, error). Families fail only on the
+    Metal device (MPS) unless strict mode is off under the emulator or the CUDA back end."""
+    failures = runtime.family_report()
+    out: Dict[str, dict] = {}
+    for shader in _SHADERS:
+        for unit in runtime.shader_units(shader):
+            mine = [f for f in failures if f["shader"] == f"shaders/{shader}" and f["unit"] == unit]
+            out[f"{shader} [{unit}]"] = {"available": not mine, "failures": mine}
+    return out
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -46,7 +61,11 @@ def get_support_matrix() -> Dict[str, dict]:
     the emulator / the CUDA back end); uncovered cases run the pure path on the same device.
 
     Shape: ``{"metal": {"available": bool, "ops": {op: {dtype: bool}}, "features": {name: bool}},
-    "pure": {...}}``; ops: ``na1d``/``na2d``/``na3d`` forward and backward, ``na*_additional_kv``,
+    "pure": {...}}``; ``metal`` also holds ``families``: per kernel family (``"<shader> [<unit>]"``, a
+    unit being one dtype's instantiations) whether it is built and working on the Metal device of this
+    process, and for a failed one where it failed (``stage``: compile, pipeline or launch), the
+    kernel and the compiler's or runtime's message (that family's ops then run on the pure path,
+    and their entries here say False); ops: ``na1d``/``na2d``/``na3d`` forward and backward, ``na*_additional_kv``,
     ``attention`` (dense), ``attention_causal_cross`` (causal with Lq != Lk), ``na*d_varlen``,
     ``na*d_qk`` / ``na*d_av`` (split ops, explicit weights).
     """
@@ -78,6 +97,7 @@ def get_support_matrix() -> Dict[str, dict]:
     pure_ops = {op: {name: True for name in _DTYPES} for op in metal_ops}
     return {
         "metal": {"available": has_metal(), "ops": metal_ops, "features": features,
-                  "shaders": [metal.ATTENTION_SHADER, metal_split.SPLIT_SHADER]},
+                  "shaders": [metal.ATTENTION_SHADER, metal_split.SPLIT_SHADER],
+                  "families": family_status()},
         "pure": {"available": True, "ops": pure_ops, "features": {k: True for k in features}},
     }

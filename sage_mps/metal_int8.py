@@ -23,8 +23,21 @@ _LOG2E = 1.0 / math.log(2.0)
 
 
 def supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """float32/16/bf16, head dims <= 256, 32-bit indexing, the family built on this device and its
+    pipelines allowing THREADS threads a threadgroup (the forward's tiling is fixed: 8 SIMD-groups)."""
     return (q.dtype in _DTYPE_SUFFIX and q.dtype == k.dtype == v.dtype and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
-            and all(0 < t.numel() <= _INT32_MAX for t in (q, k, v)))
+            and all(0 < t.numel() <= _INT32_MAX for t in (q, k, v))
+            and runtime.family_available(INT8_SHADER, _DTYPE_SUFFIX[q.dtype], q.device.type)
+            and runtime.thread_limit(INT8_SHADER, q.device.type, _DTYPE_SUFFIX[q.dtype]) >= THREADS)
+
+
+def _pure_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float, q_block: int,
+                  k_block: int) -> Tuple[Tensor, Tensor]:
+    """The path off Metal with :func:`int8_attention_forward`'s signature (a family found unavailable
+    during the call): ``sage_mps.int8`` re-checks :func:`supported`, now False."""
+    from . import int8
+    assert (q_block, k_block) == (int8.Q_BLOCK, int8.K_BLOCK), (q_block, k_block)
+    return int8.int8_attention_forward(q, k, v, is_causal, scale, None)
 
 
 def quantize(x: Tensor, block: int, mult: float) -> Tuple[Tensor, Tensor]:
@@ -37,11 +50,13 @@ def quantize(x: Tensor, block: int, mult: float) -> Tuple[Tensor, Tensor]:
     params = torch.tensor([B, N, H, D, block], dtype=torch.int32, device=x.device)
     lib = runtime.library(INT8_SHADER, x.device.type)
     groups = B * H * nb
-    getattr(lib, f"sage_quantize_{_DTYPE_SUFFIX[x.dtype]}")(x, xq, scales, params, float(mult),
-                                                              threads=groups * 256, group_size=256)
+    kernel = getattr(lib, f"sage_quantize_{_DTYPE_SUFFIX[x.dtype]}")
+    tpg = min(256, kernel.max_threads_per_threadgroup)     # any multiple of 32 works: a strided loop
+    kernel(x, xq, scales, params, float(mult), threads=groups * tpg, group_size=tpg)
     return xq, scales
 
 
+@runtime.pure_on_failure(_pure_forward)
 def int8_attention_forward(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float,
                            q_block: int, k_block: int) -> Tuple[Tensor, Tensor]:
     """``q`` ``[B, Nq, H, D]``, (smoothed) ``k`` / ``v`` ``[B, Nk, Hkv, D|Dv]`` -> (out ``[B, Nq, H, Dv]``,

@@ -8,7 +8,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 # Tolerances per dtype for comparisons against the float64 reference (absolute, on unit-scale data).
 TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-GRAD_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.2e-1}
+# bfloat16 gradients: the worst |got - ref| / (1 + |ref|) over the suite's bfloat16 gradient checks
+# was 0.027 (2026-12-05, emulated Metal path and pure path); 3.5e-2 leaves a 28% margin.
+GRAD_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3.5e-2}
 
 
 @pytest.fixture

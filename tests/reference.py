@@ -82,3 +82,77 @@ def _cross(q, k, v, scale):
     k64, v64 = k.double().repeat_interleave(rep, 2), v.double().repeat_interleave(rep, 2)
     s = torch.einsum("bqhd,bkhd->bhqk", q.double(), k64) * scale
     return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), v64), torch.logsumexp(s, -1).transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Split ops (explicit weights): slot n of a query's window, row-major over the axes
+# ------------------------------------------------------------------------------------------------
+def axis_slots(length, kernel, stride, dilation, causal):
+    """[length, kernel] long: the key on this axis that slot n of query i's window holds, or -1 where
+    the slot lies outside the sequence (causal windows near the start). Slot n is the n-th position
+    of the window counted from its first (for causal windows: the one ``kernel - 1`` before the
+    leader), in steps of ``dilation``."""
+    slots = torch.full((length, kernel), -1, dtype=torch.long)
+    for i in range(length):
+        g = i % dilation
+        lg = len(range(g, length, dilation))
+        qi = i // dilation
+        if causal:
+            leader = min((qi // stride) * stride + stride - 1, lg - 1)
+            first = leader - (kernel - 1)
+        else:
+            leader = min((qi // stride) * stride + stride // 2, lg - 1)
+            left, right = kernel // 2, kernel // 2 + kernel % 2 - 1
+            first = min(max(leader, left), lg - 1 - right) - left
+        for n in range(kernel):
+            kj = first + n
+            if 0 <= kj and (kj <= qi if causal else kj < lg):
+                slots[i, n] = g + kj * dilation
+    return slots
+
+
+def neighborhood_slots(spatial, kernel, stride, dilation, causal):
+    """[prod(spatial), prod(kernel)] long: flat key token of each slot (row-major over axes), -1 masked."""
+    tok = torch.zeros(1, 1, dtype=torch.long)
+    for a, n in enumerate(spatial):
+        s = axis_slots(n, kernel[a], stride[a], dilation[a], causal[a])
+        both = (tok[:, None, :, None] >= 0) & (s[None, :, None, :] >= 0)
+        tok = torch.where(both, tok[:, None, :, None] * n + s[None, :, None, :], torch.tensor(-1))
+        tok = tok.reshape(-1, tok.shape[2] * tok.shape[3])
+    return tok
+
+
+def reference_split_qk(q, k, kernel, stride, dilation, causal):
+    """float64 ``[B, *L, H, prod(kernel)]``: q . k of each slot (unscaled), ``-inf`` where masked."""
+    spatial = tuple(q.shape[1:-2])
+    B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
+    Hkv = k.shape[-2]
+    slots = neighborhood_slots(spatial, kernel, stride, dilation, causal)
+    n, kvol = slots.shape
+    qf, kf = q.double().reshape(B, n, H, D), k.double().reshape(B, n, Hkv, D)
+    out = torch.full((B, n, H, kvol), float("-inf"), dtype=torch.float64)
+    for t in range(n):
+        for s in range(kvol):
+            j = int(slots[t, s])
+            if j >= 0:
+                for h in range(H):
+                    out[:, t, h, s] = (qf[:, t, h] * kf[:, j, h // (H // Hkv)]).sum(-1)
+    return out.reshape(q.shape[:-1] + (kvol,))
+
+
+def reference_split_av(w, v, kernel, stride, dilation, causal):
+    """float64 ``[B, *L, H, Dv]``: sum over slots of weight x value (masked slots contribute nothing)."""
+    spatial = tuple(w.shape[1:-2])
+    B, H = w.shape[0], w.shape[-2]
+    Hkv, Dv = v.shape[-2], v.shape[-1]
+    slots = neighborhood_slots(spatial, kernel, stride, dilation, causal)
+    n, kvol = slots.shape
+    wf, vf = w.double().reshape(B, n, H, kvol), v.double().reshape(B, n, Hkv, Dv)
+    out = torch.zeros(B, n, H, Dv, dtype=torch.float64)
+    for t in range(n):
+        for s in range(kvol):
+            j = int(slots[t, s])
+            if j >= 0:
+                for h in range(H):
+                    out[:, t, h] += wf[:, t, h, s, None] * vf[:, j, h // (H // Hkv)]
+    return out.reshape(w.shape[:-1] + (Dv,))

@@ -9,7 +9,7 @@ kernels directly (backends.metal), outputs poisoned before the kernels write the
 emulator and, where a CUDA GPU is present, on the MSL -> CUDA back end (`dev` fixture).
 
 Tolerances (absolute and relative, unit-scale random inputs): float32 2e-5 forward / 1e-4
-gradients; float16 4e-3 / 2e-2; bfloat16 3e-2 / 1.2e-1 (conftest.TOL / GRAD_TOL).
+gradients; float16 4e-3 / 2e-2; bfloat16 3e-2 / 3.5e-2 (conftest.TOL / GRAD_TOL).
 """
 import random
 

@@ -1,8 +1,8 @@
 """Extra: parity with upstream NATTEN (its CPU/flex path) when `natten` is installed.
 
-The float64 reference in reference.py is the project's judge; this is a second opinion. Upstream
-natten takes over a minute to build from source, so CI does not install it and these tests skip
-there; run them with `pip install natten==0.21.7` (no CUDA code is built on CPU).
+The float64 reference in reference.py is the project's judge; this is a second opinion. The test
+extra lists `natten==0.21.7` and CI installs it (`pip install --no-build-isolation natten==0.21.7`
+after torch: no CUDA code is built on CPU, about 30 s); without it these tests skip.
 """
 import random
 import warnings

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..metal import runtime
+from . import fallback
 
 ATTENTION_SHADER = "natten/attention.metal"
 MAX_HEAD_DIM = 256
@@ -64,7 +65,8 @@ def supported(*tensors: Optional[torch.Tensor]) -> bool:
     ts = [t for t in tensors if t is not None]
     q = ts[0]
     return (q.dtype in _DTYPE_SUFFIX and all(t.dtype == q.dtype for t in ts) and q.dim() <= 6
-            and all(t.shape[-1] <= MAX_HEAD_DIM for t in ts) and all(0 < t.numel() <= _INT32_MAX for t in ts))
+            and all(t.shape[-1] <= MAX_HEAD_DIM for t in ts) and all(0 < t.numel() <= _INT32_MAX for t in ts)
+            and runtime.family_available(ATTENTION_SHADER, _DTYPE_SUFFIX[q.dtype], q.device.type))
 
 
 def na_forward_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -192,6 +194,13 @@ class _Problem:
         if own:
             ds = self._own_slice()
         start = _simdgroups(q.device, own)
+        # the compiled pipelines' own thread limit (can be < 1024 on Apple GPUs): never more SIMD-groups
+        fits = runtime.thread_limit(ATTENTION_SHADER, q.device.type, _DTYPE_SUFFIX[q.dtype],
+                                    contains=f"_r{self.rank}") // 32
+        if fits < 1:
+            raise runtime.FamilyUnavailableError(f"{ATTENTION_SHADER}: no pipeline thread limit fits a SIMD-group")
+        while start > fits:
+            start //= 2
         # Fewer SIMD-groups a tile first, then narrower slices (more lanes a position, so fewer
         # positions a SIMD-group): small problems spread over more, shorter SIMD-groups.
         choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(w, 1) for w in NARROW_SLICES]
@@ -346,6 +355,7 @@ def _extras(q, extra_k, extra_v):
     return extra_k.contiguous(), extra_v.contiguous(), extra_k.shape[1]
 
 
+@runtime.pure_on_failure(fallback.attention_forward)
 def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, dense=False,
                       extra_k=None, extra_v=None, sizes=None):
     """Forward: ``q`` ``[B, *L, H, D]``, ``k``/``v`` ``[B, *L(k), Hkv, D|Dv]``, optional additional
@@ -363,6 +373,7 @@ def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, 
     return out, lse
 
 
+@runtime.pure_on_failure(fallback.attention_backward)
 def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
                        dense=False, extra_k=None, extra_v=None, sizes=None):
     """Backward of :func:`attention_forward`: (dq, dk, dv) and, with additional keys, (dxk, dxv);

@@ -14,7 +14,7 @@ from typing import List
 import torch
 
 from ..metal import runtime
-from . import metal
+from . import fallback, metal
 from .metal import _DTYPE_SUFFIX, _INT32_MAX, _new_output, _pad3
 
 SPLIT_SHADER = "natten/split.metal"
@@ -25,7 +25,8 @@ def split_supported(*tensors: torch.Tensor) -> bool:
     """The split kernels' coverage: the fused kernels' dtypes and 32-bit indexing; any head dim."""
     ts = [t for t in tensors if t is not None]
     return (ts[0].dtype in _DTYPE_SUFFIX and all(t.dtype == ts[0].dtype for t in ts) and ts[0].dim() <= 6
-            and all(0 < t.numel() <= _INT32_MAX for t in ts))
+            and all(0 < t.numel() <= _INT32_MAX for t in ts)
+            and runtime.family_available(SPLIT_SHADER, _DTYPE_SUFFIX[ts[0].dtype], ts[0].device.type))
 
 
 def _geometry(B, spatial, H, Hkv, width_a, width_x, kernel_size, stride, dilation, is_causal, device):
@@ -39,9 +40,12 @@ def _geometry(B, spatial, H, Hkv, width_a, width_x, kernel_size, stride, dilatio
 def _launch(name: str, dtype, n_threads: int, *args) -> None:
     lib = runtime.library(SPLIT_SHADER, args[0].device.type)
     kernel = getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}")
-    kernel(*args, threads=n_threads, group_size=min(THREADS_PER_GROUP, n_threads))
+    # one thread an output element: any group size works, within the pipeline's own thread limit
+    group = min(THREADS_PER_GROUP, n_threads, kernel.max_threads_per_threadgroup)
+    kernel(*args, threads=n_threads, group_size=group)
 
 
+@runtime.pure_on_failure(fallback.split_qk)
 def qk(a, x, kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
        fill: float = float("-inf")) -> torch.Tensor:
     a, x = a.contiguous(), x.contiguous()
@@ -53,6 +57,7 @@ def qk(a, x, kernel_size: List[int], stride: List[int], dilation: List[int], is_
     return w
 
 
+@runtime.pure_on_failure(fallback.split_av)
 def av(w, x, kernel_size, stride, dilation, is_causal) -> torch.Tensor:
     w, x = w.contiguous(), x.contiguous()
     B, spatial, H = w.shape[0], list(w.shape[1:-2]), w.shape[-2]
@@ -63,6 +68,7 @@ def av(w, x, kernel_size, stride, dilation, is_causal) -> torch.Tensor:
     return out
 
 
+@runtime.pure_on_failure(fallback.split_inverse)
 def inverse(w, x, heads_kv: int, kernel_size, stride, dilation, is_causal) -> torch.Tensor:
     w, x = w.contiguous(), x.contiguous()
     B, spatial, H = w.shape[0], list(w.shape[1:-2]), w.shape[-2]

@@ -24,6 +24,10 @@ How a source becomes CUDA (:func:`translate`):
    the target is the current GPU's architecture, or ``NATTEN_MPS_CUDA_ARCH`` (e.g. ``sm_90``),
    which also lets a machine without a GPU build (and so check) every translation.
 
+Metal's limits are enforced as on Metal, not CUDA's (:class:`msl.LaunchRefusedError`, checked in
+Python before the launcher runs): 32 KB of static threadgroup memory (the front end's count) at
+pipeline creation, 1024 threads or the simulated pipeline limit at dispatch.
+
 Scalars are passed in the 8 bytes ``compile_shader`` would have bound and read as the declared
 type, exactly as MPS reads them, which also runs third-party shaders that declare ``constant int&``
 for Python ints (``compile(..., strict_scalars=False)``). Timings of these kernels rank designs on
@@ -42,9 +46,10 @@ from typing import Dict, List, Optional
 import torch
 
 from . import msl
-from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
+from .msl import Kernel, LaunchRefusedError, ShaderCompileError
 
-__all__ = ["compile", "translate", "build", "CudaLaunchError", "ShaderCompileError", "nvcc_available"]
+__all__ = ["compile", "translate", "build", "CudaLaunchError", "LaunchRefusedError", "ShaderCompileError",
+           "nvcc_available"]
 
 _SHIM_DIR = Path(__file__).with_name("emulator_shim")
 _NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-w", "-Xcompiler", "-fPIC,-fsigned-char",
@@ -335,21 +340,30 @@ _timing_source: Optional[KernelTiming] = None
 class CudaKernel:
     """One host-visible kernel; call it like a ``torch.mps.compile_shader`` kernel, on CUDA tensors."""
 
-    max_threads_per_threadgroup = MAX_THREADS_PER_THREADGROUP
     thread_execution_width = 32
 
-    def __init__(self, library: "CudaLibrary", spec: Kernel, fn) -> None:
+    def __init__(self, library: "CudaLibrary", spec: Kernel, fn, threadgroup_bytes: Optional[int] = None) -> None:
         self._lib = library
         self._spec = spec
         self._fn = fn
+        # Metal's limits, enforced as Metal would (CUDA itself allows 48 KB of static shared memory):
+        # 32 KB of threadgroup memory at pipeline creation (msl.KernelLibrary), the pipeline's
+        # thread limit at dispatch (1024 unless a lower one is simulated, msl.set_emulated_max_threads)
+        self.static_thread_group_memory_length = threadgroup_bytes
+
+    @property
+    def max_threads_per_threadgroup(self) -> int:
+        return msl.emulated_max_threads()
 
     @property
     def name(self) -> str:
         return self._spec.host_name
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
+        limit = self.max_threads_per_threadgroup
+        grid, group = msl.launch_dims(self.name, args, threads, group_size, limit)
+        msl.check_dispatch(self.name, self._lib.label, group, limit)     # before anything touches the GPU
         bound = msl.bind_arguments(self._spec, args, "cuda", strict_scalars=self._lib.strict_scalars)
-        grid, group = msl.launch_dims(self.name, args, threads, group_size)
         if 0 in grid:
             return
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -382,6 +396,8 @@ class CudaLibrary(msl.KernelLibrary):
         self.label = label
         self.strict_scalars = strict_scalars
         self.cuda_source, self._specs = translate(source, label)
+        clean = msl.preprocess(source, label)
+        tg_bytes = {k.host_name: msl.threadgroup_bytes(clean, k) for k in self._specs}
         self._so = ctypes.CDLL(str(build(self.cuda_source, label)))
         self._kernels: Dict[str, CudaKernel] = {}
         for i, k in enumerate(self._specs):
@@ -389,7 +405,7 @@ class CudaLibrary(msl.KernelLibrary):
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-            self._kernels[k.host_name] = CudaKernel(self, k, fn)
+            self._kernels[k.host_name] = CudaKernel(self, k, fn, tg_bytes[k.host_name])
 
 
 _library_cache: Dict[tuple, CudaLibrary] = {}

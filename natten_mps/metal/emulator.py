@@ -22,6 +22,13 @@ Errors a GPU would turn into silent corruption (out-of-bounds access of a bound 
 threadgroup array, a barrier not reached by every thread, a threadgroup-memory race between two
 barriers) raise :class:`MetalEmulatorError` subclasses naming the kernel.
 
+Metal's limits are enforced as the Metal runtime would (:class:`msl.LaunchRefusedError` naming the
+kernel): more than 32 KB of static threadgroup memory at pipeline creation (first ``lib.<kernel>``
+access; also counted at dispatch from what a threadgroup allocates, :class:`ThreadgroupMemoryError`),
+and a threadgroup larger than 1024 threads or than the pipeline's ``max_threads_per_threadgroup`` at
+dispatch (1024 unless ``NATTEN_MPS_EMULATE_MAX_THREADS`` / ``msl.set_emulated_max_threads`` simulates
+a lower pipeline limit).
+
 Per launch the emulator counts threads, threadgroups, device bytes read/written (a ``constant``
 buffer once a launch: uniform data served by the constant cache), barriers and SIMD collectives (:class:`LaunchStats`); :func:`counting` collects them for benchmarks.
 """
@@ -38,13 +45,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import msl
-from .msl import MAX_THREADS_PER_THREADGROUP, Kernel, ShaderCompileError
+from .msl import Kernel, ShaderCompileError
 
 __all__ = [
     "MetalEmulatorError",
     "OutOfBoundsError",
     "BarrierDivergenceError",
     "ThreadgroupRaceError",
+    "ThreadgroupMemoryError",
     "ShaderCompileError",
     "LaunchStats",
     "compile",
@@ -71,7 +79,12 @@ class ThreadgroupRaceError(MetalEmulatorError):
     pass
 
 
-_ERROR_KINDS = {1: MetalEmulatorError, 2: OutOfBoundsError, 3: BarrierDivergenceError, 4: ThreadgroupRaceError}
+class ThreadgroupMemoryError(MetalEmulatorError, msl.LaunchRefusedError):
+    """A threadgroup allocated more than ``maxThreadgroupMemoryLength`` (32 KB): Metal refuses it."""
+
+
+_ERROR_KINDS = {1: MetalEmulatorError, 2: OutOfBoundsError, 3: BarrierDivergenceError, 4: ThreadgroupRaceError,
+                5: ThreadgroupMemoryError}
 
 
 class _CStats(ctypes.Structure):
@@ -201,24 +214,32 @@ def _build(cxx_source: str, label: str) -> Path:
 class EmulatedKernel:
     """One host-visible kernel; call it like a ``torch.mps.compile_shader`` kernel."""
 
-    def __init__(self, library: "EmulatedLibrary", spec: Kernel, fn) -> None:
+    def __init__(self, library: "EmulatedLibrary", spec: Kernel, fn, threadgroup_bytes: Optional[int] = None) -> None:
         self._lib = library
         self._spec = spec
         self._fn = fn
         self.last_stats: Optional[LaunchStats] = None
+        self.static_thread_group_memory_length = threadgroup_bytes
 
     @property
     def name(self) -> str:
         return self._spec.host_name
 
-    # Same read-only properties as compile_shader's kernel objects.
-    max_threads_per_threadgroup = MAX_THREADS_PER_THREADGROUP
+    # Same read-only properties as compile_shader's kernel objects (torch/csrc/mps/Module.cpp):
+    # the pipeline's thread limit is 1024 unless a lower one is simulated
+    # (NATTEN_MPS_EMULATE_MAX_THREADS / msl.set_emulated_max_threads).
+    @property
+    def max_threads_per_threadgroup(self) -> int:
+        return msl.emulated_max_threads()
+
     thread_execution_width = 32
 
     def __call__(self, *args, threads=None, group_size=None) -> None:
         bound = msl.bind_arguments(self._spec, args, "cpu")
         ptrs, sizes, keep = bound.ptrs, bound.sizes, bound.keep
-        grid, group = msl.launch_dims(self.name, args, threads, group_size)
+        limit = self.max_threads_per_threadgroup
+        grid, group = msl.launch_dims(self.name, args, threads, group_size, limit)
+        msl.check_dispatch(self.name, self._lib.label, group, limit)
         stats = _CStats()
         if 0 in grid:
             self.last_stats = LaunchStats(kernel=self.name, dispatches=1)
@@ -257,7 +278,7 @@ class EmulatedLibrary(msl.KernelLibrary):
         for i, k in enumerate(self._specs):
             fn = getattr(self._so, f"mtl_launch_{i}")
             fn.restype = ctypes.c_int
-            self._kernels[k.host_name] = EmulatedKernel(self, k, fn)
+            self._kernels[k.host_name] = EmulatedKernel(self, k, fn, msl.threadgroup_bytes(clean, k))
 
 
 _library_cache: Dict[str, EmulatedLibrary] = {}

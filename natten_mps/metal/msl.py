@@ -24,10 +24,73 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 MAX_THREADS_PER_THREADGROUP = 1024
+MAX_THREADGROUP_MEMORY = 32768   # bytes: maxThreadgroupMemoryLength of Apple GPUs (Apple7 and later, M1-M4)
 
 
 class ShaderCompileError(RuntimeError):
     """The source is outside the supported subset, or the back end's compiler rejected it."""
+
+
+class LaunchRefusedError(RuntimeError, ValueError):
+    """The Metal runtime would refuse this pipeline or dispatch: threadgroup memory over
+    ``maxThreadgroupMemoryLength`` (pipeline creation) or a threadgroup of more threads than the
+    pipeline's ``max_threads_per_threadgroup`` (dispatch). The message names the kernel."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline limits (both back ends)
+# ------------------------------------------------------------------------------------------------
+def _emulated_limit_from_env() -> int:
+    raw = os.environ.get("NATTEN_MPS_EMULATE_MAX_THREADS", "")
+    if raw in ("", "0"):
+        return MAX_THREADS_PER_THREADGROUP
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"NATTEN_MPS_EMULATE_MAX_THREADS must be an integer, got {raw!r}") from None
+    if not 32 <= value <= MAX_THREADS_PER_THREADGROUP or value % 32:
+        raise ValueError("NATTEN_MPS_EMULATE_MAX_THREADS must be a multiple of 32 in [32, 1024], "
+                         f"got {value}")
+    return value
+
+
+_pipeline_thread_limit = _emulated_limit_from_env()
+
+
+def set_emulated_max_threads(limit: Optional[int]) -> None:
+    """Make every emulated (and CUDA-translated) pipeline report ``max_threads_per_threadgroup`` =
+    ``limit`` (a multiple of 32, at most 1024; None: 1024), as register-heavy pipelines on an Apple
+    GPU may. Also set by ``NATTEN_MPS_EMULATE_MAX_THREADS``."""
+    global _pipeline_thread_limit
+    if limit is None:
+        _pipeline_thread_limit = MAX_THREADS_PER_THREADGROUP
+        return
+    limit = int(limit)
+    if not 32 <= limit <= MAX_THREADS_PER_THREADGROUP or limit % 32:
+        raise ValueError(f"limit must be a multiple of 32 in [32, 1024], got {limit}")
+    _pipeline_thread_limit = limit
+
+
+def emulated_max_threads() -> int:
+    """The ``max_threads_per_threadgroup`` emulated pipelines report now."""
+    return _pipeline_thread_limit
+
+
+def check_pipeline(kernel_name: str, label: str, threadgroup_bytes: Optional[int]) -> None:
+    """Pipeline creation: refuse a kernel whose static threadgroup memory exceeds 32 KB."""
+    if threadgroup_bytes is not None and threadgroup_bytes > MAX_THREADGROUP_MEMORY:
+        raise LaunchRefusedError(
+            f"kernel {kernel_name} ({label}): {threadgroup_bytes} bytes of threadgroup memory exceed "
+            f"maxThreadgroupMemoryLength ({MAX_THREADGROUP_MEMORY} bytes); the pipeline cannot be created")
+
+
+def check_dispatch(kernel_name: str, label: str, group: Sequence[int], pipeline_limit: int) -> None:
+    """Dispatch: refuse a threadgroup of more threads than the pipeline allows."""
+    n = group[0] * group[1] * group[2]
+    if n > pipeline_limit:
+        raise LaunchRefusedError(
+            f"kernel {kernel_name} ({label}): a threadgroup of {n} threads {tuple(group)} exceeds the "
+            f"pipeline's max_threads_per_threadgroup ({pipeline_limit})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +245,101 @@ def find_kernels(src: str) -> List[Kernel]:
     return kernels
 
 
+# ------------------------------------------------------------------------------------------------
+# Static threadgroup memory of a kernel
+# ------------------------------------------------------------------------------------------------
+_SCALAR_BYTES = {"float": 4, "int": 4, "uint": 4, "int32_t": 4, "uint32_t": 4, "half": 2, "bfloat": 2,
+                 "short": 2, "ushort": 2, "int16_t": 2, "uint16_t": 2, "char": 1, "uchar": 1, "bool": 1,
+                 "int8_t": 1, "uint8_t": 1, "long": 8, "ulong": 8, "int64_t": 8, "uint64_t": 8}
+_UNKNOWN_SCALAR_BYTES = 4       # a type the evaluator cannot resolve: MSL's widest arithmetic scalar in use
+_TG_DECL_RE = re.compile(r"\bthreadgroup\s+([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s+([A-Za-z_]\w*)\s*\[([^\]]+)\]\s*;")
+
+
+def _type_bytes(t: str, typedefs: dict) -> int:
+    t = re.sub(r"\b(const|volatile|typename)\b", "", t).strip()
+    if t in typedefs:
+        return _type_bytes(typedefs[t], {k: v for k, v in typedefs.items() if k != t})
+    if t in _SCALAR_BYTES:
+        return _SCALAR_BYTES[t]
+    m = re.fullmatch(r"(?:metal::)?vec\s*<\s*([^,<>]+)\s*,\s*(\d+)\s*>", t)
+    if m:
+        n = int(m.group(2))
+        return _type_bytes(m.group(1), typedefs) * (4 if n == 3 else n)
+    m = re.fullmatch(r"([a-z]+?)([234])", t)
+    if m and m.group(1) in _SCALAR_BYTES:
+        n = int(m.group(2))
+        return _SCALAR_BYTES[m.group(1)] * (4 if n == 3 else n)
+    return _UNKNOWN_SCALAR_BYTES
+
+
+def _eval_int(expr: str, consts: dict, typedefs: dict) -> Optional[int]:
+    expr = re.sub(r"sizeof\s*\(([^()]*(?:<[^<>]*>)?[^()]*)\)", lambda m: str(_type_bytes(m.group(1), typedefs)), expr)
+    for _ in range(4):
+        expr = re.sub(r"\b[A-Za-z_]\w*\b", lambda m: str(consts.get(m.group(0), m.group(0))), expr)
+    expr = re.sub(r"\b(\d+)[uUlL]+\b", r"\1", expr)
+    if not re.fullmatch(r"[\d\s+\-*/%()<>=!&|?:]*", expr):
+        return None
+    try:
+        value = eval(expr.replace("/", "//"), {"__builtins__": {}}, {})     # digits and operators only
+    except Exception:  # noqa: BLE001 - not a constant expression we can evaluate
+        return None
+    return int(value)
+
+
+def _definition(src: str, name: str):
+    """(template parameter names, body) of the kernel function ``name`` defined in ``src``."""
+    for m in re.finditer(r"\bvoid\s+" + re.escape(name) + r"\s*\(", src):
+        close = _matching_paren(src, m.end() - 1)
+        after = src[close + 1:close + 200].lstrip()
+        if not after.startswith("{"):
+            continue
+        start = src.index("{", close)
+        depth = 0
+        for i in range(start, len(src)):
+            depth += {"{": 1, "}": -1}.get(src[i], 0)
+            if depth == 0:
+                break
+        head = src[max(0, m.start() - 600):m.start()]
+        tm = re.search(r"template\s*<([^<>]*(?:<[^<>]*>[^<>]*)*)>\s*(?:\[\[\s*kernel\s*\]\]\s*|kernel\s+)?$", head)
+        params = []
+        if tm:
+            params = [p.split()[-1].split("=")[0].strip() for p in _split_params(tm.group(1))]
+        return params, src[start:i + 1]
+    return None
+
+
+def threadgroup_bytes(clean_src: str, kernel: Kernel) -> Optional[int]:
+    """Static threadgroup memory of ``kernel`` (bytes): the ``threadgroup T name[N];`` arrays its
+    definition declares, with the instantiation's template arguments and the source's
+    ``constant constexpr`` integers substituted (a type the evaluator cannot resolve counts as a
+    4-byte scalar). None when an extent is not a constant expression it can evaluate."""
+    m = re.match(r"([A-Za-z_]\w*)\s*(?:<(.*)>)?\s*$", kernel.call_expr, flags=re.S)
+    if not m:
+        return None
+    found = _definition(clean_src, m.group(1))
+    if found is None:
+        return None
+    params, body = found
+    args = _split_params(m.group(2)) if m.group(2) else []
+    consts = {n: f"({v})" for n, v in
+              re.findall(r"\bconstexpr\s+(?:int|uint|long|short|ushort)\s+(\w+)\s*=\s*([^;{}]+);", clean_src)}
+    consts.update(dict(zip(params, args)))
+    typedefs = {p: a for p, a in zip(params, args) if not re.fullmatch(r"[\d\s()+\-*/<>=!&|]*", a)}
+    for target, alias in re.findall(r"\btypedef\s+([^;]+?)\s+(\w+)\s*;", body):
+        typedefs.setdefault(alias, target)
+    for target_alias in re.findall(r"\busing\s+(\w+)\s*=\s*([^;]+);", body):
+        typedefs.setdefault(target_alias[0], target_alias[1])
+    total = 0
+    for t, _, extent in _TG_DECL_RE.findall(body):
+        for p, a in zip(params, args):
+            t = re.sub(r"\b" + re.escape(p) + r"\b", a, t)
+        n = _eval_int(extent, consts, typedefs)
+        if n is None:
+            return None
+        total += _type_bytes(t, typedefs) * n
+    return total
+
+
 _SYNC_RE = re.compile(r"\b(threadgroup_barrier|simdgroup_barrier|simd_\w+|quad_\w+)\s*\(")
 
 
@@ -303,8 +461,10 @@ def bind_arguments(kernel: Kernel, args: Sequence[object], device_type: str, str
     return BoundArguments(ptrs, sizes, keep)
 
 
-def launch_dims(name: str, args: Sequence[object], threads, group_size) -> Tuple[List[int], List[int]]:
-    """``(grid, group)`` as 3 ints each, with ``compile_shader``'s defaults and checks."""
+def launch_dims(name: str, args: Sequence[object], threads, group_size,
+                pipeline_limit: int = MAX_THREADS_PER_THREADGROUP) -> Tuple[List[int], List[int]]:
+    """``(grid, group)`` as 3 ints each, with ``compile_shader``'s defaults (a default group is as
+    many threads as the pipeline allows, ``pipeline_limit``) and checks."""
     if threads is None:
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors:
@@ -316,11 +476,11 @@ def launch_dims(name: str, args: Sequence[object], threads, group_size) -> Tuple
         raise ValueError(f"kernel {name}: threads={threads!r} and group_size={group_size!r} must have "
                          "the same number of dimensions")
     if group_size is None:
-        group_size = min(grid[0], MAX_THREADS_PER_THREADGROUP) or 1
+        group_size = min(grid[0], pipeline_limit) or 1
     group = _as_dims(group_size, "group_size")
     if group[0] * group[1] * group[2] > MAX_THREADS_PER_THREADGROUP:
-        raise ValueError(f"kernel {name}: group_size {tuple(group)} exceeds "
-                         f"{MAX_THREADS_PER_THREADGROUP} threads per threadgroup")
+        raise LaunchRefusedError(f"kernel {name}: group_size {tuple(group)} exceeds "
+                                 f"{MAX_THREADS_PER_THREADGROUP} threads per threadgroup")
     return grid, group
 
 
@@ -344,7 +504,11 @@ class KernelLibrary:
     def __getattr__(self, name: str):
         kernels = self.__dict__.get("_kernels", {})
         if name in kernels:
-            return kernels[name]
+            kernel = kernels[name]
+            # pipeline creation: Metal refuses a kernel over the threadgroup memory limit here
+            check_pipeline(name, self.__dict__.get("label", "library"),
+                           getattr(kernel, "static_thread_group_memory_length", None))
+            return kernel
         raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {name!r}; "
                              f"kernels: {sorted(kernels)}")
 
