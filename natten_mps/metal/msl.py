@@ -182,7 +182,7 @@ def find_kernels(src: str) -> List[Kernel]:
     return kernels
 
 
-_SYNC_RE = re.compile(r"\b(threadgroup_barrier|simdgroup_barrier|simd_\w+|quad_\w+)\s*\(")
+_SYNC_RE = re.compile(r"\b(threadgroup_barrier|simdgroup_barrier|simdgroup_multiply\w*|simd_\w+|quad_\w+)\s*\(")
 
 
 METAL_VERSION = 320  # the MSL version the emulator stands in for (__METAL_VERSION__)
