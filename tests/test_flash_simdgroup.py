@@ -1,0 +1,201 @@
+"""The simdgroup-matrix dense attention kernels (shaders/natten/flash_simdgroup.metal).
+
+Every case runs through the emulator (and through the MSL -> CUDA back end where a GPU is present:
+``dev`` fixture) with poisoned outputs, against a float64 reference that writes the causal mask out
+(top-left, Lq != Lk allowed): forward (out, LSE) and backward (dq, dk, dv with a dlse term), every
+dtype, GQA, head dims 8, 12 (padded to 16), 40/64, 256, lengths that are not multiples of the
+blocks. Also: the variant switch, the public ops on the matrix path, NaN containment, bit-identical
+reruns, the fragment layout of the back ends and the threadgroup byte counter.
+"""
+import ctypes
+
+import pytest
+import torch
+
+import natten_mps
+from conftest import GRAD_TOL, TOL
+from natten_mps.backends import metal, metal_flash
+from natten_mps.metal import emulator
+
+HEADER = "#include <metal_stdlib>\nusing namespace metal;\n"
+
+
+def reference(q, k, v, causal, scale):
+    """float64 attention with the causal mask built explicitly: query i sees keys j <= i."""
+    q, k, v = q.double(), k.double(), v.double()
+    rep = q.shape[2] // k.shape[2]
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(rep, 2)) * scale
+    if causal:
+        s = s.masked_fill(torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).triu(1), float("-inf"))
+    out = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.repeat_interleave(rep, 2))
+    return out, torch.logsumexp(s, -1).transpose(1, 2)
+
+
+def make(b, lq, lk, h, hkv, d, dv, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, lq, h, d, generator=g).to(dtype)
+    k = torch.randn(b, lk, hkv, d, generator=g).to(dtype)
+    v = torch.randn(b, lk, hkv, dv, generator=g).to(dtype)
+    return q, k, v
+
+
+def run_both(q, k, v, causal, scale, dout, dlse, dev):
+    """Forward and backward on the matrix kernels; every launch must be one of them."""
+    with emulator.counting() as counter:
+        out, lse = metal.dense_forward(q.to(dev), k.to(dev), v.to(dev), causal, scale, variant="simdgroup")
+        grads = metal.dense_backward(dout.to(dev), dlse.to(dev), q.to(dev), k.to(dev), v.to(dev), out, lse,
+                                     causal, scale, variant="simdgroup")
+    if dev == "cpu":
+        assert sorted({s.kernel.rsplit("_", 2)[0] for s in counter.launches}) == [
+            "flash_backward_dkdv", "flash_backward_dq", "flash_forward"]
+    return out.cpu(), lse.cpu(), [t.cpu() for t in grads]
+
+
+CASES = [  # b, lq, lk, h, hkv, d, dv, causal, dtype
+    (1, 40, 37, 2, 1, 12, 12, False, torch.float32),
+    (1, 37, 37, 2, 2, 8, 8, True, torch.float32),
+    (2, 33, 50, 4, 2, 64, 40, True, torch.float16),
+    (1, 70, 9, 3, 3, 16, 16, True, torch.bfloat16),
+    (1, 20, 45, 2, 1, 32, 32, True, torch.float16),
+    (1, 19, 26, 2, 1, 256, 256, False, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_matches_reference(case, dev):
+    b, lq, lk, h, hkv, d, dv, causal, dtype = case
+    q, k, v = make(b, lq, lk, h, hkv, d, dv, dtype, seed=lq * 7 + lk)
+    scale = d ** -0.5
+    g = torch.Generator().manual_seed(1)
+    dout = torch.randn(b, lq, h, dv, generator=g).to(dtype)
+    dlse = torch.randn(b, lq, h, generator=g)
+    out, lse, (dq, dk, dv_) = run_both(q, k, v, causal, scale, dout, dlse, dev)
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    ro, rl = reference(qr, kr, vr, causal, scale)
+    torch.testing.assert_close(out.double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(lse.double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
+    ((ro * dout.double()).sum() + (rl * dlse.double()).sum()).backward()
+    for got, r in zip((dq, dk, dv_), (qr, kr, vr)):
+        torch.testing.assert_close(got.double(), r.grad, atol=GRAD_TOL[dtype], rtol=GRAD_TOL[dtype])
+
+
+def test_matches_the_scalar_kernels(dev):
+    """Both variants agree within float32 rounding (so the host may swap them)."""
+    q, k, v = make(2, 45, 45, 4, 2, 24, 24, torch.float32, seed=3)
+    a = metal.dense_forward(q.to(dev), k.to(dev), v.to(dev), True, 0.3, variant="scalar")
+    b = metal.dense_forward(q.to(dev), k.to(dev), v.to(dev), True, 0.3, variant="simdgroup")
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.cpu(), y.cpu(), atol=2e-6, rtol=2e-6)
+
+
+def test_backward_is_bit_identical_across_runs(dev):
+    q, k, v = make(1, 50, 41, 4, 1, 16, 16, torch.float32, seed=5)
+    dout = torch.randn(1, 50, 4, 16)
+    dlse = torch.randn(1, 50, 4)
+    first = run_both(q, k, v, True, 0.25, dout, dlse, dev)
+    second = run_both(q, k, v, True, 0.25, dout, dlse, dev)
+    for x, y in zip([first[0], first[1], *first[2]], [second[0], second[1], *second[2]]):
+        assert torch.equal(x, y)
+
+
+def test_nan_stays_with_the_queries_that_see_it(dev):
+    """A NaN key and value of (batch 0, kv head 0) at key j reach exactly the queries i >= j of the
+    query heads reading that kv head (causal): their outputs and LSEs are NaN, every other output
+    is finite and correct; dq stays finite outside those queries, dk/dv outside batch 0 / head 0."""
+    j = 13
+    q, k, v = make(2, 30, 30, 4, 2, 16, 16, torch.float32, seed=9)
+    ro, _ = reference(q, k, v, True, 0.25)            # the clean problem: the same for unspoiled queries
+    k[0, j, 0, 3] = float("nan")
+    v[0, j, 0, 5] = float("nan")
+    dout, dlse = torch.randn(2, 30, 4, 16), torch.zeros(2, 30, 4)
+    out, lse, (dq, dk, dv) = run_both(q, k, v, True, 0.25, dout, dlse, dev)
+    spoiled = torch.zeros(2, 30, 4, dtype=torch.bool)
+    spoiled[0, j:, 0:2] = True                        # query heads 0, 1 read kv head 0
+    assert torch.equal(torch.isnan(lse), spoiled)
+    assert torch.equal(torch.isnan(out).any(-1), spoiled)
+    torch.testing.assert_close(out[~spoiled].double(), ro[~spoiled], atol=TOL[torch.float32], rtol=0)
+    assert torch.isfinite(dq[~spoiled]).all()
+    clean_kv = torch.ones(2, 30, 2, dtype=torch.bool)
+    clean_kv[0, :, 0] = False
+    assert torch.isfinite(dk[clean_kv]).all() and torch.isfinite(dv[clean_kv]).all()
+
+
+def test_public_ops_run_the_matrix_kernels(emulate, monkeypatch):
+    """attention, sageattn (float path) and sageattn_varlen reach flash_simdgroup.metal when the
+    switch says so, and give the reference's results."""
+    import sage_mps
+    monkeypatch.setenv("NATTEN_MPS_METAL_DENSE", "simdgroup")
+    q, k, v = make(1, 21, 21, 2, 1, 16, 16, torch.float32, seed=11)
+    with emulator.counting() as counter:
+        out = natten_mps.attention(q, k, v, is_causal=True)
+        sage = sage_mps.sageattn(q, k, v, tensor_layout="NHD", is_causal=True)
+        cu = torch.tensor([0, 9, 21], dtype=torch.int32)
+        var = sage_mps.sageattn_varlen(q[0], k[0], v[0], cu, cu, 12, 12, is_causal=False)
+    names = {s.kernel for s in counter.launches}
+    assert names == {"flash_forward_float32_16"}
+    ro, _ = reference(q, k, v, True, 16 ** -0.5)
+    torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(sage.double(), ro, atol=2e-5, rtol=2e-5)
+    parts = [reference(q[:, a:b], k[:, a:b], v[:, a:b], False, 16 ** -0.5)[0][0] for a, b in ((0, 9), (9, 21))]
+    torch.testing.assert_close(var.double(), torch.cat(parts), atol=2e-5, rtol=2e-5)
+
+
+def test_variant_switch(monkeypatch):
+    q = torch.zeros(1, 4, 2, 16)
+    assert metal._dense_variant(q, q, q) == "scalar"                       # the default
+    monkeypatch.setenv("NATTEN_MPS_METAL_DENSE", "simdgroup")
+    assert metal._dense_variant(q, q, q) == "simdgroup"
+    assert metal._dense_variant(q, q, q, variant="scalar") == "scalar"     # the tuner's pin wins
+    big = torch.zeros(1, 4, 2, 264)
+    assert metal._dense_variant(big, big, big) == "scalar"                 # wider than any instantiation
+    monkeypatch.setenv("NATTEN_MPS_METAL_DENSE", "matrix")
+    with pytest.raises(ValueError, match="NATTEN_MPS_METAL_DENSE.*'matrix'"):
+        metal._dense_variant(q, q, q)
+    assert [metal_flash.padded_dim(d, d) for d in (1, 8, 12, 40, 64, 65, 200)] == [8, 8, 16, 64, 64, 128, 256]
+
+
+def test_fragment_layout_and_threadgroup_counter():
+    """thread_elements() follows the layout sg_frag.h assumes (row, two columns a lane), a product
+    on fragments filled through it is A x B, and the emulator counts threadgroup bytes read and
+    written exactly."""
+    lib = emulator.compile(HEADER + """
+#include "natten/sg_frag.h"
+kernel void frag(device const float* a [[buffer(0)]], device const float* b [[buffer(1)]],
+                 device float* c [[buffer(2)]], device float* where [[buffer(3)]],
+                 ushort lane [[thread_index_in_simdgroup]]) {
+  threadgroup float tb[64];
+  for (int e = 0; e < 2; ++e) tb[lane * 2 + e] = b[lane * 2 + e];
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  FragPos p = frag_pos(lane);
+  simdgroup_float8x8 A, B, C = frag_zero();
+  frag_load(A, a, 8, 0, 0, p);
+  frag_load(B, tb, 8, 0, 0, p);
+  simdgroup_multiply_accumulate(C, A, B, C);
+  simdgroup_float8x8 D;
+  simdgroup_load(D, a, 8);
+  where[lane * 2] = float(p.row * 8 + p.col);
+  where[lane * 2 + 1] = D.thread_elements()[0] - a[p.row * 8 + p.col] + D.thread_elements()[1] - a[p.row * 8 + p.col + 1];
+  simdgroup_store(C, c, 8);
+}""".replace('#include "natten/sg_frag.h"', _sg_frag()))
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    c, where = torch.full((8, 8), float("nan")), torch.full((64,), float("nan"))
+    tg_bytes(lib)
+    lib.frag(a, b, c, where, threads=32, group_size=32)
+    torch.testing.assert_close(c, a @ b, rtol=1e-6, atol=1e-6)
+    cells = where[0::2].long().tolist()
+    assert sorted(cells) == list(range(0, 64, 2))       # every (row, even column) exactly once
+    assert cells[:4] == [0, 2, 8, 10] and cells[8] == 4 and cells[16] == 32
+    assert torch.equal(where[1::2], torch.zeros(32))    # simdgroup_load puts elements where thread_elements says
+    assert tg_bytes(lib) == (64 * 4, 64 * 4)           # B read once (2 floats a lane), written once
+
+
+def tg_bytes(lib):
+    """(read, written) threadgroup bytes of the emulated library since the last call; resets them."""
+    out = (ctypes.c_int64 * 2)()
+    lib._so.mtl_threadgroup_bytes(out, ctypes.c_int(1))
+    return out[0], out[1]
+
+
+def _sg_frag():
+    from natten_mps.metal import runtime
+    return (runtime.shader_dir() / "natten" / "sg_frag.h").read_text()
