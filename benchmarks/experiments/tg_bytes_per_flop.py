@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import sys
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def tg_read(reset_only: bool = False) -> int:
     return 0 if reset_only else total
 
 
-def dense_row(L, D, variant, causal=False):
+def dense_row(L, D, variant, causal=False, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    q, k, v, dout = (torch.randn(1, L, 1, D, generator=g) for _ in range(4))
+    q, k, v, dout = (torch.randn(1, L, 1, D, generator=g).to(dtype) for _ in range(4))
     pairs = L * (L + 1) // 2 if causal else L * L
     tg_read(reset_only=True)
     out, lse = metal.dense_forward(q, k, v, causal, D ** -0.5, variant=variant)
@@ -83,21 +84,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dense-l", type=int, default=256)
     ap.add_argument("--dims", type=int, nargs="+", default=[64])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     ap.add_argument("--no-na", action="store_true", help="skip the neighborhood-attention seed rows")
     args = ap.parse_args(argv)
     natten_mps.set_emulation(True)
     print("| problem | pass | variant | tg bytes read | useful FLOPs | tg bytes / FLOP | matrix / scalar |")
     print("|---|---|---|---|---|---|---|")
-    for D in args.dims:
-        for causal in (False, True):
-            rows = {v: dense_row(args.dense_l, D, v, causal) for v in metal.DENSE_VARIANTS}
-            name = f"dense L={args.dense_l} D={D}{' causal' if causal else ''} fp32"
-            for p, (bi, fi) in (("forward", (0, 1)), ("backward", (2, 3))):
-                base = rows["scalar"][bi] / rows["scalar"][fi]
-                for v in metal.DENSE_VARIANTS:
-                    r = rows[v]
-                    ratio = f"{r[bi] / r[fi] / base:.3f}" if v != "scalar" else ""
-                    print(f"| {name} | {p} | {v} | {r[bi]:,} | {r[fi]:,} | {r[bi] / r[fi]:.4f} | {ratio} |")
+    for D, dtype, causal in itertools.product(args.dims, args.dtypes, (False, True)):
+        rows = {v: dense_row(args.dense_l, D, v, causal, getattr(torch, dtype)) for v in metal.DENSE_VARIANTS}
+        name = f"dense L={args.dense_l} D={D}{' causal' if causal else ''} {dtype}"
+        for p, (bi, fi) in (("forward", (0, 1)), ("backward", (2, 3))):
+            base = rows["scalar"][bi] / rows["scalar"][fi]
+            for v in metal.DENSE_VARIANTS:
+                r = rows[v]
+                ratio = f"{r[bi] / r[fi] / base:.3f}" if v != "scalar" else ""
+                print(f"| {name} | {p} | {v} | {r[bi]:,} | {r[fi]:,} | {r[bi] / r[fi]:.4f} | {ratio} |")
     if not args.no_na:
         for name, spatial, K, D in SEED_NA:
             fb, ff, bb, bf = na_row(spatial, K, D)
