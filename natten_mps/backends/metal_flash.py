@@ -94,3 +94,29 @@ def dense_backward(dout, dlse: Optional[torch.Tensor], q, k, v, out, lse, is_cau
                                                threads=(-(-Lk // TILE) * THREADS, Hkv, B),
                                                group_size=(THREADS, 1, 1))
     return dq, dk, dv
+
+
+def na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """2-D neighborhood attention forward on simdgroup matrices (``na2d_forward`` kernels), a
+    candidate for large windows: ``q`` ``[B, L0, L1, H, D]``, ``k``/``v`` ``[B, L0, L1, Hkv, D|Dv]``;
+    ``kernel_size``, ``stride``, ``dilation``, ``is_causal``: 2 per-axis values (NATTEN's rule) ->
+    (out ``[B, L0, L1, H, Dv]``, lse ``[B, L0, L1, H]`` float32). No varlen, no additional keys, no
+    backward yet (the op layer does not route to it: the tuner may time it against the scalar kernels)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, L0, L1, H, D = q.shape
+    Hkv, Dv = k.shape[3], v.shape[-1]
+    dp = padded_dim(D, Dv)
+    out = _new((B, L0, L1, H, Dv), q.dtype, q.device)
+    lse = _new((B, L0, L1, H), torch.float32, q.device)
+    K, S, dil, C = (list(x) for x in (kernel_size, stride, dilation, is_causal))
+    rows = -(-L0 // dil[0])                  # the longest dilation group's extents
+    cols = -(-L1 // dil[1])
+    tiles1 = -(-cols // 8)
+    tiles = -(-rows // 4) * tiles1
+    from .metal import _geom_buffer
+    geom = _geom_buffer((B, H, Hkv, D, Dv, L0, L1, *K, *S, *dil, *(int(bool(c)) for c in C), tiles1), q.device)
+    lib = runtime.library(SHADER, q.device.type)
+    _kernel(lib, "na2d_forward", q, dp)(q, k, v, out, lse, geom, float(scale),
+                                        threads=(tiles * THREADS, H, B * dil[0] * dil[1]),
+                                        group_size=(THREADS, 1, 1))
+    return out, lse

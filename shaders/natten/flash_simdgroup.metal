@@ -27,9 +27,11 @@
 //   flash_forward      out, lse
 //   flash_backward_dq  dq, delta = rowsum(dout * out) - dlse
 //   flash_backward_dkdv dk, dv (needs delta from flash_backward_dq)
+//   na2d_forward       out, lse of 2-D neighborhood attention (large windows; see its header)
 #include <metal_stdlib>
 using namespace metal;
 
+#include "na_window.h"
 #include "sg_frag.h"
 
 constant constexpr int kSimdgroups = 4;
@@ -354,6 +356,171 @@ kernel void flash_backward_dkdv(device const T* q [[buffer(0)]], device const T*
   store_rows<NF>(dvf, dv, g.Lk, g.Hkv, hk, g.Dv, b, j0, 1.0f, p);
 }
 
+// ---------------------------------------------------------------------------------------------
+// 2-D neighborhood attention forward (large windows): scores of a query tile against its staged
+// window box as matrix products, each lane masked to its exact window.
+// ---------------------------------------------------------------------------------------------
+// q, out [B, L0, L1, H, D|Dv]; k, v [B, L0, L1, Hkv, D|Dv]; lse [B, L0, L1, H]. Windows: NATTEN's
+// rule per axis (na_window.h) in dilation-group coordinates. geom (int32):
+//   [0] B [1] H [2] Hkv [3] D [4] Dv [5, 6] L [7, 8] K [9, 10] stride [11, 12] dilation
+//   [13, 14] causal [15] tiles along axis 1 (of the longest dilation group, 8 queries a tile)
+// Grid: x = tile (4 rows of axis 0 x 8 queries of axis 1 of one dilation group), y = head,
+// z = batch * dilation[0] * dilation[1] + group. SIMD-group s owns row 4 ty + s, its lanes' rows of
+// the fragments the 8 queries x0.. of that row. The box (the union of the tile's windows) is walked
+// row by row, BK columns a staged block. The value products run as matrix products unless a staged
+// block holds a non-finite value (a threadgroup flag set while staging): then mma_masked skips the
+// terms outside each lane's window, so a NaN reaches exactly the queries whose window holds it.
+struct NaGeom {
+  int B, H, Hkv, D, Dv;
+  int L[2], K[2], S[2], DIL[2];
+  bool C[2];
+  int tiles1;
+};
+
+inline NaGeom load_na_geom(constant int* g) {
+  NaGeom G;
+  G.B = g[0]; G.H = g[1]; G.Hkv = g[2]; G.D = g[3]; G.Dv = g[4];
+  for (int a = 0; a < 2; ++a) {
+    G.L[a] = g[5 + a]; G.K[a] = g[7 + a]; G.S[a] = g[9 + a]; G.DIL[a] = g[11 + a]; G.C[a] = g[13 + a] != 0;
+  }
+  G.tiles1 = g[15];
+  return G;
+}
+
+inline int na_group_len(int length, int dilation, int grp) {
+  return length / dilation + (grp < length % dilation ? 1 : 0);
+}
+
+template <typename T, int DP>
+kernel void na2d_forward(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                         device const T* v [[buffer(2)]], device T* out [[buffer(3)]],
+                         device float* lse [[buffer(4)]], constant int* geom [[buffer(5)]],
+                         constant float& scale [[buffer(6)]], uint3 tg [[threadgroup_position_in_grid]],
+                         uint tid [[thread_index_in_threadgroup]], ushort sg [[simdgroup_index_in_threadgroup]],
+                         ushort lane [[thread_index_in_simdgroup]]) {
+  typedef typename Staged<T>::type S;
+  constexpr int NF = DP / 8, BK = block_rows<S, DP>(), NT = BK / 8;
+  threadgroup S ks[BK * DP];
+  threadgroup S vs[BK * DP];
+  threadgroup int bad[kSimdgroups];
+  const NaGeom g = load_na_geom(geom);
+  const int ngroups = g.DIL[0] * g.DIL[1];
+  const int b = int(tg.z) / ngroups, grp = int(tg.z) % ngroups, g0 = grp / g.DIL[1], g1 = grp % g.DIL[1];
+  const int h = int(tg.y), hk = h / (g.H / g.Hkv);
+  const int len0 = na_group_len(g.L[0], g.DIL[0], g0), len1 = na_group_len(g.L[1], g.DIL[1], g1);
+  const int t0 = int(tg.x) / g.tiles1, t1 = int(tg.x) % g.tiles1;
+  const int y0 = t0 * kSimdgroups, x0 = t1 * kRows;
+  if (y0 >= len0 || x0 >= len1) return;                  // the whole threadgroup: no barrier is skipped
+  const FragPos p = frag_pos(lane);
+  const int y = y0 + int(sg), x = x0 + p.row;             // this lane's query (group coordinates)
+  const bool row_in = y < len0, valid = row_in && x < len1;
+  const AxisWindowT<int> wy = na_axis_window(min(y, len0 - 1), len0, g.K[0], g.S[0], g.C[0]);
+  const AxisWindowT<int> wx = na_axis_window(min(x, len1 - 1), len1, g.K[1], g.S[1], g.C[1]);
+  // the box: windows of the tile's first and last queries (both ends never decrease with the query)
+  const int ylo = na_axis_window(y0, len0, g.K[0], g.S[0], g.C[0]).lo;
+  const int yhi = na_axis_window(min(y0 + kSimdgroups - 1, len0 - 1), len0, g.K[0], g.S[0], g.C[0]).hi;
+  const int xlo = na_axis_window(x0, len1, g.K[1], g.S[1], g.C[1]).lo;
+  const int xhi = na_axis_window(min(x0 + kRows - 1, len1 - 1), len1, g.K[1], g.S[1], g.C[1]).hi;
+
+  simdgroup_float8x8 qf[NF], of[NF];
+  const int qtok = (b * g.L[0] + y * g.DIL[0] + g0) * g.L[1] + x * g.DIL[1] + g1;
+  const float qmul = scale * kLog2e;
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      qf[j].thread_elements()[e] = (valid && c < g.D) ? float(q[(qtok * g.H + h) * g.D + c]) * qmul : 0.0f;
+    }
+    of[j] = frag_zero();
+  }
+  float m = -INFINITY, l = 0.0f;
+
+  for (int ky = ylo; ky <= yhi; ++ky) {
+    const bool row_seen = row_in && ky >= wy.lo && ky <= wy.hi;   // SIMD-group uniform
+    const int krow = (b * g.L[0] + ky * g.DIL[0] + g0) * g.L[1];
+    for (int c0 = xlo; c0 <= xhi; c0 += BK) {
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      bool nonfinite = false;
+      for (int e = int(tid); e < BK * DP; e += kThreads) {
+        const int r = e / DP, c = e - r * DP, kx = c0 + r;
+        S kk = S(0), vv = S(0);
+        if (kx <= xhi) {
+          const int tok = (krow + kx * g.DIL[1] + g1) * g.Hkv + hk;
+          if (c < g.D) kk = S(k[tok * g.D + c]);
+          if (c < g.Dv) {
+            vv = S(v[tok * g.Dv + c]);
+            nonfinite = nonfinite || !isfinite(float(vv));
+          }
+        }
+        ks[e] = kk;
+        vs[e] = vv;
+      }
+      const int any_bad = simd_max(nonfinite ? 1 : 0);
+      if (lane == 0) bad[sg] = any_bad;
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      if (!row_seen) continue;
+      const bool masked_pv = (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
+
+      simdgroup_float8x8 sf[NT];
+      float mloc = -INFINITY;
+      for (int t = 0; t < NT; ++t) {
+        const int kt = c0 + 8 * t;
+        if (kt > xhi) continue;                           // SIMD-group uniform
+        sf[t] = frag_zero();
+        for (int j = 0; j < NF; ++j) {
+          simdgroup_float8x8 kf;
+          frag_load_t(kf, ks, DP, 8 * t, 8 * j, p);
+          simdgroup_multiply_accumulate(sf[t], qf[j], kf, sf[t]);
+        }
+        for (int e = 0; e < 2; ++e) {
+          const int kx = kt + p.col + e;
+          const bool seen = valid && kx >= wx.lo && kx <= wx.hi;
+          const float sv = seen ? sf[t].thread_elements()[e] : -INFINITY;
+          sf[t].thread_elements()[e] = sv;
+          mloc = max(mloc, sv);
+        }
+      }
+      const float mnew = max(m, row_max(mloc));
+      const float mu = mnew == -INFINITY ? 0.0f : mnew;
+      const float alpha = exp2(m - mu);
+      m = mnew;
+      l *= alpha;
+      for (int j = 0; j < NF; ++j) {
+        of[j].thread_elements()[0] *= alpha;
+        of[j].thread_elements()[1] *= alpha;
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int kt = c0 + 8 * t;
+        if (kt > xhi) continue;
+        for (int e = 0; e < 2; ++e) {
+          const float pe = exp2(sf[t].thread_elements()[e] - mu);
+          sf[t].thread_elements()[e] = pe;
+          l += pe;
+        }
+        for (int j = 0; j < NF; ++j) {
+          if (masked_pv) {
+            const int lo = valid ? wx.lo - kt : 1, hi = valid ? wx.hi - kt : 0;
+            mma_masked(of[j], sf[t], vs, DP, 8 * t, 8 * j, lo, hi, p);
+          } else {
+            simdgroup_float8x8 vf;
+            frag_load(vf, vs, DP, 8 * t, 8 * j, p);
+            simdgroup_multiply_accumulate(of[j], sf[t], vf, of[j]);
+          }
+        }
+      }
+    }
+  }
+  l = row_sum(l);
+  if (!valid) return;
+  const float inv = 1.0f / l;
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      if (c < g.Dv) out[(qtok * g.H + h) * g.Dv + c] = T(of[j].thread_elements()[e] * inv);
+    }
+  }
+  if (p.col == 0) lse[qtok * g.H + h] = (m + log2(l)) * kLn2;
+}
+
 #define INSTANTIATE_FLASH(NAME, T, DP)                                                                  \
   template [[host_name("flash_forward_" #NAME "_" #DP)]] kernel void flash_forward<T, DP>(               \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
@@ -374,7 +541,13 @@ kernel void flash_backward_dkdv(device const T* q [[buffer(0)]], device const T*
       device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],   \
       constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                             \
       uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],               \
-      ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]]);
+      ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]]);          \
+  template [[host_name("na2d_forward_" #NAME "_" #DP)]] kernel void na2d_forward<T, DP>(                 \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device T* out [[buffer(3)]], device float* lse [[buffer(4)]], constant int* geom [[buffer(5)]],    \
+      constant float& scale [[buffer(6)]], uint3 tg [[threadgroup_position_in_grid]],                    \
+      uint tid [[thread_index_in_threadgroup]], ushort sg [[simdgroup_index_in_threadgroup]],            \
+      ushort lane [[thread_index_in_simdgroup]]);
 
 // Padded head dims DP the host picks from (the smallest that holds max(D, Dv)).
 #define INSTANTIATE_FLASH_DIMS(NAME, T)                                                                 \
