@@ -12,7 +12,7 @@ Workload (``--workload sweep``): the NA sweep of the test suite through the publ
 GQA; float16 and bfloat16), the tiled kernels' own sweep (tests/test_attention_kernels.py: forward
 and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), the
 simdgroup-matrix dense kernels (tests/test_flash_simdgroup.py: forward and backward, every dtype,
-causal, GQA, NaN containment, reruns), sageattn
+causal, GQA, NaN containment, reruns; the 2-D NA forward), sageattn
 through the same kernels, the split-op kernels (tests/test_split_kernels.py) and varlen
 (tests/test_varlen.py), the INT8 sage kernels (tests/test_sage_int8.py), and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
 matrices, partial threadgroups).
@@ -112,7 +112,10 @@ def workload_sweep() -> None:
     tf.test_matches_the_scalar_kernels("cuda")
     tf.test_nan_stays_with_the_queries_that_see_it("cuda")
     tf.test_backward_is_bit_identical_across_runs("cuda")
-    n += 3
+    for case in tf.NA_CASES:
+        tf.test_na2d_forward_matches_reference(case, "cuda")
+    tf.test_na2d_forward_nan_stays_in_its_windows("cuda")
+    n += 4 + len(tf.NA_CASES)
     import test_split_kernels as ts
     import test_varlen as tv
     natten_mps.set_backend("auto")          # their float64 references run the pure path on the CPU

@@ -1,11 +1,14 @@
-"""The simdgroup-matrix dense attention kernels (shaders/natten/flash_simdgroup.metal).
+"""The simdgroup-matrix kernels (shaders/natten/flash_simdgroup.metal): dense attention and the 2-D
+neighborhood-attention forward.
 
 Every case runs through the emulator (and through the MSL -> CUDA back end where a GPU is present:
 ``dev`` fixture) with poisoned outputs, against a float64 reference that writes the causal mask out
 (top-left, Lq != Lk allowed): forward (out, LSE) and backward (dq, dk, dv with a dlse term), every
 dtype, GQA, head dims 8, 12 (padded to 16), 40/64, 256, lengths that are not multiples of the
 blocks. Also: the variant switch, the public ops on the matrix path, NaN containment, bit-identical
-reruns, the fragment layout of the back ends and the threadgroup byte counter.
+reruns, the fragment layout of the back ends and the threadgroup byte counter. The 2-D NA forward
+against the float64 reference's explicit neighborhood mask (kernel 9 and 11, stride, dilation,
+causal per axis, GQA, every dtype), and its NaN containment window by window.
 """
 import ctypes
 
@@ -16,6 +19,7 @@ import natten_mps
 from conftest import GRAD_TOL, TOL
 from natten_mps.backends import metal, metal_flash
 from natten_mps.metal import emulator
+from reference import neighborhood_mask, reference_na
 
 HEADER = "#include <metal_stdlib>\nusing namespace metal;\n"
 
@@ -199,3 +203,44 @@ def tg_bytes(lib):
 def _sg_frag():
     from natten_mps.metal import runtime
     return (runtime.shader_dir() / "natten" / "sg_frag.h").read_text()
+
+
+NA_CASES = [  # spatial, kernel, stride, dilation, causal, h, hkv, d, dtype
+    ((13, 19), (9, 9), (1, 1), (1, 1), (False, False), 2, 1, 16, torch.float32),
+    ((14, 21), (9, 9), (2, 3), (1, 2), (True, False), 2, 2, 12, torch.float32),
+    ((20, 18), (9, 9), (1, 1), (2, 1), (False, True), 2, 1, 32, torch.float16),
+    ((11, 12), (11, 11), (1, 2), (1, 1), (True, True), 1, 1, 64, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", NA_CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_na2d_forward_matches_reference(case, dev):
+    spatial, ks, st, dil, causal, h, hkv, d, dtype = case
+    g = torch.Generator().manual_seed(sum(spatial))
+    q = torch.randn(2, *spatial, h, d, generator=g).to(dtype)
+    k = torch.randn(2, *spatial, hkv, d, generator=g).to(dtype)
+    v = torch.randn(2, *spatial, hkv, d, generator=g).to(dtype)
+    out, lse = (t.cpu() for t in metal_flash.na2d_forward(q.to(dev), k.to(dev), v.to(dev), ks, st, dil, causal,
+                                                         d ** -0.5))
+    ro, rl = reference_na(q, k, v, ks, st, dil, causal)
+    torch.testing.assert_close(out.double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(lse.double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_na2d_forward_nan_stays_in_its_windows(dev):
+    """A NaN key and a NaN value reach the outputs of exactly the queries whose window holds them."""
+    spatial, ks, st, dil, causal = (12, 17), (9, 9), (1, 2), (1, 1), (False, True)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, *spatial, 1, 8, generator=g) for _ in range(3))
+    clean, _ = reference_na(q, k, v, ks, st, dil, causal)
+    k[0, 0, 0, 0, 0] = float("nan")
+    v[0, 11, 16, 0, 3] = float("nan")
+    out, lse = (t.cpu() for t in metal_flash.na2d_forward(q.to(dev), k.to(dev), v.to(dev), ks, st, dil, causal,
+                                                         8 ** -0.5))
+    mask = neighborhood_mask(spatial, ks, st, dil, causal)          # [query, key] over flattened tokens
+    sees_k = mask[:, 0].reshape(spatial)
+    sees_v = mask[:, 11 * 17 + 16].reshape(spatial)
+    assert torch.equal(torch.isnan(lse[0, :, :, 0]), sees_k)
+    assert torch.equal(torch.isnan(out[0, :, :, 0]).any(-1), sees_k | sees_v)
+    fine = ~(sees_k | sees_v)
+    torch.testing.assert_close(out[0, :, :, 0][fine].double(), clean[0, :, :, 0][fine], atol=2e-5, rtol=0)

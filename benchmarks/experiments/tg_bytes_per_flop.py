@@ -35,6 +35,7 @@ from natten_mps.backends import metal  # noqa: E402
 from natten_mps.metal import runtime  # noqa: E402
 
 SEED_NA = [("1D L=256 K=7", (256,), 7, 32), ("2D 32x32 K=7", (32, 32), 7, 32)]   # name, spatial, K, D
+LARGE_NA = [("2D 32x32 K=9", (32, 32), 9, 32), ("2D 32x32 K=13", (32, 32), 13, 64)]   # matrix forward exists
 
 
 def tg_read(reset_only: bool = False) -> int:
@@ -80,6 +81,16 @@ def na_row(spatial, K, D):
     return fwd, 4 * D * pairs, bwd, 10 * D * pairs
 
 
+def na2d_matrix_row(spatial, K, D):
+    """Forward of the 2-D simdgroup-matrix NA kernel (no backward yet)."""
+    from natten_mps.backends import metal_flash
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, *spatial, 1, D, generator=g) for _ in range(3))
+    tg_read(reset_only=True)
+    metal_flash.na2d_forward(q, k, v, (K, K), (1, 1), (1, 1), (False, False), D ** -0.5)
+    return tg_read(), 4 * D * spatial[0] * spatial[1] * K * K
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dense-l", type=int, default=256)
@@ -104,6 +115,13 @@ def main(argv=None) -> int:
             fb, ff, bb, bf = na_row(spatial, K, D)
             print(f"| NA {name} D={D} fp32 | forward | scalar | {fb:,} | {ff:,} | {fb / ff:.4f} | (no matrix NA kernel) |")
             print(f"| NA {name} D={D} fp32 | backward | scalar | {bb:,} | {bf:,} | {bb / bf:.4f} | (no matrix NA kernel) |")
+        for name, spatial, K, D in LARGE_NA:
+            fb, ff, bb, bf = na_row(spatial, K, D)
+            mb, mf = na2d_matrix_row(spatial, K, D)
+            print(f"| NA {name} D={D} fp32 | forward | scalar | {fb:,} | {ff:,} | {fb / ff:.4f} |  |")
+            print(f"| NA {name} D={D} fp32 | forward | simdgroup | {mb:,} | {mf:,} | {mb / mf:.4f} "
+                  f"| {mb / mf / (fb / ff):.3f} |")
+            print(f"| NA {name} D={D} fp32 | backward | scalar | {bb:,} | {bf:,} | {bb / bf:.4f} | (no matrix NA backward) |")
     return 0
 
 
