@@ -244,3 +244,29 @@ def test_na2d_forward_nan_stays_in_its_windows(dev):
     assert torch.equal(torch.isnan(out[0, :, :, 0]).any(-1), sees_k | sees_v)
     fine = ~(sees_k | sees_v)
     torch.testing.assert_close(out[0, :, :, 0][fine].double(), clean[0, :, :, 0][fine], atol=2e-5, rtol=0)
+
+
+def test_na2d_public_op_on_the_matrix_forward(emulate, monkeypatch):
+    """NATTEN_MPS_METAL_NA=simdgroup: na2d's forward runs na2d_forward, its backward the scalar
+    kernels on that forward's out and LSE; both match the reference. 1-D problems stay scalar."""
+    monkeypatch.setenv("NATTEN_MPS_METAL_NA", "simdgroup")
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(1, 12, 14, 2, 16, generator=g).requires_grad_() for _ in range(3))
+    with emulator.counting() as counter:
+        out = natten_mps.na2d(q, k, v, kernel_size=9, dilation=(1, 1), is_causal=(False, True))
+    assert {s.kernel for s in counter.launches} == {"na2d_forward_float32_16"}
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ro, _ = reference_na(qr, kr, vr, (9, 9), (1, 1), (1, 1), (False, True))
+    torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
+    dout = torch.randn(out.shape, generator=g)
+    out.backward(dout)
+    (ro * dout.double()).sum().backward()
+    for got, r in zip((q, k, v), (qr, kr, vr)):
+        torch.testing.assert_close(got.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+    x = torch.randn(1, 20, 2, 16)
+    with emulator.counting() as counter:
+        natten_mps.na1d(x, x, x, kernel_size=5)
+    assert all(s.kernel.startswith("attn_forward") for s in counter.launches)
+    monkeypatch.setenv("NATTEN_MPS_METAL_NA", "fast")
+    with pytest.raises(ValueError, match="NATTEN_MPS_METAL_NA.*'fast'"):
+        natten_mps.na1d(x, x, x, kernel_size=5)

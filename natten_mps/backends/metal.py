@@ -430,8 +430,21 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
             and kprob.query_halo() <= FUSED_MAX_HALO)
 
 
-def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse)."""
+def _na_variant(q, kernel_size, variant: Optional[str] = None) -> str:
+    """The NA forward kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA`` (``scalar``, the
+    default, or ``simdgroup``: the 2-D matrix forward of flash_simdgroup.metal, used for 2-D
+    problems it covers; the backward stays scalar). ValueError on any other name."""
+    choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_NA", "scalar")
+    if choice not in DENSE_VARIANTS:
+        raise ValueError(f"NA variant (NATTEN_MPS_METAL_NA or variant=) must be one of {DENSE_VARIANTS}, got {choice!r}")
+    return "simdgroup" if choice == "simdgroup" and len(kernel_size) == 2 and q.dim() == 5 else "scalar"
+
+
+def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, variant: Optional[str] = None):
+    """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse); ``variant``:
+    see :func:`_na_variant`."""
+    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
+        return metal_flash.na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 

@@ -40,6 +40,12 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and q.shape[2] % k.shape[2] == 0)
 
 
+def supported_na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`na2d_forward` covers these 5-D heads-last tensors (dtype, head dims, GQA)."""
+    return (q.dim() == 5 and q.dtype in _SUFFIX and max(q.shape[-1], v.shape[-1]) <= PADDED_DIMS[-1]
+            and q.shape[3] % k.shape[3] == 0)
+
+
 def _geom(q, k, v, is_causal: bool, has_dlse: bool) -> torch.Tensor:
     from .metal import _geom_buffer
     B, Lq, H, D = q.shape
