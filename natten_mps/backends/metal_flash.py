@@ -106,23 +106,54 @@ def na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale: float
     """2-D neighborhood attention forward on simdgroup matrices (``na2d_forward`` kernels), a
     candidate for large windows: ``q`` ``[B, L0, L1, H, D]``, ``k``/``v`` ``[B, L0, L1, Hkv, D|Dv]``;
     ``kernel_size``, ``stride``, ``dilation``, ``is_causal``: 2 per-axis values (NATTEN's rule) ->
-    (out ``[B, L0, L1, H, Dv]``, lse ``[B, L0, L1, H]`` float32). No varlen, no additional keys, no
-    backward yet (the op layer does not route to it: the tuner may time it against the scalar kernels)."""
+    (out ``[B, L0, L1, H, Dv]``, lse ``[B, L0, L1, H]`` float32). No varlen, no additional keys;
+    backward: :func:`na2d_backward`."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, L0, L1, H, D = q.shape
     Hkv, Dv = k.shape[3], v.shape[-1]
     dp = padded_dim(D, Dv)
     out = _new((B, L0, L1, H, Dv), q.dtype, q.device)
     lse = _new((B, L0, L1, H), torch.float32, q.device)
+    geom, grid = _na2d_geometry(q, k, v, kernel_size, stride, dilation, is_causal, False)
+    lib = runtime.library(SHADER, q.device.type)
+    _kernel(lib, "na2d_forward", q, dp)(q, k, v, out, lse, geom, float(scale),
+                                        threads=(grid[0], H, grid[2]), group_size=(THREADS, 1, 1))
+    return out, lse
+
+
+def _na2d_geometry(q, k, v, kernel_size, stride, dilation, is_causal, has_dlse: bool):
+    """The ``geom`` buffer of the na2d kernels and their grid (threads; y is the head axis)."""
+    from .metal import _geom_buffer
+    B, L0, L1, H, D = q.shape
     K, S, dil, C = (list(x) for x in (kernel_size, stride, dilation, is_causal))
     rows = -(-L0 // dil[0])                  # the longest dilation group's extents
     cols = -(-L1 // dil[1])
     tiles1 = -(-cols // 8)
     tiles = -(-rows // 4) * tiles1
-    from .metal import _geom_buffer
-    geom = _geom_buffer((B, H, Hkv, D, Dv, L0, L1, *K, *S, *dil, *(int(bool(c)) for c in C), tiles1), q.device)
+    geom = _geom_buffer((B, H, k.shape[3], D, v.shape[-1], L0, L1, *K, *S, *dil, *(int(bool(c)) for c in C), tiles1,
+                         int(has_dlse)), q.device)
+    return geom, (tiles * THREADS, None, B * dil[0] * dil[1])
+
+
+def na2d_backward(dout, dlse: Optional[torch.Tensor], q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                  scale: float):
+    """Gradients (dq, dk, dv) of :func:`na2d_forward`: dQ (and delta = rowsum(dout * out) - dlse) over
+    each query tile's key box, then dK/dV over each key tile's query box; no atomics."""
+    q, k, v, out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous()
+    dout = dout.to(q.dtype).contiguous()
+    lse = lse.float().contiguous()
+    has_dlse = dlse is not None
+    dlse_t = dlse.float().contiguous() if has_dlse else lse
+    H, Hkv = q.shape[3], k.shape[3]
+    dp = padded_dim(q.shape[-1], v.shape[-1])
+    dq = _new(q.shape, q.dtype, q.device)
+    dk = _new(k.shape, k.dtype, k.device)
+    dv = _new(v.shape, v.dtype, v.device)
+    delta = _new(lse.shape, torch.float32, q.device)
+    geom, grid = _na2d_geometry(q, k, v, kernel_size, stride, dilation, is_causal, has_dlse)
     lib = runtime.library(SHADER, q.device.type)
-    _kernel(lib, "na2d_forward", q, dp)(q, k, v, out, lse, geom, float(scale),
-                                        threads=(tiles * THREADS, H, B * dil[0] * dil[1]),
-                                        group_size=(THREADS, 1, 1))
-    return out, lse
+    _kernel(lib, "na2d_backward_dq", q, dp)(q, k, v, out, dout, lse, dlse_t, dq, delta, geom, float(scale),
+                                            threads=(grid[0], H, grid[2]), group_size=(THREADS, 1, 1))
+    _kernel(lib, "na2d_backward_dkdv", q, dp)(q, k, v, dout, lse, delta, dk, dv, geom, float(scale),
+                                              threads=(grid[0], Hkv, grid[2]), group_size=(THREADS, 1, 1))
+    return dq, dk, dv

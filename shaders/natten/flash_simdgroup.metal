@@ -28,6 +28,8 @@
 //   flash_backward_dq  dq, delta = rowsum(dout * out) - dlse
 //   flash_backward_dkdv dk, dv (needs delta from flash_backward_dq)
 //   na2d_forward       out, lse of 2-D neighborhood attention (large windows; see its header)
+//   na2d_backward_dq   dq, delta of 2-D neighborhood attention
+//   na2d_backward_dkdv dk, dv of 2-D neighborhood attention
 #include <metal_stdlib>
 using namespace metal;
 
@@ -521,6 +523,265 @@ kernel void na2d_forward(device const T* q [[buffer(0)]], device const T* k [[bu
   if (p.col == 0) lse[qtok * g.H + h] = (m + log2(l)) * kLn2;
 }
 
+// ---------------------------------------------------------------------------------------------
+// 2-D neighborhood attention backward: dQ (and delta) over each query tile's key box, then dK/dV
+// over each key tile's query box (the queries whose windows hold its keys: an interval per axis,
+// na_query_span), every query head of the key head in turn. geom as na2d_forward plus
+// [16] has_dlse. Products that consume staged rows run masked (mma_masked) only in blocks holding
+// a non-finite value, as in the forward.
+// ---------------------------------------------------------------------------------------------
+// The queries (group coordinates) whose window holds key j: [lo, hi] (empty when hi < lo). Both
+// ends of a window never decrease with the query, so they form one interval; found by bisection.
+inline AxisWindowT<int> na_query_span(int j, int len, int K, int S, bool C) {
+  int lo = 0, hi = len;                     // first query whose window ends at or after j
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (na_axis_window(mid, len, K, S, C).hi >= j) hi = mid; else lo = mid + 1;
+  }
+  AxisWindowT<int> r;
+  r.lo = lo;
+  lo = -1; hi = len - 1;                    // last query whose window starts at or before j
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (na_axis_window(mid, len, K, S, C).lo <= j) lo = mid; else hi = mid - 1;
+  }
+  r.hi = lo;
+  return r;
+}
+
+// Stage rows (row, c0 .. c0 + BK - 1) of two [B, L0, L1, heads, width] tensors of one dilation
+// group and head (columns past `chi` zero); returns whether this thread staged a non-finite value.
+template <typename S, int DP, int BK, typename T>
+inline bool stage_box_row(threadgroup S* a, threadgroup S* b, device const T* x, device const T* y, int wx, int wy,
+                          int tokrow, int dil1, int g1, int heads, int head, int c0, int chi, uint tid) {
+  bool nonfinite = false;
+  for (int e = int(tid); e < BK * DP; e += kThreads) {
+    const int r = e / DP, c = e - r * DP, col = c0 + r;
+    S xa = S(0), yb = S(0);
+    if (col <= chi) {
+      const int tok = (tokrow + col * dil1 + g1) * heads + head;
+      if (c < wx) xa = S(x[tok * wx + c]);
+      if (c < wy) yb = S(y[tok * wy + c]);
+      nonfinite = nonfinite || !isfinite(float(xa)) || !isfinite(float(yb));
+    }
+    a[e] = xa;
+    b[e] = yb;
+  }
+  return nonfinite;
+}
+
+template <typename T, int DP>
+kernel void na2d_backward_dq(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                             device const T* v [[buffer(2)]], device const T* out [[buffer(3)]],
+                             device const T* dout [[buffer(4)]], device const float* lse [[buffer(5)]],
+                             device const float* dlse [[buffer(6)]], device T* dq [[buffer(7)]],
+                             device float* delta [[buffer(8)]], constant int* geom [[buffer(9)]],
+                             constant float& scale [[buffer(10)]], uint3 tg [[threadgroup_position_in_grid]],
+                             uint tid [[thread_index_in_threadgroup]], ushort sg [[simdgroup_index_in_threadgroup]],
+                             ushort lane [[thread_index_in_simdgroup]]) {
+  typedef typename Staged<T>::type S;
+  constexpr int NF = DP / 8, BK = block_rows<S, DP>(), NT = BK / 8;
+  threadgroup S ks[BK * DP];
+  threadgroup S vs[BK * DP];
+  threadgroup int bad[kSimdgroups];
+  const NaGeom g = load_na_geom(geom);
+  const bool has_dlse = geom[16] != 0;
+  const int ngroups = g.DIL[0] * g.DIL[1];
+  const int b = int(tg.z) / ngroups, grp = int(tg.z) % ngroups, g0 = grp / g.DIL[1], g1 = grp % g.DIL[1];
+  const int h = int(tg.y), hk = h / (g.H / g.Hkv);
+  const int len0 = na_group_len(g.L[0], g.DIL[0], g0), len1 = na_group_len(g.L[1], g.DIL[1], g1);
+  const int y0 = (int(tg.x) / g.tiles1) * kSimdgroups, x0 = (int(tg.x) % g.tiles1) * kRows;
+  if (y0 >= len0 || x0 >= len1) return;
+  const FragPos p = frag_pos(lane);
+  const int y = y0 + int(sg), x = x0 + p.row;
+  const bool row_in = y < len0, valid = row_in && x < len1;
+  const AxisWindowT<int> wy = na_axis_window(min(y, len0 - 1), len0, g.K[0], g.S[0], g.C[0]);
+  const AxisWindowT<int> wx = na_axis_window(min(x, len1 - 1), len1, g.K[1], g.S[1], g.C[1]);
+  const int ylo = na_axis_window(y0, len0, g.K[0], g.S[0], g.C[0]).lo;
+  const int yhi = na_axis_window(min(y0 + kSimdgroups - 1, len0 - 1), len0, g.K[0], g.S[0], g.C[0]).hi;
+  const int xlo = na_axis_window(x0, len1, g.K[1], g.S[1], g.C[1]).lo;
+  const int xhi = na_axis_window(min(x0 + kRows - 1, len1 - 1), len1, g.K[1], g.S[1], g.C[1]).hi;
+  const int qtok = (b * g.L[0] + min(y, len0 - 1) * g.DIL[0] + g0) * g.L[1] + min(x, len1 - 1) * g.DIL[1] + g1;
+  const int row = qtok * g.H + h;
+
+  simdgroup_float8x8 qf[NF], df[NF], dqf[NF];
+  float dl = 0.0f;
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      qf[j].thread_elements()[e] = (valid && c < g.D) ? float(q[row * g.D + c]) * (scale * kLog2e) : 0.0f;
+      const float d = (valid && c < g.Dv) ? float(dout[row * g.Dv + c]) : 0.0f;
+      df[j].thread_elements()[e] = d;
+      if (valid && c < g.Dv) dl += d * float(out[row * g.Dv + c]);
+    }
+    dqf[j] = frag_zero();
+  }
+  dl = row_sum(dl);
+  if (has_dlse && valid) dl -= dlse[row];
+  if (p.col == 0 && valid) delta[row] = dl;
+  const float lse2 = valid ? lse[row] * kLog2e : 0.0f;
+
+  for (int ky = ylo; ky <= yhi; ++ky) {
+    const bool row_seen = row_in && ky >= wy.lo && ky <= wy.hi;
+    const int krow = (b * g.L[0] + ky * g.DIL[0] + g0) * g.L[1];
+    for (int c0 = xlo; c0 <= xhi; c0 += BK) {
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      const bool nf = stage_box_row<S, DP, BK>(ks, vs, k, v, g.D, g.Dv, krow, g.DIL[1], g1, g.Hkv, hk, c0, xhi, tid);
+      const int any_bad = simd_max(nf ? 1 : 0);
+      if (lane == 0) bad[sg] = any_bad;
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      if (!row_seen) continue;
+      const bool masked = (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
+      for (int t = 0; t < NT; ++t) {
+        const int kt = c0 + 8 * t;
+        if (kt > xhi) continue;
+        simdgroup_float8x8 sf = frag_zero(), dpf = frag_zero();
+        for (int j = 0; j < NF; ++j) {
+          simdgroup_float8x8 kf, vf;
+          frag_load_t(kf, ks, DP, 8 * t, 8 * j, p);
+          simdgroup_multiply_accumulate(sf, qf[j], kf, sf);
+          frag_load_t(vf, vs, DP, 8 * t, 8 * j, p);
+          simdgroup_multiply_accumulate(dpf, df[j], vf, dpf);
+        }
+        for (int e = 0; e < 2; ++e) {
+          const int kx = kt + p.col + e;
+          const bool seen = valid && kx >= wx.lo && kx <= wx.hi;
+          const float pe = exp2(sf.thread_elements()[e] - lse2);
+          sf.thread_elements()[e] = seen ? pe * (dpf.thread_elements()[e] - dl) : 0.0f;   // dS
+        }
+        for (int j = 0; j < NF; ++j) {
+          if (masked) {
+            mma_masked(dqf[j], sf, ks, DP, 8 * t, 8 * j, valid ? wx.lo - kt : 1, valid ? wx.hi - kt : 0, p);
+          } else {
+            simdgroup_float8x8 kf;
+            frag_load(kf, ks, DP, 8 * t, 8 * j, p);
+            simdgroup_multiply_accumulate(dqf[j], sf, kf, dqf[j]);
+          }
+        }
+      }
+    }
+  }
+  if (!valid) return;
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      if (c < g.D) dq[row * g.D + c] = T(dqf[j].thread_elements()[e] * scale);
+    }
+  }
+}
+
+template <typename T, int DP>
+kernel void na2d_backward_dkdv(device const T* q [[buffer(0)]], device const T* k [[buffer(1)]],
+                               device const T* v [[buffer(2)]], device const T* dout [[buffer(3)]],
+                               device const float* lse [[buffer(4)]], device const float* delta [[buffer(5)]],
+                               device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],
+                               constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
+                               uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
+                               ushort sg [[simdgroup_index_in_threadgroup]],
+                               ushort lane [[thread_index_in_simdgroup]]) {
+  typedef typename Staged<T>::type S;
+  constexpr int NF = DP / 8, BK = block_rows<S, DP>(), NT = BK / 8;
+  threadgroup S qs[BK * DP];
+  threadgroup S ds[BK * DP];
+  threadgroup float lses[BK];
+  threadgroup float dls[BK];
+  threadgroup int bad[kSimdgroups];
+  const NaGeom g = load_na_geom(geom);
+  const int ngroups = g.DIL[0] * g.DIL[1], G = g.H / g.Hkv;
+  const int b = int(tg.z) / ngroups, grp = int(tg.z) % ngroups, g0 = grp / g.DIL[1], g1 = grp % g.DIL[1];
+  const int hk = int(tg.y);
+  const int len0 = na_group_len(g.L[0], g.DIL[0], g0), len1 = na_group_len(g.L[1], g.DIL[1], g1);
+  const int y0 = (int(tg.x) / g.tiles1) * kSimdgroups, x0 = (int(tg.x) % g.tiles1) * kRows;
+  if (y0 >= len0 || x0 >= len1) return;
+  const FragPos p = frag_pos(lane);
+  const int y = y0 + int(sg), x = x0 + p.row;             // this lane's key
+  const bool row_in = y < len0, valid = row_in && x < len1;
+  const AxisWindowT<int> qy = na_query_span(min(y, len0 - 1), len0, g.K[0], g.S[0], g.C[0]);
+  const AxisWindowT<int> qx = na_query_span(min(x, len1 - 1), len1, g.K[1], g.S[1], g.C[1]);
+  const int ylo = na_query_span(y0, len0, g.K[0], g.S[0], g.C[0]).lo;
+  const int yhi = na_query_span(min(y0 + kSimdgroups - 1, len0 - 1), len0, g.K[0], g.S[0], g.C[0]).hi;
+  const int xlo = na_query_span(x0, len1, g.K[1], g.S[1], g.C[1]).lo;
+  const int xhi = na_query_span(min(x0 + kRows - 1, len1 - 1), len1, g.K[1], g.S[1], g.C[1]).hi;
+  const int ktok = (b * g.L[0] + min(y, len0 - 1) * g.DIL[0] + g0) * g.L[1] + min(x, len1 - 1) * g.DIL[1] + g1;
+  const int krow = ktok * g.Hkv + hk;
+
+  simdgroup_float8x8 kf[NF], vf[NF], dkf[NF], dvf[NF];
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      kf[j].thread_elements()[e] = (valid && c < g.D) ? float(k[krow * g.D + c]) * (scale * kLog2e) : 0.0f;
+      vf[j].thread_elements()[e] = (valid && c < g.Dv) ? float(v[krow * g.Dv + c]) : 0.0f;
+    }
+    dkf[j] = frag_zero();
+    dvf[j] = frag_zero();
+  }
+
+  for (int gi = 0; gi < G; ++gi) {
+    const int h = hk * G + gi;
+    for (int iy = ylo; iy <= yhi; ++iy) {
+      const bool row_seen = row_in && iy >= qy.lo && iy <= qy.hi;
+      const int qrow = (b * g.L[0] + iy * g.DIL[0] + g0) * g.L[1];
+      for (int c0 = xlo; c0 <= xhi; c0 += BK) {
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        const bool nf = stage_box_row<S, DP, BK>(qs, ds, q, dout, g.D, g.Dv, qrow, g.DIL[1], g1, g.H, h, c0, xhi,
+                                                 tid);
+        if (int(tid) < BK) {
+          const int col = c0 + int(tid);
+          const int at = (qrow + min(col, len1 - 1) * g.DIL[1] + g1) * g.H + h;
+          lses[tid] = col <= xhi ? lse[at] * kLog2e : 0.0f;
+          dls[tid] = col <= xhi ? delta[at] : 0.0f;
+        }
+        const int any_bad = simd_max(nf ? 1 : 0);
+        if (lane == 0) bad[sg] = any_bad;
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        if (!row_seen) continue;
+        const bool masked = (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
+        for (int t = 0; t < NT; ++t) {
+          const int it = c0 + 8 * t;                     // first query column of the sub-block
+          if (it > xhi) continue;
+          simdgroup_float8x8 sf = frag_zero(), dpf = frag_zero();   // S^T, dP^T: rows keys, columns queries
+          for (int j = 0; j < NF; ++j) {
+            simdgroup_float8x8 qf, df;
+            frag_load_t(qf, qs, DP, 8 * t, 8 * j, p);
+            simdgroup_multiply_accumulate(sf, kf[j], qf, sf);
+            frag_load_t(df, ds, DP, 8 * t, 8 * j, p);
+            simdgroup_multiply_accumulate(dpf, vf[j], df, dpf);
+          }
+          simdgroup_float8x8 pf;
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * t + p.col + e, ix = c0 + c;
+            const bool seen = valid && ix >= qx.lo && ix <= qx.hi;
+            const float pe = seen ? exp2(sf.thread_elements()[e] - lses[c]) : 0.0f;
+            pf.thread_elements()[e] = pe;
+            sf.thread_elements()[e] = seen ? pe * (dpf.thread_elements()[e] - dls[c]) : 0.0f;   // dS^T
+          }
+          const int lo = valid ? qx.lo - it : 1, hi = valid ? qx.hi - it : 0;
+          for (int j = 0; j < NF; ++j) {
+            if (masked) {
+              mma_masked(dvf[j], pf, ds, DP, 8 * t, 8 * j, lo, hi, p);
+              mma_masked(dkf[j], sf, qs, DP, 8 * t, 8 * j, lo, hi, p);
+            } else {
+              simdgroup_float8x8 df, qf;
+              frag_load(df, ds, DP, 8 * t, 8 * j, p);
+              simdgroup_multiply_accumulate(dvf[j], pf, df, dvf[j]);
+              frag_load(qf, qs, DP, 8 * t, 8 * j, p);
+              simdgroup_multiply_accumulate(dkf[j], sf, qf, dkf[j]);
+            }
+          }
+        }
+      }
+    }
+  }
+  if (!valid) return;
+  for (int j = 0; j < NF; ++j) {
+    for (int e = 0; e < 2; ++e) {
+      const int c = 8 * j + p.col + e;
+      if (c < g.D) dk[krow * g.D + c] = T(dkf[j].thread_elements()[e] * scale);
+      if (c < g.Dv) dv[krow * g.Dv + c] = T(dvf[j].thread_elements()[e]);
+    }
+  }
+}
+
 #define INSTANTIATE_FLASH(NAME, T, DP)                                                                  \
   template [[host_name("flash_forward_" #NAME "_" #DP)]] kernel void flash_forward<T, DP>(               \
       device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
@@ -547,7 +808,21 @@ kernel void na2d_forward(device const T* q [[buffer(0)]], device const T* k [[bu
       device T* out [[buffer(3)]], device float* lse [[buffer(4)]], constant int* geom [[buffer(5)]],    \
       constant float& scale [[buffer(6)]], uint3 tg [[threadgroup_position_in_grid]],                    \
       uint tid [[thread_index_in_threadgroup]], ushort sg [[simdgroup_index_in_threadgroup]],            \
-      ushort lane [[thread_index_in_simdgroup]]);
+      ushort lane [[thread_index_in_simdgroup]]);                                                        \
+  template [[host_name("na2d_backward_dq_" #NAME "_" #DP)]] kernel void na2d_backward_dq<T, DP>(         \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* out [[buffer(3)]], device const T* dout [[buffer(4)]],                             \
+      device const float* lse [[buffer(5)]], device const float* dlse [[buffer(6)]], device T* dq [[buffer(7)]], \
+      device float* delta [[buffer(8)]], constant int* geom [[buffer(9)]], constant float& scale [[buffer(10)]], \
+      uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],               \
+      ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]]);          \
+  template [[host_name("na2d_backward_dkdv_" #NAME "_" #DP)]] kernel void na2d_backward_dkdv<T, DP>(     \
+      device const T* q [[buffer(0)]], device const T* k [[buffer(1)]], device const T* v [[buffer(2)]], \
+      device const T* dout [[buffer(3)]], device const float* lse [[buffer(4)]],                         \
+      device const float* delta [[buffer(5)]], device T* dk [[buffer(6)]], device T* dv [[buffer(7)]],   \
+      constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],                             \
+      uint3 tg [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],               \
+      ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]]);
 
 // Padded head dims DP the host picks from (the smallest that holds max(D, Dv)).
 #define INSTANTIATE_FLASH_DIMS(NAME, T)                                                                 \
