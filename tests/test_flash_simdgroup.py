@@ -7,8 +7,9 @@ Every case runs through the emulator (and through the MSL -> CUDA back end where
 dtype, GQA, head dims 8, 12 (padded to 16), 40/64, 256, lengths that are not multiples of the
 blocks. Also: the variant switch, the public ops on the matrix path, NaN containment, bit-identical
 reruns, the fragment layout of the back ends and the threadgroup byte counter. The 2-D NA forward
-against the float64 reference's explicit neighborhood mask (kernel 9 and 11, stride, dilation,
-causal per axis, GQA, every dtype), and its NaN containment window by window.
+and backward against the float64 reference's explicit neighborhood mask (kernel 9 and 11, stride,
+dilation, causal per axis, GQA, every dtype), bit-identical reruns, and NaN containment window by
+window.
 """
 import ctypes
 
@@ -207,7 +208,7 @@ def _sg_frag():
 
 NA_CASES = [  # spatial, kernel, stride, dilation, causal, h, hkv, d, dtype
     ((13, 19), (9, 9), (1, 1), (1, 1), (False, False), 2, 1, 16, torch.float32),
-    ((14, 21), (9, 9), (2, 3), (1, 2), (True, False), 2, 2, 12, torch.float32),
+    ((14, 21), (9, 9), (2, 3), (1, 2), (True, False), 4, 2, 12, torch.float32),
     ((20, 18), (9, 9), (1, 1), (2, 1), (False, True), 2, 1, 32, torch.float16),
     ((11, 12), (11, 11), (1, 2), (1, 1), (True, True), 1, 1, 64, torch.bfloat16),
 ]
@@ -220,11 +221,21 @@ def test_na2d_forward_matches_reference(case, dev):
     q = torch.randn(2, *spatial, h, d, generator=g).to(dtype)
     k = torch.randn(2, *spatial, hkv, d, generator=g).to(dtype)
     v = torch.randn(2, *spatial, hkv, d, generator=g).to(dtype)
-    out, lse = (t.cpu() for t in metal_flash.na2d_forward(q.to(dev), k.to(dev), v.to(dev), ks, st, dil, causal,
-                                                         d ** -0.5))
-    ro, rl = reference_na(q, k, v, ks, st, dil, causal)
-    torch.testing.assert_close(out.double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
-    torch.testing.assert_close(lse.double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
+    out, lse = metal_flash.na2d_forward(q.to(dev), k.to(dev), v.to(dev), ks, st, dil, causal, d ** -0.5)
+    dout = torch.randn(out.shape, generator=g).to(dtype)
+    dlse = torch.randn(lse.shape, generator=g)
+    grads = metal_flash.na2d_backward(dout.to(dev), dlse.to(dev), q.to(dev), k.to(dev), v.to(dev), out, lse, ks, st,
+                                      dil, causal, d ** -0.5)
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    ro, rl = reference_na(qr, kr, vr, ks, st, dil, causal)
+    torch.testing.assert_close(out.cpu().double(), ro, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(lse.cpu().double(), rl, atol=TOL[dtype], rtol=TOL[dtype])
+    ((ro * dout.double()).sum() + (rl * dlse.double()).sum()).backward()
+    for got, r in zip(grads, (qr, kr, vr)):
+        torch.testing.assert_close(got.cpu().double(), r.grad, atol=GRAD_TOL[dtype], rtol=GRAD_TOL[dtype])
+    again = metal_flash.na2d_backward(dout.to(dev), dlse.to(dev), q.to(dev), k.to(dev), v.to(dev), out, lse, ks, st,
+                                      dil, causal, d ** -0.5)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))          # bit-identical reruns
 
 
 def test_na2d_forward_nan_stays_in_its_windows(dev):
@@ -244,11 +255,21 @@ def test_na2d_forward_nan_stays_in_its_windows(dev):
     assert torch.equal(torch.isnan(out[0, :, :, 0]).any(-1), sees_k | sees_v)
     fine = ~(sees_k | sees_v)
     torch.testing.assert_close(out[0, :, :, 0][fine].double(), clean[0, :, :, 0][fine], atol=2e-5, rtol=0)
+    # backward: dq of a query is spoiled only if its window holds the NaN key or value (via dP, delta);
+    # dk/dv of a key only if its window-holding queries are spoiled (their LSE / delta are NaN)
+    dq, dk, dv = (t.cpu() for t in metal_flash.na2d_backward(torch.ones_like(out).to(dev), None, q.to(dev), k.to(dev),
+                                                            v.to(dev), out.to(dev), lse.to(dev), ks, st, dil, causal,
+                                                            8 ** -0.5))
+    spoiled = (sees_k | sees_v).reshape(-1)
+    assert torch.isfinite(dq[0, :, :, 0][fine]).all()
+    reached = (mask & spoiled[:, None]).any(0).reshape(spatial)       # keys some spoiled query sees
+    assert torch.isfinite(dk[0, :, :, 0][~reached]).all() and torch.isfinite(dv[0, :, :, 0][~reached]).all()
 
 
 def test_na2d_public_op_on_the_matrix_forward(emulate, monkeypatch):
-    """NATTEN_MPS_METAL_NA=simdgroup: na2d's forward runs na2d_forward, its backward the scalar
-    kernels on that forward's out and LSE; both match the reference. 1-D problems stay scalar."""
+    """NATTEN_MPS_METAL_NA=simdgroup: na2d runs the na2d_* matrix kernels forward and backward and
+    matches the reference; the scalar backward accepts the matrix forward's out and LSE (so the two
+    variants can be mixed); 1-D problems stay scalar."""
     monkeypatch.setenv("NATTEN_MPS_METAL_NA", "simdgroup")
     g = torch.Generator().manual_seed(21)
     q, k, v = (torch.randn(1, 12, 14, 2, 16, generator=g).requires_grad_() for _ in range(3))
@@ -259,10 +280,19 @@ def test_na2d_public_op_on_the_matrix_forward(emulate, monkeypatch):
     ro, _ = reference_na(qr, kr, vr, (9, 9), (1, 1), (1, 1), (False, True))
     torch.testing.assert_close(out.double(), ro, atol=2e-5, rtol=2e-5)
     dout = torch.randn(out.shape, generator=g)
-    out.backward(dout)
+    with emulator.counting() as counter:
+        out.backward(dout)
+    assert {s.kernel.rsplit("_", 2)[0] for s in counter.launches} == {"na2d_backward_dq", "na2d_backward_dkdv"}
     (ro * dout.double()).sum().backward()
     for got, r in zip((q, k, v), (qr, kr, vr)):
         torch.testing.assert_close(got.grad.double(), r.grad, atol=1e-4, rtol=1e-4)
+    o, lse = metal.na_forward(q.detach(), k.detach(), v.detach(), [9, 9], [1, 1], [1, 1], [False, True], 0.25)
+    mixed = metal.na_backward(dout, None, q.detach(), k.detach(), v.detach(), o, lse, [9, 9], [1, 1], [1, 1],
+                              [False, True], 0.25, variant="scalar")
+    same = metal.na_backward(dout, None, q.detach(), k.detach(), v.detach(), o, lse, [9, 9], [1, 1], [1, 1],
+                             [False, True], 0.25)
+    for a, b in zip(mixed, same):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     x = torch.randn(1, 20, 2, 16)
     with emulator.counting() as counter:
         natten_mps.na1d(x, x, x, kernel_size=5)

@@ -431,9 +431,9 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
 
 
 def _na_variant(q, kernel_size, variant: Optional[str] = None) -> str:
-    """The NA forward kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA`` (``scalar``, the
-    default, or ``simdgroup``: the 2-D matrix forward of flash_simdgroup.metal, used for 2-D
-    problems it covers; the backward stays scalar). ValueError on any other name."""
+    """The NA kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA`` (``scalar``, the default,
+    or ``simdgroup``: the 2-D matrix kernels of flash_simdgroup.metal, for the 2-D problems without
+    additional keys or varlen they cover). ValueError on any other name."""
     choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_NA", "scalar")
     if choice not in DENSE_VARIANTS:
         raise ValueError(f"NA variant (NATTEN_MPS_METAL_NA or variant=) must be one of {DENSE_VARIANTS}, got {choice!r}")
@@ -448,7 +448,11 @@ def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, variant
     return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
-def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
+                variant: Optional[str] = None):
+    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
+        return metal_flash.na2d_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                                         scale)
     dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
                                           is_causal, scale)
     return dq, dk, dv
