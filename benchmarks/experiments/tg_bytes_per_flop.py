@@ -35,7 +35,7 @@ from natten_mps.backends import metal  # noqa: E402
 from natten_mps.metal import runtime  # noqa: E402
 
 # name, spatial, K, D: the seed configurations of bench_metal_proxy.py, then larger 2-D windows.
-# 2-D rows also run the simdgroup-matrix forward (na2d_forward; no 1-D/3-D or backward matrix kernel yet).
+# 2-D rows also run the simdgroup-matrix kernels (na2d_*; no 1-D or 3-D matrix kernels yet).
 SEED_NA = [("1D L=256 K=7", (256,), 7, 32)]
 NA_2D = [("2D 32x32 K=7", (32, 32), 7, 32), ("2D 32x32 K=9", (32, 32), 9, 32), ("2D 32x32 K=13", (32, 32), 13, 64)]
 
@@ -84,13 +84,17 @@ def na_row(spatial, K, D):
 
 
 def na2d_matrix_row(spatial, K, D):
-    """Forward of the 2-D simdgroup-matrix NA kernel (no backward yet)."""
+    """Forward and backward of the 2-D simdgroup-matrix NA kernels."""
     from natten_mps.backends import metal_flash
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, *spatial, 1, D, generator=g) for _ in range(3))
+    q, k, v, dout = (torch.randn(1, *spatial, 1, D, generator=g) for _ in range(4))
+    args = ((K, K), (1, 1), (1, 1), (False, False), D ** -0.5)
     tg_read(reset_only=True)
-    metal_flash.na2d_forward(q, k, v, (K, K), (1, 1), (1, 1), (False, False), D ** -0.5)
-    return tg_read(), 4 * D * spatial[0] * spatial[1] * K * K
+    out, lse = metal_flash.na2d_forward(q, k, v, *args)
+    fwd = tg_read()
+    metal_flash.na2d_backward(dout, None, q, k, v, out, lse, *args)
+    pairs = spatial[0] * spatial[1] * K * K
+    return fwd, 4 * D * pairs, tg_read(), 10 * D * pairs
 
 
 def main(argv=None) -> int:
@@ -118,12 +122,13 @@ def main(argv=None) -> int:
             print(f"| NA {name} D={D} fp32 | forward | scalar | {fb:,} | {ff:,} | {fb / ff:.4f} | (no matrix NA kernel) |")
             print(f"| NA {name} D={D} fp32 | backward | scalar | {bb:,} | {bf:,} | {bb / bf:.4f} | (no matrix NA kernel) |")
         for name, spatial, K, D in NA_2D:
-            fb, ff, bb, bf = na_row(spatial, K, D)
-            mb, mf = na2d_matrix_row(spatial, K, D)
-            print(f"| NA {name} D={D} fp32 | forward | scalar | {fb:,} | {ff:,} | {fb / ff:.4f} |  |")
-            print(f"| NA {name} D={D} fp32 | forward | simdgroup | {mb:,} | {mf:,} | {mb / mf:.4f} "
-                  f"| {mb / mf / (fb / ff):.3f} |")
-            print(f"| NA {name} D={D} fp32 | backward | scalar | {bb:,} | {bf:,} | {bb / bf:.4f} | (no matrix NA backward) |")
+            scalar = na_row(spatial, K, D)
+            matrix = na2d_matrix_row(spatial, K, D)
+            for p, (bi, fi) in (("forward", (0, 1)), ("backward", (2, 3))):
+                base = scalar[bi] / scalar[fi]
+                print(f"| NA {name} D={D} fp32 | {p} | scalar | {scalar[bi]:,} | {scalar[fi]:,} | {base:.4f} |  |")
+                print(f"| NA {name} D={D} fp32 | {p} | simdgroup | {matrix[bi]:,} | {matrix[fi]:,} "
+                      f"| {matrix[bi] / matrix[fi]:.4f} | {matrix[bi] / matrix[fi] / base:.3f} |")
     return 0
 
 
