@@ -246,7 +246,11 @@ def measure_dense(timer, L, B, H, D, dtype, reps, warmup, variant="scalar") -> d
 
 def worker(args) -> None:
     import torch
+    import os
+    os.environ["NATTEN_MPS_METAL_NA"] = args.na_variant     # ours only; natten-mps ignores it
     fns, cuda_module, label = setup_contender(args.worker, args.natten_mps_path)
+    if args.worker == "ours" and args.na_variant != "scalar":
+        label += f" (NA {args.na_variant})"
     timer = KernelTimer(cuda_module)
     configs = SEED_CONFIGS + ([] if args.quick else LARGE_CONFIGS)
     results = []
@@ -340,7 +344,7 @@ def run_worker(who, args):
         cmd += ["--natten-mps-path", args.natten_mps_path]
     if args.quick:
         cmd.append("--quick")
-    cmd += ["--dense-variants", *args.dense_variants]
+    cmd += ["--dense-variants", *args.dense_variants, "--na-variant", args.na_variant]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULTS "):
@@ -366,6 +370,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--na-variant", choices=["scalar", "simdgroup"], default="scalar",
+                    help="our NA kernels for the 2-D rows (NATTEN_MPS_METAL_NA; simdgroup: 2-D matrix kernels)")
     ap.add_argument("--dense-variants", nargs="+", choices=["scalar", "simdgroup"], default=["scalar", "simdgroup"],
                     help="dense kernels timed side by side (NATTEN_MPS_METAL_DENSE)")
     ap.add_argument("--report", metavar="JSON", help="print the tables of a saved --json run (no GPU needed)")
