@@ -28,6 +28,7 @@ designs, they are not Apple timings.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -217,9 +218,13 @@ def baseline_ms(cuda_module, rank, spatial, K, B, H, D, dtype, reps) -> float:
     return KernelTimer(cuda_module).measure(launch, reps)[0]
 
 
-def measure_dense(timer, L, B, H, D, dtype, reps, warmup) -> dict:
+def measure_dense(timer, L, B, H, D, dtype, reps, warmup, variant="scalar") -> dict:
+    """Dense attention through ``natten_mps.attention`` on the dense ``variant`` (scalar kernels of
+    attention.metal or the simdgroup-matrix kernels of flash_simdgroup.metal)."""
+    import os
     import torch
     import natten_mps
+    os.environ["NATTEN_MPS_METAL_DENSE"] = variant
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, L, H, D, device="cuda", generator=g, dtype=dtype).requires_grad_() for _ in range(3))
     dout = torch.randn(B, L, H, D, device="cuda", generator=g, dtype=dtype)
@@ -241,7 +246,11 @@ def measure_dense(timer, L, B, H, D, dtype, reps, warmup) -> dict:
 
 def worker(args) -> None:
     import torch
+    import os
+    os.environ["NATTEN_MPS_METAL_NA"] = args.na_variant     # ours only; natten-mps ignores it
     fns, cuda_module, label = setup_contender(args.worker, args.natten_mps_path)
+    if args.worker == "ours" and args.na_variant != "scalar":
+        label += f" (NA {args.na_variant})"
     timer = KernelTimer(cuda_module)
     configs = SEED_CONFIGS + ([] if args.quick else LARGE_CONFIGS)
     results = []
@@ -263,16 +272,18 @@ def worker(args) -> None:
             results.append(row)
             torch.cuda.empty_cache()
     if args.worker == "ours":
-        for name, L, B, H, D in DENSE_CONFIGS:
-            for dtype_name in args.dtypes:
-                row = dict(config=name, dtype=dtype_name, contender=label, dense=True)
-                try:
-                    row.update(measure_dense(timer, L, B, H, D, getattr(torch, dtype_name), args.repeats, args.warmup))
+        for (name, L, B, H, D), dtype_name, variant in itertools.product(DENSE_CONFIGS, args.dtypes,
+                                                                          args.dense_variants):
+            row = dict(config=name, dtype=dtype_name, contender=label, dense=True, variant=variant)
+            try:
+                row.update(measure_dense(timer, L, B, H, D, getattr(torch, dtype_name), args.repeats, args.warmup,
+                                         variant))
+                if variant == args.dense_variants[0]:
                     row["baseline_kernel_ms"] = baseline_ms(cuda_module, 1, (L,), L, B, H, D,
                                                             getattr(torch, dtype_name), max(3, args.repeats // 4))
-                except Exception as e:  # noqa: BLE001
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                results.append(row)
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            results.append(row)
     print("RESULTS " + json.dumps(results))
 
 
@@ -333,6 +344,7 @@ def run_worker(who, args):
         cmd += ["--natten-mps-path", args.natten_mps_path]
     if args.quick:
         cmd.append("--quick")
+    cmd += ["--dense-variants", *args.dense_variants, "--na-variant", args.na_variant]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULTS "):
@@ -358,6 +370,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--na-variant", choices=["scalar", "simdgroup"], default="scalar",
+                    help="our NA kernels for the 2-D rows (NATTEN_MPS_METAL_NA; simdgroup: 2-D matrix kernels)")
+    ap.add_argument("--dense-variants", nargs="+", choices=["scalar", "simdgroup"], default=["scalar", "simdgroup"],
+                    help="dense kernels timed side by side (NATTEN_MPS_METAL_DENSE)")
     ap.add_argument("--report", metavar="JSON", help="print the tables of a saved --json run (no GPU needed)")
     ap.add_argument("--worker", choices=["ours", "natten-mps"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -433,9 +449,12 @@ def report(ceil, ours, theirs, repeats) -> dict:
               f"| {fmt(ratio(r.get('fwdbwd_ms'), t.get('fwdbwd_ms')), 'x')} "
               f"| {fmt(ratio(r.get('fwdbwd_kernel_ms'), t.get('fwdbwd_kernel_ms')), 'x')} | {fmt(ratio(ob, tb), 'x')} "
               f"| {fmt(pct(2.5 * flops, ob, ceil['fma_flops']))} |")
-    print("\nDense (flash) attention, not causal (ms): kernels only")
-    print("| config | dtype | fwd kernel | fwd % FMA | bwd kernels | bwd % FMA | per-query kernel | per-query/ours |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nDense (flash) attention, not causal (ms): kernels only; variant scalar = attention.metal, simdgroup ="
+          " flash_simdgroup.metal (8x8 products as 512 FP32 FMAs with 24 operand shuffles: Apple's matrix unit"
+          " exchanges operands for free, so this proxy undercounts the simdgroup variant)")
+    print("| config | dtype | variant | fwd kernel | fwd % FMA | bwd kernels | bwd % FMA | per-query kernel "
+          "| per-query/ours |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in ours:
         if not r.get("dense"):
             continue
@@ -443,7 +462,7 @@ def report(ceil, ours, theirs, repeats) -> dict:
         flops = 4 * B * H * L * L * D
         kt = r.get("fwd_kernel_ms")
         ob = r["fwdbwd_kernel_ms"] - kt if r.get("fwdbwd_kernel_ms") else None
-        print(f"| {r['config']} (B={B}, H={H}) | {r['dtype']} | {fmt(kt)} | {fmt(pct(flops, kt, ceil['fma_flops']))} "
+        print(f"| {r['config']} (B={B}, H={H}) | {r['dtype']} | {r.get('variant', 'scalar')} | {fmt(kt)} | {fmt(pct(flops, kt, ceil['fma_flops']))} "
               f"| {fmt(ob)} | {fmt(pct(2.5 * flops, ob, ceil['fma_flops']))} | {fmt(r.get('baseline_kernel_ms'))} "
               f"| {fmt(ratio(r.get('baseline_kernel_ms'), kt), 'x')} |" + (f" {r['error']}" if r.get("error") else ""))
         table.append(dict(ours=r, fma_pct=pct(flops, kt, ceil["fma_flops"])))

@@ -10,7 +10,9 @@ clean under every tool and both planted bugs are caught.
 Workload (``--workload sweep``): the NA sweep of the test suite through the public API with
 ``NATTEN_MPS_METAL_ON_CUDA`` (float32 over random ranks, kernels, dilations, strides, causal flags,
 GQA; float16 and bfloat16), the tiled kernels' own sweep (tests/test_attention_kernels.py: forward
-and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), sageattn
+and backward, additional keys, head dims 8 to 256, dense attention, NaN containment), the
+simdgroup-matrix dense kernels (tests/test_flash_simdgroup.py: forward and backward, every dtype,
+causal, GQA, NaN containment, reruns; the 2-D NA forward), sageattn
 through the same kernels, the split-op kernels (tests/test_split_kernels.py) and varlen
 (tests/test_varlen.py), the INT8 sage kernels (tests/test_sage_int8.py), and the back ends' feature-test kernels (threadgroup reduction with barriers, SIMD collectives with a partial SIMD-group, simdgroup
 matrices, partial threadgroups).
@@ -103,6 +105,17 @@ def workload_sweep() -> None:
         tk.check_na(c, torch.float32, seed=i, extra=2 if i % 2 else 0, dev="cuda")
         n += 1
     del os.environ["NATTEN_MPS_METAL_WALK"]
+    import test_flash_simdgroup as tf      # the simdgroup-matrix dense kernels
+    for case in tf.CASES:
+        tf.test_matches_reference(case, "cuda")
+        n += 1
+    tf.test_matches_the_scalar_kernels("cuda")
+    tf.test_nan_stays_with_the_queries_that_see_it("cuda")
+    tf.test_backward_is_bit_identical_across_runs("cuda")
+    for case in tf.NA_CASES:
+        tf.test_na2d_forward_matches_reference(case, "cuda")
+    tf.test_na2d_forward_nan_stays_in_its_windows("cuda")
+    n += 4 + len(tf.NA_CASES)
     import test_split_kernels as ts
     import test_varlen as tv
     natten_mps.set_backend("auto")          # their float64 references run the pure path on the CPU

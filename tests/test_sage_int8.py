@@ -175,3 +175,27 @@ def test_int8_kernel_op_passes_opcheck(emulate):
     q = torch.randn(1, 40, 2, 16, generator=g)
     k, v = torch.randn(1, 50, 1, 16, generator=g), torch.randn(1, 50, 1, 8, generator=g)
     torch.library.opcheck(int8_attention_metal, (q, k, v, True, 0.25))
+
+
+def test_int8_scores_are_exact_integer_dot_products(dev):
+    """The attention kernel's QK score is the exact integer dot product of the quantized values
+    (computed with float FMAs: every partial sum below 2^24), times the two block scales: with one
+    key the LSE is that score, bit for bit, at head dim 256 with every value at +-127 (the largest
+    sums the kernel can meet)."""
+    import math
+    from sage_mps import metal_int8
+    g = torch.Generator().manual_seed(12)
+    signs = torch.randint(0, 2, (1, 4, 1, 256), generator=g).float() * 2 - 1
+    q = signs.clone()
+    k = signs[:, :1].clone()                 # query 0 has the key's signs: dot 256 * 127^2
+    q[0, 1] = -k[0, 0]                        # query 1: -256 * 127^2; queries 2, 3: random signs
+    v = torch.randn(1, 1, 1, 256, generator=g)
+    scale = 0.05
+    out, lse = metal_int8.int8_attention_forward(q.to(dev), k.to(dev), v.to(dev), False, scale, 128, 64)
+    qi, qs = metal_int8.quantize(q.to(dev), 128, scale / math.log(2.0))
+    ki, ks = metal_int8.quantize(k.to(dev), 64, 1.0)
+    dots = (qi.cpu().long() * ki.cpu().long()).sum(-1)[0, :, 0]
+    assert dots[0] == 256 * 127 ** 2 and dots[1] == -256 * 127 ** 2
+    s = (dots.float() * qs.cpu()[0, 0, 0]) * ks.cpu()[0, 0, 0]
+    assert torch.equal(lse.cpu()[0, :, 0], s * torch.tensor(0.6931471805599453, dtype=torch.float32))
+    assert torch.equal(out.cpu(), v.expand(1, 4, 1, 256))

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..metal import runtime
-from . import fallback
+from . import fallback, metal_flash
 
 ATTENTION_SHADER = "natten/attention.metal"
 MAX_HEAD_DIM = 256
@@ -440,12 +440,29 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
             and kprob.query_halo() <= FUSED_MAX_HALO)
 
 
-def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse)."""
+def _na_variant(q, kernel_size, variant: Optional[str] = None) -> str:
+    """The NA kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA`` (``scalar``, the default,
+    or ``simdgroup``: the 2-D matrix kernels of flash_simdgroup.metal, for the 2-D problems without
+    additional keys or varlen they cover). ValueError on any other name."""
+    choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_NA", "scalar")
+    if choice not in DENSE_VARIANTS:
+        raise ValueError(f"NA variant (NATTEN_MPS_METAL_NA or variant=) must be one of {DENSE_VARIANTS}, got {choice!r}")
+    return "simdgroup" if choice == "simdgroup" and len(kernel_size) == 2 and q.dim() == 5 else "scalar"
+
+
+def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, variant: Optional[str] = None):
+    """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse); ``variant``:
+    see :func:`_na_variant`."""
+    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
+        return metal_flash.na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
-def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
+def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
+                variant: Optional[str] = None):
+    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
+        return metal_flash.na2d_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                                         scale)
     dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
                                           is_causal, scale)
     return dq, dk, dv
@@ -463,12 +480,32 @@ def na_varlen_backward(dout, q, k, v, out, lse, sizes, kernel_size, stride, dila
     return dq, dk, dv
 
 
-def dense_forward(q, k, v, is_causal, scale):
-    """Dense attention forward: ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D|Dv]``."""
+DENSE_VARIANTS = ("scalar", "simdgroup")
+
+
+def _dense_variant(q, k, v, variant: Optional[str] = None) -> str:
+    """The dense kernels to run: ``variant`` if given (the tuner's hook), else
+    ``NATTEN_MPS_METAL_DENSE`` (``scalar``, the default: attention.metal; ``simdgroup``:
+    flash_simdgroup.metal). ``simdgroup`` falls back to ``scalar`` where the matrix kernels do not
+    apply (``metal_flash.supported``). ValueError on any other name."""
+    choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_DENSE", "scalar")
+    if choice not in DENSE_VARIANTS:
+        raise ValueError(f"dense variant (NATTEN_MPS_METAL_DENSE or variant=) must be one of {DENSE_VARIANTS}, "
+                         f"got {choice!r}")
+    return "simdgroup" if choice == "simdgroup" and metal_flash.supported(q, k, v) else "scalar"
+
+
+def dense_forward(q, k, v, is_causal, scale, variant: Optional[str] = None):
+    """Dense attention forward: ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D|Dv]``;
+    ``variant``: see :func:`_dense_variant`."""
+    if _dense_variant(q, k, v, variant) == "simdgroup":
+        return metal_flash.dense_forward(q, k, v, is_causal, scale)
     return attention_forward(q, k, v, [1], [1], [1], [is_causal], scale, dense=True)
 
 
-def dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale):
+def dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale, variant: Optional[str] = None):
+    if _dense_variant(q, k, v, variant) == "simdgroup":
+        return metal_flash.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
     dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, [1], [1], [1], [is_causal], scale,
                                           dense=True)
     return dq, dk, dv

@@ -340,7 +340,7 @@ def threadgroup_bytes(clean_src: str, kernel: Kernel) -> Optional[int]:
     return total
 
 
-_SYNC_RE = re.compile(r"\b(threadgroup_barrier|simdgroup_barrier|simd_\w+|quad_\w+)\s*\(")
+_SYNC_RE = re.compile(r"\b(threadgroup_barrier|simdgroup_barrier|simdgroup_multiply\w*|simd_\w+|quad_\w+)\s*\(")
 
 
 METAL_VERSION = 320  # the MSL version the emulator stands in for (__METAL_VERSION__)

@@ -8,11 +8,18 @@
 //   sage_quantize_<T>     one threadgroup per (batch, head, token block): scale = max|x * mult| / 127
 //                         (0 for a block of zeros); x * mult / scale rounded half away from zero.
 //   sage_int8_forward_<T> a threadgroup owns 32 queries of one (batch, head): 8 SIMD-groups of 4
-//                         queries, 8 lanes per query splitting D in char4 slices. Chunks of 16
-//                         keys (int8 K, V in T, key scales) are staged in threadgroup memory; the
-//                         score of a key is an integer dot product (int32 multiply-adds, partial
-//                         sums meeting through simd_shuffle_xor), times the two block scales, in
-//                         base 2 (q carries sm_scale * log2 e); online softmax and P V in float.
+//                         queries, 8 lanes per query splitting D in 4-element slices. Chunks of 16
+//                         keys (K's int8 values as half, V in T, key scales) are staged in
+//                         threadgroup memory; the score of a key is the integer dot product
+//                         computed with float FMAs on the integer values (partial sums meeting
+//                         through simd_shuffle_xor), times the two block scales, in base 2 (q
+//                         carries sm_scale * log2 e); online softmax and P V in float.
+//
+// Why float FMAs: Apple GPUs have no int8 dot product and run 32-bit integer multiplies at a
+// quarter of the FP32 FMA rate. The float sum is exact: every product and partial sum is an
+// integer of magnitude at most D * 127^2 <= 256 * 16129 < 2^24, which float holds exactly, so the
+// scores equal the int32 path's bit for bit. K's values are staged as half (exact for |x| <= 2048),
+// converted once when staged, not once a lane reads them.
 //
 // params (int32): [0] B [1] Nq [2] Nk [3] H [4] Hkv [5] D [6] Dv [7] causal [8] q_block [9] k_block
 // Causal: query i sees keys j <= i (top-left when Nq != Nk). Head dims up to 256.
@@ -25,7 +32,7 @@ constant constexpr int kSimdGroups = 8;
 constant constexpr int kQueries = kQueriesPerSimd * kSimdGroups;
 constant constexpr int kChunk = 16;         // keys per staged chunk
 constant constexpr int kMaxD4 = 64;         // head dim / 4
-constant constexpr int kSlots = kMaxD4 / kLanes;   // char4 (and float4) slots per lane
+constant constexpr int kSlots = kMaxD4 / kLanes;   // 4-element slots per lane
 constant constexpr float kLn2 = 0.6931471805599453f;
 
 // ------------------------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ kernel void sage_int8_forward(device const char* qi [[buffer(0)]], device const 
                               uint tg [[threadgroup_position_in_grid]],
                               uint tid [[thread_index_in_threadgroup]],
                               uint nthreads [[threads_per_threadgroup]]) {
-  threadgroup char4 kst[kChunk * kMaxD4];
+  threadgroup half4 kst[kChunk * kMaxD4];
   threadgroup vec<T, 4> vst[kChunk * kMaxD4];
   threadgroup float kscale[kChunk];
   const int Nq = p[1], Nk = p[2], H = p[3], Hkv = p[4], D = p[5], Dv = p[6];
@@ -98,14 +105,14 @@ kernel void sage_int8_forward(device const char* qi [[buffer(0)]], device const 
   const bool valid = n < Nq;
   const int row = (b * Nq + n) * H + h;
 
-  int4 qv[kSlots];
+  float4 qv[kSlots];
   float4 acc[kSlots];
   for (int i = 0; i < kSlots; ++i) {
     const int c = slice + kLanes * i;
-    int4 x = int4(0);
+    float4 x = float4(0.0f);
     if (valid && c < D4) {
       for (int j = 0; j < 4; ++j) {
-        if (4 * c + j < D) x[j] = int(qi[row * D + 4 * c + j]);
+        if (4 * c + j < D) x[j] = float(qi[row * D + 4 * c + j]);
       }
     }
     qv[i] = x;
@@ -124,10 +131,10 @@ kernel void sage_int8_forward(device const char* qi [[buffer(0)]], device const 
     for (int e = int(tid); e < cnt * kMaxD4; e += int(nthreads)) {
       const int r = e / kMaxD4, c = e % kMaxD4;
       const int src = (b * Nk + j0 + r) * Hkv + hk;
-      char4 kx = char4(0);
+      half4 kx = half4(0.0f);
       vec<T, 4> vx = vec<T, 4>(T(0.0f));
       for (int j = 0; j < 4; ++j) {
-        if (4 * c + j < D) kx[j] = ki[src * D + 4 * c + j];
+        if (4 * c + j < D) kx[j] = half(ki[src * D + 4 * c + j]);
         if (4 * c + j < Dv) vx[j] = v[src * Dv + 4 * c + j];
       }
       kst[e] = kx;
@@ -138,19 +145,22 @@ kernel void sage_int8_forward(device const char* qi [[buffer(0)]], device const 
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
     for (int r = 0; r < cnt; ++r) {
-      int part = 0;
+      float part = 0.0f;       // an integer below 2^24 at every step: exact
       for (int i = 0; i < kSlots; ++i) {
         const int c = slice + kLanes * i;
         if (c < D4) {
-          const char4 kx = kst[r * kMaxD4 + c];
-          const int4 prod = qv[i] * int4(kx);
-          part += (prod.x + prod.y) + (prod.z + prod.w);
+          const half4 kh = kst[r * kMaxD4 + c];
+          const float4 kx = float4(kh);
+          part = fma(qv[i].x, kx.x, part);
+          part = fma(qv[i].y, kx.y, part);
+          part = fma(qv[i].z, kx.z, part);
+          part = fma(qv[i].w, kx.w, part);
         }
       }
       for (int mask = 1; mask < kLanes; mask <<= 1) part += simd_shuffle_xor(part, ushort(mask));
       const int key = j0 + r;
       if (!valid || (causal && key > n)) continue;
-      const float s = float(part) * qscale * kscale[r];
+      const float s = part * qscale * kscale[r];
       if (s > m) {
         const float corr = exp2(m - s);
         l *= corr;

@@ -11,8 +11,8 @@
 //   2. thread-position attributes from the launch description
 //   3. synchronisation: threadgroup_barrier -> __syncthreads, SIMD-group collectives -> warp
 //      shuffles over the active lanes (__activemask)
-//   4. simdgroup 8x8 matrices as per-lane fragments (2 elements a lane) multiplied with shuffles
-//      and FMAs on the FP32 units (no tensor cores: Apple GPUs have none)
+//   4. simdgroup 8x8 matrices as per-lane fragments in Apple's layout (2 elements a lane),
+//      multiplied with shuffles and 512 FP32 FMAs a product (no tensor cores: Apple GPUs have none)
 #pragma once
 #ifndef __METAL_VERSION__
 #define __METAL_VERSION__ 320
@@ -147,30 +147,41 @@ template <class T> __device__ inline T simd_prefix_exclusive_sum(T v) {
 }
 
 // ---- 4. simdgroup matrices ----------------------------------------------------------------
-// Lane l holds row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1. Every lane of the SIMD-group
-// takes part in each operation (as Metal requires).
+// Apple's per-lane layout (as the emulator): lane l holds row (l / 16) * 4 + (l / 2) % 4 and
+// columns ((l / 8) % 2) * 4 + (l % 2) * 2 + {0, 1} (thread_elements()). A product costs what Apple
+// executes: 16 FP32 FMAs a lane, 512 a SIMD-group, register operands, no tensor cores. The operand
+// exchange is the part that is not fair: Apple's matrix unit reads other lanes' fragments for free,
+// here each k pair costs a 2-word shuffle of A and two 2-word shuffles of B (24 shuffles a
+// product, 1.5 per FMA).
+__device__ inline int sg_frag_row(int lane) { return ((lane >> 4) << 2) + ((lane >> 1) & 3); }
+__device__ inline int sg_frag_col(int lane) { return (((lane >> 3) & 1) << 2) + ((lane & 1) << 1); }
+__device__ inline int sg_frag_lane(int row, int col) {
+  return ((col >> 1) & 1) | ((row & 1) << 1) | (((row >> 1) & 1) << 2) | ((col >> 2) << 3) | ((row >> 2) << 4);
+}
 template <class T, int R, int C> struct simdgroup_matrix {
   static_assert(R == 8 && C == 8, "only 8x8 simdgroup matrices are supported");
-  T e[2];
-  __device__ simdgroup_matrix() { e[0] = T(0); e[1] = T(0); }
+  vec<T, 2> el;
+  __device__ simdgroup_matrix() { el[0] = T(0); el[1] = T(0); }
   __device__ explicit simdgroup_matrix(T diag) {
-    int l = (int)mtl::lane_id(), r = l >> 2, c = (l & 3) * 2;
-    e[0] = r == c ? diag : T(0);
-    e[1] = r == c + 1 ? diag : T(0);
+    int l = (int)mtl::lane_id(), r = sg_frag_row(l), c = sg_frag_col(l);
+    el[0] = r == c ? diag : T(0);
+    el[1] = r == c + 1 ? diag : T(0);
   }
+  __device__ vec<T, 2>& thread_elements() { return el; }
+  __device__ const vec<T, 2>& thread_elements() const { return el; }
 };
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 template <class T, int R, int C> __device__ simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T v) {
   simdgroup_matrix<T, R, C> s;
-  s.e[0] = v;
-  s.e[1] = v;
+  s.el[0] = v;
+  s.el[1] = v;
   return s;
 }
-// Memory offset of this lane's element j (row l / 4, column 2 (l % 4) + j) of a matrix at `origin`.
+// Memory offset of this lane's element j of a matrix at `origin`.
 __device__ inline int64_t fragment_offset(int j, ulong elements_per_row, ulong2 origin, bool transpose) {
-  int l = (int)mtl::lane_id(), r = l >> 2, c = (l & 3) * 2 + j;
+  int l = (int)mtl::lane_id(), r = sg_frag_row(l), c = sg_frag_col(l) + j;
   ulong row = transpose ? origin.y + c : origin.y + r, col = transpose ? origin.x + r : origin.x + c;
   return (int64_t)(row * elements_per_row + col);
 }
@@ -178,32 +189,36 @@ template <class T, int R, int C, class P>
 __device__ void simdgroup_load(simdgroup_matrix<T, R, C>& d, P src, ulong elements_per_row = C,
                                ulong2 origin = ulong2(0, 0), bool transpose = false) {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) d.e[j] = T(src[fragment_offset(j, elements_per_row, origin, transpose)]);
+  for (int j = 0; j < 2; ++j) d.el[j] = T(src[fragment_offset(j, elements_per_row, origin, transpose)]);
 }
 template <class T, int R, int C, class P>
 __device__ void simdgroup_store(const simdgroup_matrix<T, R, C>& s, P dst, ulong elements_per_row = C,
                                 ulong2 origin = ulong2(0, 0), bool transpose = false) {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) dst[fragment_offset(j, elements_per_row, origin, transpose)] = s.e[j];
+  for (int j = 0; j < 2; ++j) dst[fragment_offset(j, elements_per_row, origin, transpose)] = s.el[j];
 }
 template <class T, class U, class V, int N>
 __device__ void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, N>& d, const simdgroup_matrix<U, N, N>& a,
                                               const simdgroup_matrix<V, N, N>& b,
                                               const simdgroup_matrix<T, N, N>& c) {
   const unsigned full = 0xffffffffu;
-  int l = (int)mtl::lane_id(), r = l >> 2, q = l & 3;
-  float s0 = float(c.e[0]), s1 = float(c.e[1]);
+  const int l = (int)mtl::lane_id(), r = sg_frag_row(l), c0 = sg_frag_col(l);
+  const ::float2 av = ::make_float2(float(a.el[0]), float(a.el[1]));
+  const ::float2 bv = ::make_float2(float(b.el[0]), float(b.el[1]));
+  float s0 = float(c.el[0]), s1 = float(c.el[1]);
 #pragma unroll
-  for (int k = 0; k < N; ++k) {
-    // A(r, k) lives in lane 4 r + k / 2, element k % 2; B(k, 2q + j) in lane 4 k + q, element j.
-    float av = float(mtl::shfl((k & 1) ? a.e[1] : a.e[0], 4 * r + (k >> 1), full));
-    float b0 = float(mtl::shfl(b.e[0], 4 * k + q, full));
-    float b1 = float(mtl::shfl(b.e[1], 4 * k + q, full));
-    s0 = fmaf(av, b0, s0);
-    s1 = fmaf(av, b1, s1);
+  for (int kp = 0; kp < N; kp += 2) {
+    // A(r, kp..kp+1) is one lane's pair; B(kp, c0..c0+1) and B(kp+1, c0..c0+1) one pair each.
+    const ::float2 ak = mtl::shfl(av, sg_frag_lane(r, kp), full);
+    const ::float2 b0 = mtl::shfl(bv, sg_frag_lane(kp, c0), full);
+    const ::float2 b1 = mtl::shfl(bv, sg_frag_lane(kp + 1, c0), full);
+    s0 = fmaf(ak.x, b0.x, s0);
+    s1 = fmaf(ak.x, b0.y, s1);
+    s0 = fmaf(ak.y, b1.x, s0);
+    s1 = fmaf(ak.y, b1.y, s1);
   }
-  d.e[0] = T(s0);
-  d.e[1] = T(s1);
+  d.el[0] = T(s0);
+  d.el[1] = T(s1);
 }
 template <class T, class U, class V, int N>
 __device__ void simdgroup_multiply(simdgroup_matrix<T, N, N>& d, const simdgroup_matrix<U, N, N>& a,
