@@ -39,7 +39,7 @@ using namespace metal;
 
 #include "attn_tile.h"
 
-constant constexpr int kStageBytes = 24576;   // staged chunk of two token arrays
+constant constexpr int kStageBytes = 12288;   // staged chunk of two token arrays
 constant constexpr int kMaxChunk = 64;        // tokens per chunk (KC <= kMaxChunk)
 constant constexpr float kLog2e = 1.4426950408889634f;
 constant constexpr float kLn2 = 0.6931471805599453f;
@@ -50,8 +50,8 @@ constant constexpr float kRescaleSlack = 8.0f;  // base-2 headroom of the forwar
 // their chunks are short anyway), else the input type (half the threadgroup bytes of float, so
 // twice the tokens a chunk). The host sizes chunks (KC) for float rows when NB > 1. The backward
 // kernels stage the input type.
-template <typename T, bool WIDE> struct Staged { typedef T type; };
-template <typename T> struct Staged<T, true> { typedef float type; };
+template <typename T, bool WIDE> struct Staged { typedef float type; };
+template <bool WIDE> struct Staged<half, WIDE> { typedef half type; };
 
 // Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8), of
 // a float or of a vector of independent sums (one exchange a level for all of them).
