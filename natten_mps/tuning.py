@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import statistics
 import threading
@@ -260,17 +261,26 @@ def shader_hash() -> str:
     return _shader_hash
 
 
+_gpu_names: Dict[tuple, str] = {}
+
+
 def gpu_name(device: torch.device) -> str:
     """The GPU a choice was made on: the MPS device's name, the CUDA device's, or the emulator's
     GPU profile."""
-    if device.type == "mps":
-        try:
-            return torch.backends.mps.get_name()
-        except Exception:
-            return "mps"
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"emulator:{gpu_profile.profile_for(device).name}"
+    if device.type not in ("mps", "cuda"):
+        return f"emulator:{gpu_profile.profile_for(device).name}"
+    key = (device.type, device.index)
+    name = _gpu_names.get(key)
+    if name is None:
+        if device.type == "mps":
+            try:
+                name = torch.backends.mps.get_name() or "mps"
+            except Exception:             # older torch: no device query
+                name = "mps"
+        else:
+            name = torch.cuda.get_device_name(device)
+        _gpu_names[key] = name
+    return name
 
 
 def cache_key(bucket: Bucket, device: torch.device) -> str:
@@ -358,7 +368,7 @@ def bucket_of(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel
         window = "dense"
     else:
         window = "short" if int(list(kernel_size)[-1]) <= 8 else "long"
-    work = q.shape[0] * q.shape[-2] * max(1, q[0, ..., 0, 0].numel())
+    work = q.shape[0] * q.shape[-2] * max(1, math.prod(q.shape[1:-2]))
     return Bucket(op, rank, str(q.dtype).replace("torch.", ""), head_dim, window, (work - 1).bit_length())
 
 
