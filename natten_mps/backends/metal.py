@@ -7,7 +7,8 @@ neighborhood attention and dense attention (the same kernels with the dense wind
 keys: at most three dispatches, no atomics). Configurations no kernel covers report
 ``supported(...) == False`` and the op layer runs the pure-PyTorch path instead.
 
-Tiling (see the shader's header): a threadgroup is ``SIMDGROUPS`` SIMD-groups; ``NG`` lanes share
+Tiling (see the shader's header): a threadgroup is at most the GPU profile's SIMD-groups (4 on Apple
+GPUs, 128 threads); ``NG`` lanes share
 a query (or key) and split the head dimension in slices of ``DS`` (4, 8, 16 or 32) floats; a SIMD-group
 owns ``32 / NG`` neighbouring positions, shaped as square as the extents allow; K/V (or Q/dO)
 chunks of ``KC`` tokens are staged in the GPU profile's chunk bytes (at most the shader's
