@@ -396,7 +396,7 @@ def _close(a, b, dtype) -> bool:
             if (x is None) != (y is None):
                 return False
             continue
-        x, y = x.double(), y.double()
+        x, y = x.detach().to("cpu", torch.float32), y.detach().to("cpu", torch.float32)   # (MPS has no float64)
         scale = float(y[torch.isfinite(y)].abs().max()) if torch.isfinite(y).any() else 1.0
         if not torch.allclose(x, y, rtol=tol, atol=tol * max(scale, 1.0), equal_nan=True):
             return False
