@@ -231,7 +231,7 @@ def test_small_problem_forward_stages_float_rows(i, dtype, dev, monkeypatch):
     c = FLOAT_STAGED_CASES[i]
     q, k, v = inputs(c, dtype, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
-    assert prob.NB == metal.STAGE_BATCH and prob.KC == metal._chunk(prob.RS, metal.staged_itemsize(dtype, False))
+    assert prob.NB == metal.STAGE_BATCH and prob.KC == metal._chunk(prob.RS, metal.staged_itemsize(dtype))
     if i == 0 and dtype == torch.bfloat16:        # half the tokens of 16-bit rows; a window spans chunks
         assert prob.KC < metal._chunk(prob.RS, 2) and prob.KC < c["ks"][0]
     check_na(c, dtype, seed=40 + i, extra=3, dev=dev)

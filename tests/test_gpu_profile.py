@@ -111,20 +111,19 @@ def test_small_problems_take_the_mac_kernels_large_ones_the_large_tiles(gpu_prof
 
 def test_apple_defaults_fit_an_m_series_core(gpu_profile):
     """128 threads, chunks within 12 KB (the shader declares 12 KB), backward slices at most 16
-    floats where 8 lanes cover the head dim (dK/dV: 4 x DS floats a lane); the forward's half rows
-    are staged as half, bfloat16 and float32 rows as float."""
+    floats where 8 lanes cover the head dim (dK/dV: 4 x DS floats a lane); half rows are staged as
+    half, bfloat16 (unpacked once) and float32 rows as float, forward and backward."""
     assert metal.STAGE_BYTES == metal.shader_stage_bytes() == 12288
     for shape, ks in SHAPES:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for backward in (False, True):
                 p = problem(shape, ks, dtype=dtype, backward=backward)
-                item = metal.staged_itemsize(dtype, backward)
+                item = metal.staged_itemsize(dtype)
                 assert p.threads_per_group <= 128
                 assert 2 * p.KC * p.RS * 4 * item <= 12288
                 if backward:
                     assert p.DS <= 16 or metal._slices(p.D, p.Dv, 16)[1] > 8
-    assert metal.staged_itemsize(torch.float16, False) == 2 and metal.staged_itemsize(torch.bfloat16, False) == 4
-    assert metal.staged_itemsize(torch.bfloat16, True) == 2
+    assert [metal.staged_itemsize(t) for t in (torch.float32, torch.float16, torch.bfloat16)] == [4, 2, 4]
     wide = problem((2, 64, 64, 4, 64), 13, backward=True)
     gpu_profile("none")
     assert wide.DS == 16 and problem((2, 64, 64, 4, 64), 13, backward=True).DS == 32

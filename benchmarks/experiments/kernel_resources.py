@@ -124,10 +124,10 @@ def rows(profile: str | None, tree: str | None):
             else:
                 launches += [("attn_backward_dq", bq, True), ("attn_backward_dkdv", bk, True)]
             for kernel, p, backward in launches:
-                staged = 2 if dtype == torch.float16 else 4
-                if not backward:
-                    staged = metal.staged_itemsize(dtype, False) if hasattr(metal, "staged_itemsize") else \
-                        (4 if p.NB > 1 else staged)
+                if hasattr(metal, "staged_itemsize"):
+                    staged = metal.staged_itemsize(dtype)
+                else:           # before: the small problems' forward staged float, the rest the input type
+                    staged = 4 if (not backward and p.NB > 1) else torch.empty((), dtype=dtype).element_size()
                 env = dict(consts, DS=p.DS, NB=p.NB, kSteps=4 if p.NB > 1 else 0, NS=4 if p.NB > 1 else 0)
                 parts = (["attn_backward_dq", "attn_backward_dkdv"] if kernel == "attn_backward_fused"
                          else [kernel])

@@ -242,13 +242,10 @@ def _chunk(row_vectors: int, itemsize: int, stage_bytes: int = STAGE_BYTES) -> i
     return max(1, min(MAX_CHUNK, stage_bytes // (2 * 4 * row_vectors * itemsize)))
 
 
-def staged_itemsize(dtype: torch.dtype, backward: bool) -> int:
-    """Bytes of a staged element (attention.metal, ``Staged``): the forward stages float32 and
-    bfloat16 rows as float (bfloat unpacked once, at staging: Apple GPUs before the M3 have no
-    native bfloat conversion) and half rows as half (16-bit operands convert for free); the backward
-    stages the input type."""
-    if backward:
-        return torch.empty((), dtype=dtype).element_size()
+def staged_itemsize(dtype: torch.dtype) -> int:
+    """Bytes of a staged element (attention.metal, ``Staged``): float32 and bfloat16 rows are staged
+    as float (bfloat unpacked once, at staging: Apple GPUs before the M3 have no native bfloat
+    conversion), half rows as half (16-bit operands convert for free)."""
     return 2 if dtype == torch.float16 else 4
 
 
@@ -306,8 +303,8 @@ class _Problem:
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
-        # chunks sized for the staged element type (the forward stages half as half, else float)
-        self.KC = _chunk(self.RS, staged_itemsize(q.dtype, backward), profile.stage_bytes)
+        # chunks sized for the staged element type (half as half, else float)
+        self.KC = _chunk(self.RS, staged_itemsize(q.dtype), profile.stage_bytes)
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
 
     def _capped_slice(self, ds: int, cap: int) -> int:
