@@ -40,7 +40,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -465,9 +465,12 @@ def _tune(key, bucket, op, q, k, v, kernel_size, dilation, is_causal, dense, run
             complete = False
             notes.append(f"budget spent after {len(times)} of {len(todo)} candidates")
             break
+        t0 = time.perf_counter()
         try:
             with metal.force_tiling(cand.tiling):
                 result = run()                      # the checked (and warm-up) run
+                _synchronize(q.device)
+                checked = time.perf_counter() - t0
                 if reference is None:
                     reference = result
                 elif not _close(result, reference, q.dtype):
@@ -477,6 +480,8 @@ def _tune(key, bucket, op, q, k, v, kernel_size, dilation, is_causal, dense, run
         except Exception as e:                  # noqa: BLE001 - a failing variant is never chosen
             notes.append(f"{cand.name} rejected: {type(e).__name__}: {e}")
             continue
+        if _timer is device_timer:                  # the checked run's time counts too (an injected
+            spent += checked                        # clock accounts for everything itself)
         bucket_spent += max(spent, 0.0)
         _spent_s += max(spent, 0.0)
         times[cand.name] = seconds * 1e3

@@ -273,3 +273,14 @@ def test_registry_takes_new_variants():
         tuning.CANDIDATES.remove(cand)
     with pytest.raises(TypeError, match="Candidate"):
         tuning.register("slice-4")
+
+
+def test_device_timer_on_the_emulator(tuned, monkeypatch):
+    """The real timer (synchronised wall clock) works on the emulator; a spent bucket budget stops
+    after the default, which is then kept."""
+    monkeypatch.setattr(tuning, "BUCKET_BUDGET_S", 0.0)
+    q, k, v = qkv()
+    forward(q, k, v)
+    (c,) = tuning.choices()
+    assert list(c.times_ms) == ["default"] and c.times_ms["default"] > 0 and c.candidate.name == "default"
+    assert not json.loads(tuned.read_text())["entries"].popitem()[1]["complete"]

@@ -26,7 +26,6 @@ import argparse
 import re
 import sys
 import types
-from pathlib import Path
 
 CONFIGS = [  # name, spatial, kernel (None: dense), B, H, D
     ("1D L=256 K=7", (256,), 7, 2, 8, 32),
