@@ -271,7 +271,7 @@ class _Problem:
         self.tiling = tiling = tiling or forced_tiling() or DEFAULT_TILING
         self.profile = profile = gpu_profile.profile_for(q.device)
         group_ext = [-(-n // d) for n, d in zip(self.space, self.DIL)]
-        target = profile.target_threadgroups()
+        target = _target_threadgroups(q.device)
         mode = tiling.walk or _walk_mode()
         ds = self._cheaper_slice(group_ext)
         own = self._wants_own_walk(mode, group_ext, ds)
@@ -281,7 +281,7 @@ class _Problem:
             ds = self._capped_slice(ds, profile.backward_slice)
         if tiling.ds is not None and _slices(self.D, self.Dv, tiling.ds)[1] <= 8:
             ds = tiling.ds
-        start = tiling.simdgroups or (profile.simdgroups_own if own else profile.simdgroups)
+        start = tiling.simdgroups or _simdgroups(q.device, own)
         # Fewer SIMD-groups a tile first, then narrower slices (more lanes a position, so fewer
         # positions a SIMD-group): small problems spread over more, shorter SIMD-groups.
         choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start]
