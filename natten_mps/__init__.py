@@ -14,6 +14,8 @@ from .nn import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAt
 from .metal.runtime import emulation_enabled, metal_on_cuda_enabled, set_emulation, set_metal_on_cuda
 from .support import get_support_matrix, has_metal, has_mps
 from .natten_alias import install_as_natten, uninstall_natten_alias  # serve ``import natten`` (opt-in)
+from . import tuning  # noqa: F401  (natten_mps.tuning: on-device autotuning of the Metal tilings)
+from .tuning import tune
 
 from .version import __version__  # noqa: E402,F401
 
@@ -21,7 +23,8 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions", "na1d_qk", "
            "na3d_qk", "na3d_av", "na1d_varlen", "na2d_varlen", "na3d_varlen",
            "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D", "set_backend", "get_backend",
            "last_backend", "set_emulation", "emulation_enabled", "set_metal_on_cuda", "metal_on_cuda_enabled",
-           "has_mps", "has_metal", "get_support_matrix", "install_as_natten", "uninstall_natten_alias", "__version__"]
+           "has_mps", "has_metal", "get_support_matrix", "install_as_natten", "uninstall_natten_alias", "tune",
+           "__version__"]
 
 # On a Mac, compile the shaders once per process at import; elsewhere nothing is compiled here.
 from .metal import runtime as _runtime  # noqa: E402

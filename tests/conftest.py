@@ -25,10 +25,28 @@ def emulate():
 @pytest.fixture(autouse=True)
 def _reset_backend():
     import natten_mps
+    from natten_mps import tuning
+    from natten_mps.backends import gpu_profile
     yield
     natten_mps.set_backend("auto")
     natten_mps.set_emulation(False)
     natten_mps.set_metal_on_cuda(False)
+    gpu_profile.set_profile(None)
+    tuning.set_enabled(None)
+    tuning.unpin()
+    tuning.set_timer(None)
+    tuning.forget()
+
+
+@pytest.fixture
+def gpu_profile():
+    """Select the emulated GPU profile for one test: ``gpu_profile("none")`` (the large tiles of a
+    GPU never short of work), ``gpu_profile("apple-m1")``, ... Without it the emulator sizes tiles
+    for ``natten_mps.backends.gpu_profile.DEFAULT_EMULATED`` (an M-series GPU, as a Mac would), or
+    for ``NATTEN_MPS_GPU_PROFILE`` when set. Reset after the test."""
+    from natten_mps.backends import gpu_profile as profiles
+    yield profiles.set_profile
+    profiles.set_profile(None)
 
 
 @pytest.fixture

@@ -223,17 +223,16 @@ FLOAT_STAGED_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("i", range(len(FLOAT_STAGED_CASES)))
 def test_small_problem_forward_stages_float_rows(i, dtype, dev, monkeypatch):
-    """The small problems' forward (NB > 1) stages half-precision keys and values as float rows
-    (attention.metal, Staged: each element converted once, not once a lane that reads it): the host
-    sizes its chunks for float rows, and the results stay within the dtype's tolerance with several
-    chunks a tile, element loads and additional keys; the backward, which stages the input type in
-    the same chunks, too."""
+    """The small problems' forward (NB > 1) stages bfloat16 keys and values as float rows (attention.metal,
+    Staged: unpacked once, not once a lane that reads it) and float16 ones as half: the host sizes its
+    chunks for the staged type, and the results stay within the dtype's tolerance with several
+    chunks a tile, element loads and additional keys; the backward, which stages the input type, too."""
     monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
     c = FLOAT_STAGED_CASES[i]
     q, k, v = inputs(c, dtype, i)[:3]
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
-    assert prob.NB == metal.STAGE_BATCH and prob.KC == metal._chunk(prob.RS, 4)
-    if i == 0:                                    # half the tokens of half rows; a window spans chunks
+    assert prob.NB == metal.STAGE_BATCH and prob.KC == metal._chunk(prob.RS, metal.staged_itemsize(dtype))
+    if i == 0 and dtype == torch.bfloat16:        # half the tokens of 16-bit rows; a window spans chunks
         assert prob.KC < metal._chunk(prob.RS, 2) and prob.KC < c["ks"][0]
     check_na(c, dtype, seed=40 + i, extra=3, dev=dev)
 
@@ -351,12 +350,14 @@ def check_dense(lq, lk, causal, h, hkv, d, dtype, dev):
 
 
 @pytest.mark.parametrize("small", [False, True])
-def test_nan_stays_in_its_windows(small, dev, monkeypatch):
+def test_nan_stays_in_its_windows(small, dev, monkeypatch, gpu_profile):
     """A NaN key reaches the outputs and LSEs of exactly the queries whose window holds it, a NaN value
     their outputs; ``small``: through the small problems' kernels (steps in groups, masked steps of a
-    group add nothing)."""
+    group add nothing), else the large tiles (the ``none`` GPU profile)."""
     if small:
         monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)
+    else:
+        gpu_profile("none")
     c = dict(spatial=[12, 12], ks=[3, 3], st=[1, 1], dil=[1, 1], causal=[False, False], hkv=1, h=1, d=8, dv=8, b=1)
     q, k, v = inputs(c, torch.float32, 5)
     prob = metal._Problem(q, k, v, c["ks"], c["st"], c["dil"], c["causal"], False, 0)
@@ -372,11 +373,12 @@ def test_nan_stays_in_its_windows(small, dev, monkeypatch):
     assert torch.equal(torch.isnan(out[0, :, :, 0, 0]), expected)
 
 
-def test_cost_budgets_2d_32x32_k7(dev):
+def test_cost_budgets_2d_32x32_k7(dev, gpu_profile):
     """Forward: one dispatch, device bytes within 2x of reading each input and writing each output
-    once; backward: at most three dispatches within 4x."""
+    once; backward: at most three dispatches within 4x (the large tiles: the ``none`` GPU profile)."""
     if dev != "cpu":
         pytest.skip("cost counters are the emulator's")
+    gpu_profile("none")
     B, H, D = 1, 1, 32
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, 32, 32, H, D, generator=g) for _ in range(3))
@@ -447,9 +449,11 @@ def test_every_slice_width_is_instantiated():
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_kernels_are_specialised_to_the_problem_rank(rank):
+def test_kernels_are_specialised_to_the_problem_rank(rank, gpu_profile):
     """Every launch of a rank-R problem (forward, dQ, dK/dV, additional keys' dK/dV) runs the
-    kernels instantiated for R (their walks skip only the R's trivial leading axes)."""
+    kernels instantiated for R (their walks skip only the R's trivial leading axes); the large tiles
+    (the ``none`` GPU profile: three dispatches in the backward)."""
+    gpu_profile("none")
     c = random_case(random.Random(90 + rank), rank)
     ts = inputs(c, torch.float32, 0, 2)
     args = (c["ks"], c["st"], c["dil"], c["causal"], 0.3)

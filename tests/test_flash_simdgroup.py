@@ -300,3 +300,39 @@ def test_na2d_public_op_on_the_matrix_forward(emulate, monkeypatch):
     monkeypatch.setenv("NATTEN_MPS_METAL_NA", "fast")
     with pytest.raises(ValueError, match="NATTEN_MPS_METAL_NA.*'fast'"):
         natten_mps.na1d(x, x, x, kernel_size=5)
+
+
+def test_tuner_candidates_reach_the_matrix_kernels(emulate, monkeypatch):
+    """A pinned (or tuned) ``dense-simdgroup`` / ``na2d-simdgroup`` candidate runs the matrix kernels
+    through the public ops, with reference-correct results; when the matrix family is unavailable the
+    same call falls back to the scalar kernels."""
+    from natten_mps import tuning
+    monkeypatch.delenv("NATTEN_MPS_METAL_DENSE", raising=False)
+    monkeypatch.delenv("NATTEN_MPS_METAL_NA", raising=False)
+    calls = []
+    for name in ("dense_forward", "na2d_forward"):
+        real = getattr(metal_flash, name)
+        monkeypatch.setattr(metal_flash, name, lambda *a, _real=real, _n=name, **kw: (calls.append(_n), _real(*a, **kw))[1])
+    q, k, v = make(1, 24, 24, 2, 2, 16, 16, torch.float32, 3)
+    try:
+        tuning.pin("dense-simdgroup")
+        out = natten_mps.attention(q, k, v)
+        assert calls == ["dense_forward"]
+        ref, _ = reference(q, k, v, False, 16 ** -0.5)
+        assert (out.double() - ref).abs().max() < TOL[torch.float32]
+        tuning.pin("na2d-simdgroup")
+        g = torch.Generator().manual_seed(5)
+        q2, k2, v2 = (torch.randn(1, 12, 12, 2, 16, generator=g) for _ in range(3))
+        out2 = natten_mps.na2d(q2, k2, v2, kernel_size=9)
+        assert calls[-1] == "na2d_forward"
+        ref2, _ = reference_na(q2, k2, v2, [9, 9], [1, 1], [1, 1], [False, False], 16 ** -0.5)
+        assert (out2.double() - ref2.double()).abs().max() < TOL[torch.float32]
+
+        def unavailable(*a, **kw):
+            raise natten_mps.metal.runtime.FamilyUnavailableError("flash_simdgroup.metal refused (planted)")
+        monkeypatch.setattr(metal_flash, "dense_forward", unavailable)
+        tuning.pin("dense-simdgroup")
+        again = natten_mps.attention(q, k, v)          # scalar kernels answer
+        assert (again.double() - ref).abs().max() < TOL[torch.float32]
+    finally:
+        tuning.pin(None)

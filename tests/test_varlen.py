@@ -84,7 +84,8 @@ def test_kernels_match_per_sample_reference(dev, rank, seed, dtype):
 
 
 def test_one_launch_per_pass_whatever_the_batch(emulate):
-    """No loop over samples on Metal: forward 1 dispatch, backward 2, for 5 distinct extents."""
+    """No loop over samples on Metal: forward 1 dispatch, backward at most 2 (one where a small problem
+    runs dQ and dK/dV as one dispatch), for 5 distinct extents."""
     q, k, v = (torch.randn(5, 12, 2, 16, requires_grad=True) for _ in range(3))
     seq_lens = torch.tensor([12, 11, 9, 7, 5])
     with emulator.counting() as counts:
@@ -92,7 +93,7 @@ def test_one_launch_per_pass_whatever_the_batch(emulate):
     assert natten_mps.last_backend() == "metal" and counts.total().dispatches == 1
     with emulator.counting() as counts:
         out.sum().backward()
-    assert counts.total().dispatches == 2
+    assert 1 <= counts.total().dispatches <= 2
 
 
 @pytest.mark.parametrize("path", ["pure", "emulate"])

@@ -7,27 +7,37 @@ neighborhood attention and dense attention (the same kernels with the dense wind
 keys: at most three dispatches, no atomics). Configurations no kernel covers report
 ``supported(...) == False`` and the op layer runs the pure-PyTorch path instead.
 
-Tiling (see the shader's header): a threadgroup is ``SIMDGROUPS`` SIMD-groups; ``NG`` lanes share
+Tiling (see the shader's header): a threadgroup is at most the GPU profile's SIMD-groups (4 on Apple
+GPUs, 128 threads); ``NG`` lanes share
 a query (or key) and split the head dimension in slices of ``DS`` (4, 8, 16 or 32) floats; a SIMD-group
 owns ``32 / NG`` neighbouring positions, shaped as square as the extents allow; K/V (or Q/dO)
-chunks of ``KC`` tokens are staged in 24 KB of threadgroup memory, ``NB`` rows a thread at once (4 for
-small problems, whose threads have nothing to hide device latency behind; 1 otherwise).
+chunks of ``KC`` tokens are staged in the GPU profile's chunk bytes (at most the shader's
+``kStageBytes``), ``NB`` rows a thread at once (4 for small problems, whose threads have nothing to
+hide device latency behind; 1 otherwise). Every choice reads the GPU profile
+(``backends.gpu_profile``: threadgroup target, SIMD-groups a tile, chunk bytes, backward slice cap),
+so the emulator chooses as a Mac does; :class:`Tiling` overrides single choices
+(:func:`force_tiling`, the tuner's candidates, ``natten_mps.tuning``).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import os
+import re
+import threading
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..metal import runtime
-from . import fallback, metal_flash
+from . import fallback, gpu_profile, metal_flash
 
 ATTENTION_SHADER = "natten/attention.metal"
 MAX_HEAD_DIM = 256
-SIMDGROUPS = 8
-STAGE_BYTES = 24576
+SIMDGROUPS = 8                   # SIMD-groups a tile starts with on the "none" profile (256 threads)
+STAGE_BYTES = 12288              # the shader's declared chunk (kStageBytes): every profile's cap
 MAX_CHUNK = 64
 GEOM_FIXED = 52                  # entries of the geom buffer before varlen's per-sample extents (attn_tile.h)
 SLICES = (4, 8, 16, 32)          # head-dim slice widths DS the kernels are instantiated for
@@ -101,27 +111,92 @@ def _slices(D: int, Dv: int, ds: Optional[int] = None) -> Tuple[int, int]:
 
 
 def _simdgroups(device: torch.device, own_walk: bool = False) -> int:
-    """SIMD-groups a tile starts with: 8 (256 threads, the fewest device bytes per token; the
-    emulator's cost counters and Apple GPUs); on CUDA 2 for the union walk, where the per-kernel
-    sweep (``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``, results/tile_sweep_h200.txt)
-    measured dQ and dK/dV 2-10% faster with 2 than with 4 on every large configuration, and the
-    forward as fast or faster (4 had been 1.3-1.5x faster than 8), and 4 for the own-window walk
-    (its SIMD-groups stack on the outer axes, so more of them share a staged box)."""
-    if device.type == "cuda":
-        return 4 if own_walk else 2
-    return SIMDGROUPS
+    """SIMD-groups a tile starts with, from the GPU profile (``gpu_profile.profile_for``): 4 (128
+    threads) on Apple GPUs (MLX's attention kernels and MFA use 64-128 threads; a core wants about 24
+    resident SIMD-groups, docs/tuning.md); on CUDA 2 for the union walk and 4 for the own-window walk
+    (the proxy's per-kernel sweep, ``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``,
+    results/tile_sweep_h200.txt: dQ and dK/dV 2-10% faster with 2 than with 4, the own walk's
+    SIMD-groups stack on the outer axes so more of them share a staged box); 8 on the ``none``
+    profile (256 threads, the fewest device bytes per token)."""
+    prof = gpu_profile.profile_for(device)
+    return prof.simdgroups_own if own_walk else prof.simdgroups
 
 
 def _target_threadgroups(device: torch.device) -> int:
     """Threadgroups that keep every GPU core busy; below it the tiles shrink (fewer SIMD-groups per
-    tile, then narrower slices). The emulator keeps the large, byte-efficient tiles. On CUDA 1.5 a
-    multiprocessor: at 1-D L=256 the per-kernel sweep measured tiles of 2-4 SIMD-groups (128-256
-    tiles) 20-25% faster than tiles of one (512-1024 tiles, what four a multiprocessor asked for)."""
-    if device.type == "cuda":
-        return 3 * torch.cuda.get_device_properties(device).multi_processor_count // 2
-    if device.type == "mps":
-        return 4 * 32          # M-series Max GPUs have 30-40 cores
-    return 0
+    tile, then narrower slices) and the small-problem kernels (``_b4``) are taken. From the GPU
+    profile: on Apple GPUs cores x the threadgroups a core keeps resident (by threadgroup memory and
+    by resident SIMD-groups); on CUDA 1.5 a multiprocessor (at 1-D L=256 the per-kernel sweep
+    measured tiles of 2-4 SIMD-groups 20-25% faster than tiles of one); 0 on the ``none`` profile."""
+    return gpu_profile.profile_for(device).target_threadgroups()
+
+
+@functools.lru_cache(maxsize=None)
+def shader_stage_bytes() -> int:
+    """``kStageBytes`` as the shader declares it (the threadgroup array every kernel allocates)."""
+    m = re.search(r"kStageBytes\s*=\s*(\d+)", runtime.shader_source(ATTENTION_SHADER))
+    return int(m.group(1)) if m else STAGE_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Overrides of the host's tiling choices (None: the host's default choice).
+
+    ``walk``: ``"own"`` or ``"union"`` (the NA kernels' walk); ``ds``: head-dim slice (4, 8, 16, 32;
+    ignored where it cannot cover the head dim in 8 lanes); ``simdgroups``: SIMD-groups a tile starts
+    with (1, 2, 4, 8; still shrunk for small problems); ``nb``: rows a thread stages at once (1, or
+    STAGE_BATCH at slices 4 and 8); ``fused``: the single-dispatch backward (taken only where both
+    tilings use the small-problem kernels at one slice and threadgroup size); ``variant``: the name
+    of a kernel family other host code selects by it (e.g. the dense simdgroup-matrix kernels;
+    None: the scalar kernels)."""
+    walk: Optional[str] = None
+    ds: Optional[int] = None
+    simdgroups: Optional[int] = None
+    nb: Optional[int] = None
+    fused: Optional[bool] = None
+    variant: Optional[str] = None
+
+    def __post_init__(self):
+        if self.walk not in (None, "own", "union"):
+            raise ValueError(f"Tiling.walk must be 'own', 'union' or None, got {self.walk!r}")
+        if self.ds not in (None,) + SLICES:
+            raise ValueError(f"Tiling.ds must be one of {SLICES} or None, got {self.ds!r}")
+        if self.simdgroups not in (None, 1, 2, 4, 8):
+            raise ValueError(f"Tiling.simdgroups must be 1, 2, 4, 8 or None, got {self.simdgroups!r}")
+        if self.nb not in (None, 1, STAGE_BATCH):
+            raise ValueError(f"Tiling.nb must be 1, {STAGE_BATCH} or None, got {self.nb!r}")
+
+
+DEFAULT_TILING = Tiling()
+_forced = threading.local()
+
+
+@contextlib.contextmanager
+def force_tiling(tiling: Optional[Tiling]):
+    """Within the block, every launch on this thread uses ``tiling``'s overrides (experiments, tests,
+    the tuner's timing runs); ``None`` leaves the host's choices (and the tuner's) as they are."""
+    prev = getattr(_forced, "tiling", None)
+    _forced.tiling = tiling if tiling is not None else prev
+    try:
+        yield
+    finally:
+        _forced.tiling = prev
+
+
+def forced_tiling() -> Optional[Tiling]:
+    """The tiling of the innermost :func:`force_tiling` block on this thread (None outside)."""
+    return getattr(_forced, "tiling", None)
+
+
+def _tiling_for(op: str, q, k, v, kernel_size, dilation, is_causal, dense: bool,
+                run: Callable[[], object]) -> Tiling:
+    """The tiling a launch uses: a forced one, else the tuner's choice for the problem's bucket
+    (``natten_mps.tuning``; ``run`` replays the call to time candidates), else the defaults."""
+    forced = forced_tiling()
+    if forced is not None:
+        return forced
+    from .. import tuning
+    return tuning.choose(op, q, k, v, kernel_size, dilation, is_causal, dense, run) or DEFAULT_TILING
 
 
 def _grow(count: int, sizes: List[int], extents: Sequence[int], active: Sequence[int],
@@ -161,17 +236,25 @@ def _walk_mode() -> Optional[str]:
     return mode or None
 
 
-def _chunk(row_vectors: int, itemsize: int) -> int:
+def _chunk(row_vectors: int, itemsize: int, stage_bytes: int = STAGE_BYTES) -> int:
     """Tokens per staged chunk: two arrays (keys and values, or queries and output gradients) of
-    rows ``row_vectors`` 4-vectors apart in STAGE_BYTES."""
-    return max(1, min(MAX_CHUNK, STAGE_BYTES // (2 * 4 * row_vectors * itemsize)))
+    rows ``row_vectors`` 4-vectors apart in ``stage_bytes`` (at most STAGE_BYTES, the shader's)."""
+    stage_bytes = min(stage_bytes, STAGE_BYTES)
+    return max(1, min(MAX_CHUNK, stage_bytes // (2 * 4 * row_vectors * itemsize)))
+
+
+def staged_itemsize(dtype: torch.dtype) -> int:
+    """Bytes of a staged element (attention.metal, ``Staged``): float32 and bfloat16 rows are staged
+    as float (bfloat unpacked once, at staging: Apple GPUs before the M3 have no native bfloat
+    conversion), half rows as half (16-bit operands convert for free)."""
+    return 2 if dtype == torch.float16 else 4
 
 
 class _Problem:
     """Geometry of one launch family: extents padded to 3-D, window parameters, tiling."""
 
     def __init__(self, q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens,
-                 lq=None, lk=None, tile_keys=False):
+                 lq=None, lk=None, tile_keys=False, backward=False, tiling: Optional[Tiling] = None):
         self.B, self.H, self.D = q.shape[0], q.shape[-2], q.shape[-1]
         self.Hkv, self.Dv = k.shape[-2], v.shape[-1]
         lq = list(q.shape[1:-2]) if lq is None else list(lq)
@@ -186,14 +269,20 @@ class _Problem:
         self.E = int(extra_tokens)
         self.space = self.Lk if tile_keys else self.Lq
         self.heads = self.Hkv if tile_keys else self.H
+        self.tiling = tiling = tiling or forced_tiling() or DEFAULT_TILING
+        self.profile = profile = gpu_profile.profile_for(q.device)
         group_ext = [-(-n // d) for n, d in zip(self.space, self.DIL)]
         target = _target_threadgroups(q.device)
-        mode = _walk_mode()
+        mode = tiling.walk or _walk_mode()
         ds = self._cheaper_slice(group_ext)
         own = self._wants_own_walk(mode, group_ext, ds)
         if own:
             ds = self._own_slice()
-        start = _simdgroups(q.device, own)
+        if backward and profile.backward_slice:
+            ds = self._capped_slice(ds, profile.backward_slice)
+        if tiling.ds is not None and _slices(self.D, self.Dv, tiling.ds)[1] <= 8:
+            ds = tiling.ds
+        start = tiling.simdgroups or _simdgroups(q.device, own)
         # the compiled pipelines' own thread limit (can be < 1024 on Apple GPUs): never more SIMD-groups
         fits = runtime.thread_limit(ATTENTION_SHADER, q.device.type, _DTYPE_SUFFIX[q.dtype],
                                     contains=f"_r{self.rank}") // 32
@@ -203,7 +292,9 @@ class _Problem:
             start //= 2
         # Fewer SIMD-groups a tile first, then narrower slices (more lanes a position, so fewer
         # positions a SIMD-group): small problems spread over more, shorter SIMD-groups.
-        choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start] + [(w, 1) for w in NARROW_SLICES]
+        choices = [(ds, a) for a in (8, 4, 2, 1) if a <= start]
+        if tiling.ds is None:
+            choices += [(w, 1) for w in NARROW_SLICES]
         self.NG = 0
         for ds, simdgroups in choices:
             width, lanes = _slices(self.D, self.Dv, ds)
@@ -220,14 +311,25 @@ class _Problem:
         # Staged rows are NG x DS / 4 4-vectors apart; one more for the own-window walk, whose lanes
         # read neighbouring rows at once (without the skew rows 2^k vectors apart share banks).
         self.RS = self.NG * self.DS // 4 + int(self.own_walk)
-        # the small-problem forward stages float rows (attention.metal, Staged): chunks sized for them
-        self.KC = _chunk(self.RS, 4 if self.NB > 1 else q.element_size())
+        # chunks sized for the staged element type (half as half, else float)
+        self.KC = _chunk(self.RS, staged_itemsize(q.dtype), profile.stage_bytes)
         self.threads_per_group = 32 * self.a[0] * self.a[1] * self.a[2]
+
+    def _capped_slice(self, ds: int, cap: int) -> int:
+        """``ds`` narrowed to ``cap`` (the backward's per-lane state: dK/dV holds 4 x DS floats a
+        lane, dQ 3 x DS), or the narrowest slice above the cap that covers the head dim in 8 lanes."""
+        width = min(ds, cap)
+        while _slices(self.D, self.Dv, width)[1] > 8:
+            width *= 2
+        return width
 
     def _stage_batch(self, target: int) -> int:
         """Rows a thread stages at once (attention.metal, stage_keys): STAGE_BATCH for small problems
         (fewer tiles than twice the GPU's threadgroup target: no tile waits for a free core, so
-        nothing hides a thread's device-memory latency) at the slices instantiated for it, else 1."""
+        nothing hides a thread's device-memory latency) at the slices instantiated for it, else 1;
+        the tiling's ``nb`` where given (STAGE_BATCH only at those slices)."""
+        if self.tiling.nb == 1 or (self.tiling.nb == STAGE_BATCH and self.DS in BATCHED_SLICES):
+            return self.tiling.nb
         return STAGE_BATCH if self.DS in BATCHED_SLICES and self.tiles() < 2 * target else 1
 
     def _wants_own_walk(self, mode: Optional[str], group_ext, ds: int) -> bool:
@@ -362,9 +464,11 @@ def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, 
     ``extra_k``/``extra_v`` ``[B, E, Hkv, D|Dv]`` -> (out ``[B, *L, H, Dv]``, lse ``[B, *L, H]`` float32).
     ``sizes`` (varlen NA): ``[B, rank]`` int extents of each sample inside the padded ``L``; padding
     positions are never attended and come out as zeros (output and LSE)."""
+    tiling = _tiling_for("forward", q, k, v, kernel_size, dilation, is_causal, dense, lambda: attention_forward(
+        q, k, v, kernel_size, stride, dilation, is_causal, scale, dense, extra_k, extra_v, sizes))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     xk, xv, E = _extras(q, extra_k, extra_v)
-    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
+    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tiling=tiling)
     out = _new_output(q.shape[:-1] + (prob.Dv,), q.dtype, q.device)
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
@@ -383,6 +487,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     neighbourhood; dK/dV of the additional keys (dense geometry over every query). Small problems
     (``_fuses_backward``) run the first two as one dispatch, ``attn_backward_fused``.
     """
+    tiling = _tiling_for("backward", q, k, v, kernel_size, dilation, is_causal, dense, lambda: attention_backward(
+        dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, dense, extra_k, extra_v, sizes))
     q, k, v, out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous()
     dout = dout.to(q.dtype).contiguous()
     lse = lse.float().contiguous()
@@ -390,8 +496,9 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dlse_t = dlse.float().contiguous() if has_dlse else lse
     xk, xv, E = _extras(q, extra_k, extra_v)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
-    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E)
-    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True)
+    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, backward=True, tiling=tiling)
+    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True, backward=True,
+                     tiling=tiling)
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
     dk = _new_output(k.shape, k.dtype, k.device)
@@ -413,7 +520,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     if E == 0:
         return dq, dk, dv, None, None
     tokens = q[0, ..., 0, 0].numel()
-    xprob = _Problem(q, xk, xv, [1], [1], [1], [False], True, 0, lq=[tokens], lk=[E], tile_keys=True)
+    xprob = _Problem(q, xk, xv, [1], [1], [1], [False], True, 0, lq=[tokens], lk=[E], tile_keys=True,
+                     backward=True)
     dxk = _new_output(xk.shape, xk.dtype, xk.device)
     dxv = _new_output(xv.shape, xv.dtype, xv.device)
     xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
@@ -428,44 +536,73 @@ def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:
     (each dK/dV tile computes the deltas it needs from ``out``: its staged queries' rows of ``out``
     are the extra reads) and one launch's fixed cost is saved. The two halves share the grid's head
     axis (H): with GQA the dK/dV threadgroups past Hkv return at once. ``NATTEN_MPS_METAL_FUSED_BACKWARD=0``
-    turns it off (experiments). Only where a key tile's queries are few (``query_halo`` at most
+    turns it off (experiments), and so does a tiling with ``fused=False``; ``fused=True`` lifts the
+    halo bound (not the structural conditions). Only where a key tile's queries are few (``query_halo`` at most
     FUSED_MAX_HALO): each staged query costs the dK/dV tile a row of ``out`` and a reduction, so in
     2-D and 3-D, where the halo is 4-10x the tile, the two dispatches were faster (ncu, H200:
     2-D 32x32 K=7 backward 59 us as two, 67 us fused; 1-D L=256 K=7 16 us as two, 11 us fused)."""
     flag = os.environ.get("NATTEN_MPS_METAL_FUSED_BACKWARD", "1")
     if flag not in ("0", "1"):
         raise ValueError(f"NATTEN_MPS_METAL_FUSED_BACKWARD must be '0' or '1', got {flag!r}")
-    return (flag == "1" and prob.NB == kprob.NB == STAGE_BATCH and prob.DS == kprob.DS
+    fused = prob.tiling.fused
+    return (flag == "1" and fused is not False and prob.NB == kprob.NB == STAGE_BATCH and prob.DS == kprob.DS
             and prob.threads_per_group == kprob.threads_per_group
-            and kprob.query_halo() <= FUSED_MAX_HALO)
+            and (fused is True or kprob.query_halo() <= FUSED_MAX_HALO))
 
 
-def _na_variant(q, kernel_size, variant: Optional[str] = None) -> str:
-    """The NA kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA`` (``scalar``, the default,
-    or ``simdgroup``: the 2-D matrix kernels of flash_simdgroup.metal, for the 2-D problems without
-    additional keys or varlen they cover). ValueError on any other name."""
-    choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_NA", "scalar")
+def _variant(explicit: Optional[str], env: str, tiling: Optional[Tiling]) -> str:
+    """The kernel family named by ``explicit`` (a caller's ``variant=``), else the environment
+    variable ``env``, else the tuner's or a forced tiling's ``variant``, else ``scalar``."""
+    choice = explicit if explicit is not None else os.environ.get(env) or (tiling.variant if tiling else None)
+    choice = choice or "scalar"
     if choice not in DENSE_VARIANTS:
-        raise ValueError(f"NA variant (NATTEN_MPS_METAL_NA or variant=) must be one of {DENSE_VARIANTS}, got {choice!r}")
-    return "simdgroup" if choice == "simdgroup" and len(kernel_size) == 2 and q.dim() == 5 else "scalar"
+        raise ValueError(f"kernel variant ({env} or variant=) must be one of {DENSE_VARIANTS}, got {choice!r}")
+    return choice
+
+
+def _matrix_or_scalar(use_matrix: bool, matrix, scalar, tiling: Optional[Tiling]):
+    """Run ``matrix()`` (the simdgroup-matrix kernels) when chosen; when their family is unavailable
+    on this device (a compile, pipeline or launch failure on MPS), or not chosen, ``scalar()`` with
+    the same tiling."""
+    if use_matrix:
+        try:
+            return matrix()
+        except runtime.FamilyUnavailableError:
+            pass
+    with force_tiling(tiling):
+        return scalar()
+
+
+def _na_variant(q, k, v, kernel_size, variant: Optional[str] = None, tiling: Optional[Tiling] = None) -> str:
+    """The NA kernels: ``variant`` if given, else ``NATTEN_MPS_METAL_NA``, else the tuner's choice
+    (``scalar``, the default, or ``simdgroup``: the 2-D matrix kernels of flash_simdgroup.metal, for
+    the 2-D problems without additional keys or varlen they cover). ValueError on any other name."""
+    choice = _variant(variant, "NATTEN_MPS_METAL_NA", tiling)
+    return ("simdgroup" if choice == "simdgroup" and len(kernel_size) == 2 and metal_flash.supported_na2d(q, k, v)
+            else "scalar")
 
 
 def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, variant: Optional[str] = None):
     """Neighborhood attention forward (``[B, *L, H, D]`` heads-last) -> (out, lse); ``variant``:
     see :func:`_na_variant`."""
-    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
-        return metal_flash.na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
-    return attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
+    tiling = _tiling_for("forward", q, k, v, kernel_size, dilation, is_causal, False, lambda: na_forward(
+        q, k, v, kernel_size, stride, dilation, is_causal, scale, variant))
+    return _matrix_or_scalar(
+        _na_variant(q, k, v, kernel_size, variant, tiling) == "simdgroup",
+        lambda: metal_flash.na2d_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale),
+        lambda: attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale), tiling)
 
 
 def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
                 variant: Optional[str] = None):
-    if _na_variant(q, kernel_size, variant) == "simdgroup" and metal_flash.supported_na2d(q, k, v):
-        return metal_flash.na2d_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
-                                         scale)
-    dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
-                                          is_causal, scale)
-    return dq, dk, dv
+    tiling = _tiling_for("backward", q, k, v, kernel_size, dilation, is_causal, False, lambda: na_backward(
+        dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, variant))
+    return _matrix_or_scalar(
+        _na_variant(q, k, v, kernel_size, variant, tiling) == "simdgroup",
+        lambda: metal_flash.na2d_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                                          scale),
+        lambda: attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
+                                   scale)[:3], tiling)
 
 
 def na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
@@ -483,29 +620,31 @@ def na_varlen_backward(dout, q, k, v, out, lse, sizes, kernel_size, stride, dila
 DENSE_VARIANTS = ("scalar", "simdgroup")
 
 
-def _dense_variant(q, k, v, variant: Optional[str] = None) -> str:
-    """The dense kernels to run: ``variant`` if given (the tuner's hook), else
-    ``NATTEN_MPS_METAL_DENSE`` (``scalar``, the default: attention.metal; ``simdgroup``:
-    flash_simdgroup.metal). ``simdgroup`` falls back to ``scalar`` where the matrix kernels do not
-    apply (``metal_flash.supported``). ValueError on any other name."""
-    choice = variant if variant is not None else os.environ.get("NATTEN_MPS_METAL_DENSE", "scalar")
-    if choice not in DENSE_VARIANTS:
-        raise ValueError(f"dense variant (NATTEN_MPS_METAL_DENSE or variant=) must be one of {DENSE_VARIANTS}, "
-                         f"got {choice!r}")
+def _dense_variant(q, k, v, variant: Optional[str] = None, tiling: Optional[Tiling] = None) -> str:
+    """The dense kernels to run: ``variant`` if given, else ``NATTEN_MPS_METAL_DENSE``, else the
+    tuner's choice (``scalar``, the default: attention.metal; ``simdgroup``: flash_simdgroup.metal).
+    ``simdgroup`` falls back to ``scalar`` where the matrix kernels do not apply
+    (``metal_flash.supported``). ValueError on any other name."""
+    choice = _variant(variant, "NATTEN_MPS_METAL_DENSE", tiling)
     return "simdgroup" if choice == "simdgroup" and metal_flash.supported(q, k, v) else "scalar"
 
 
 def dense_forward(q, k, v, is_causal, scale, variant: Optional[str] = None):
     """Dense attention forward: ``q`` ``[B, Lq, H, D]``, ``k``/``v`` ``[B, Lk, Hkv, D|Dv]``;
     ``variant``: see :func:`_dense_variant`."""
-    if _dense_variant(q, k, v, variant) == "simdgroup":
-        return metal_flash.dense_forward(q, k, v, is_causal, scale)
-    return attention_forward(q, k, v, [1], [1], [1], [is_causal], scale, dense=True)
+    tiling = _tiling_for("forward", q, k, v, [1], [1], [is_causal], True, lambda: dense_forward(
+        q, k, v, is_causal, scale, variant))
+    return _matrix_or_scalar(
+        _dense_variant(q, k, v, variant, tiling) == "simdgroup",
+        lambda: metal_flash.dense_forward(q, k, v, is_causal, scale),
+        lambda: attention_forward(q, k, v, [1], [1], [1], [is_causal], scale, dense=True), tiling)
 
 
 def dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale, variant: Optional[str] = None):
-    if _dense_variant(q, k, v, variant) == "simdgroup":
-        return metal_flash.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
-    dq, dk, dv, _, _ = attention_backward(dout, dlse, q, k, v, out, lse, [1], [1], [1], [is_causal], scale,
-                                          dense=True)
-    return dq, dk, dv
+    tiling = _tiling_for("backward", q, k, v, [1], [1], [is_causal], True, lambda: dense_backward(
+        dout, dlse, q, k, v, out, lse, is_causal, scale, variant))
+    return _matrix_or_scalar(
+        _dense_variant(q, k, v, variant, tiling) == "simdgroup",
+        lambda: metal_flash.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale),
+        lambda: attention_backward(dout, dlse, q, k, v, out, lse, [1], [1], [1], [is_causal], scale,
+                                   dense=True)[:3], tiling)

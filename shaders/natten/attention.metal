@@ -39,7 +39,7 @@ using namespace metal;
 
 #include "attn_tile.h"
 
-constant constexpr int kStageBytes = 24576;   // staged chunk of two token arrays
+constant constexpr int kStageBytes = 12288;   // staged chunk of two token arrays
 constant constexpr int kMaxChunk = 64;        // tokens per chunk (KC <= kMaxChunk)
 constant constexpr float kLog2e = 1.4426950408889634f;
 constant constexpr float kLn2 = 0.6931471805599453f;
@@ -50,8 +50,8 @@ constant constexpr float kRescaleSlack = 8.0f;  // base-2 headroom of the forwar
 // their chunks are short anyway), else the input type (half the threadgroup bytes of float, so
 // twice the tokens a chunk). The host sizes chunks (KC) for float rows when NB > 1. The backward
 // kernels stage the input type.
-template <typename T, bool WIDE> struct Staged { typedef T type; };
-template <typename T> struct Staged<T, true> { typedef float type; };
+template <typename T, bool WIDE> struct Staged { typedef float type; };
+template <bool WIDE> struct Staged<half, WIDE> { typedef half type; };
 
 // Sum over the NG lanes that share one position (adjacent lanes; NG a power of two, at most 8), of
 // a float or of a vector of independent sums (one exchange a level for all of them).
@@ -493,8 +493,8 @@ inline void stage_keys(threadgroup vec<TS, 4>* st, int voff, device const T* k, 
 // A row's per_row threads are adjacent lanes of one SIMD-group (per_row <= R4 <= 32 at the fused
 // kernels' slices) whose parts meet through simd_shuffle_xor, so every lane of the group runs the
 // same batches: the batch loop is uniform (rows past n are none).
-template <typename T, int DS, int R, int NB, bool OWN_DELTA>
-inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, int voff, device const T* q,
+template <typename T, typename TS, int DS, int R, int NB, bool OWN_DELTA>
+inline void stage_queries(threadgroup vec<TS, 4>* st, threadgroup float* stats, int voff, device const T* q,
                           device const T* dout, device const T* out, device const float* lse,
                           device const float* delta, thread const Geom& G, int b_idx, thread const int* grp_q,
                           thread const int* lo, thread const int* ext, int h, int c0, int n, int R4, int RS,
@@ -519,7 +519,7 @@ inline void stage_queries(threadgroup vec<T, 4>* st, threadgroup float* stats, i
         dl[b] = OWN_DELTA ? (G.has_dlse ? -delta[src[b]] : 0.0f) : delta[src[b]];   // (delta: dlse here)
       }
     }
-    stage_batch<T, T, NB, OWN_DELTA>(st, voff, q, dout, out, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, dots);
+    stage_batch<T, TS, NB, OWN_DELTA>(st, voff, q, dout, out, G.D, G.Dv, src, r0, S, R4, RS, G.vec_loads, dots);
     if (OWN_DELTA) {
       #pragma clang loop unroll(full)
       for (int b = 0; b < NB; ++b) dots[b] = slice_sum<32>(dots[b], S.per_row);
@@ -735,11 +735,11 @@ inline void dkdv_step(float s, float dp, float lse2, float dlt, threadgroup cons
   }
 }
 
-template <typename T, int DS, int R, int NB>
+template <typename T, typename TS, int DS, int R, int NB>
 inline void backward_dq(device const T* q, device const T* k, device const T* v, device const T* xk,
                         device const T* xv, device const T* out, device const T* dout, device const float* lse,
                         device const float* dlse, device T* dq, device float* delta, constant int* geom,
-                        float scale, threadgroup vec<T, 4>* stage, uint3 tg, uint tid) {
+                        float scale, threadgroup vec<TS, 4>* stage, uint3 tg, uint tid) {
   const Geom G = load_geom<(NB > 1)>(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
   const Tile Tl = locate_tile<R>(G, geom, tg, G.Lq);
@@ -784,7 +784,7 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
     const int base = extra ? c0 - K.vol : c0;
     n = extra ? min(G.KC, G.E - base) : min(chunk, K.vol - c0);
     if (c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);
-    stage_keys<T, T, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
+    stage_keys<T, TS, DS, R, NB>(stage, voff, k, v, xk, xv, G, Tl, K, hk, extra, base, n, R4, RS, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (P.sub_empty) continue;
     for (Walk w = key_walk<R>(K, extra, base, n); w.kk < n; walk_next<R>(w, n, K.lo, K.ext)) {
@@ -794,20 +794,20 @@ inline void backward_dq(device const T* q, device const T* k, device const T* v,
       for (int j = run.first; j <= run.last; j += kPairs ? 2 : 1) {
         const int j1 = kPairs ? min(j + 1, run.last) : j;
         const int k0 = run_token(w, run, j), k1 = run_token(w, run, j1);
-        threadgroup const vec<T, 4>* kr0 = stage + k0 * RS + s4;
-        threadgroup const vec<T, 4>* kr1 = stage + k1 * RS + s4;
+        threadgroup const vec<TS, 4>* kr0 = stage + k0 * RS + s4;
+        threadgroup const vec<TS, 4>* kr1 = stage + k1 * RS + s4;
         float4 sd;                                           // score, dP of step j, then of step j1
         if (kPairs) {
-          sd = slice_sum<DS>(float4(slice_dot<T, DS>(kr0, qv), slice_dot<T, DS>(stage + voff + k0 * RS + s4, gv),
-                                    slice_dot<T, DS>(kr1, qv), slice_dot<T, DS>(stage + voff + k1 * RS + s4, gv)),
+          sd = slice_sum<DS>(float4(slice_dot<TS, DS>(kr0, qv), slice_dot<TS, DS>(stage + voff + k0 * RS + s4, gv),
+                                    slice_dot<TS, DS>(kr1, qv), slice_dot<TS, DS>(stage + voff + k1 * RS + s4, gv)),
                              G.NG);
         } else {
-          const float2 one = slice_sum2<DS>(slice_dot<T, DS>(kr0, qv),
-                                            slice_dot<T, DS>(stage + voff + k0 * RS + s4, gv), G.NG);
+          const float2 one = slice_sum2<DS>(slice_dot<TS, DS>(kr0, qv),
+                                            slice_dot<TS, DS>(stage + voff + k0 * RS + s4, gv), G.NG);
           sd = float4(one, one);
         }
-        if (run_ok(run, j)) dq_step<T, DS>(sd.x, sd.y, lse2, dlt, kr0, dqa);
-        if (kPairs && j1 > j && run_ok(run, j1)) dq_step<T, DS>(sd.z, sd.w, lse2, dlt, kr1, dqa);
+        if (run_ok(run, j)) dq_step<TS, DS>(sd.x, sd.y, lse2, dlt, kr0, dqa);
+        if (kPairs && j1 > j && run_ok(run, j1)) dq_step<TS, DS>(sd.z, sd.w, lse2, dlt, kr1, dqa);
       }
     }
   }
@@ -833,18 +833,19 @@ kernel void attn_backward_dq(device const T* q [[buffer(0)]], device const T* k 
                              constant float& scale [[buffer(12)]],
                              uint3 tg [[threadgroup_position_in_grid]],
                              uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
-  backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
+  typedef typename Staged<T, (NB > 1)>::type TS;
+  threadgroup vec<TS, 4> stage[kStageBytes / (4 * sizeof(TS))];
+  backward_dq<T, TS, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Backward, part 2: dK and dV, per key tile, over the queries whose windows hold the keys
 // ------------------------------------------------------------------------------------------------
 // OWN_DELTA: `out` is read and delta computed from it (stage_queries); `delta` then holds dlse.
-template <typename T, int DS, int R, int NB, bool OWN_DELTA>
+template <typename T, typename TS, int DS, int R, int NB, bool OWN_DELTA>
 inline void backward_dkdv(device const T* q, device const T* k, device const T* v, device const T* dout,
                           device const T* out, device const float* lse, device const float* delta, device T* dk,
-                          device T* dv, constant int* geom, float scale, threadgroup vec<T, 4>* stage,
+                          device T* dv, constant int* geom, float scale, threadgroup vec<TS, 4>* stage,
                           threadgroup float* stats, uint3 tg, uint tid) {
   const Geom G = load_geom<(NB > 1)>(geom);
   const bool kPairs = NB > 1;   // small problems: steps in pairs (see the loop); large ones: registers
@@ -912,7 +913,7 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
     for (int c0 = 0; c0 < vol; c0 += chunk) {
       const int n = min(chunk, vol - c0);
       if (gh > 0 || c0 > 0) threadgroup_barrier(mem_flags::mem_threadgroup);   // the last chunk is consumed
-      stage_queries<T, DS, R, NB, OWN_DELTA>(stage, stats, voff, q, dout, out, lse, delta, G, Tl.b, grp_q, lo,
+      stage_queries<T, TS, DS, R, NB, OWN_DELTA>(stage, stats, voff, q, dout, out, lse, delta, G, Tl.b, grp_q, lo,
                                              ext, h, c0, n, R4, RS, tid);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       if (P.sub_empty) continue;
@@ -922,21 +923,21 @@ inline void backward_dkdv(device const T* q, device const T* k, device const T* 
         for (int j = run.first; j <= run.last; j += kPairs ? 2 : 1) {   // kPairs: as in backward_dq
           const int j1 = kPairs ? min(j + 1, run.last) : j;
           const int i0 = run_token(w, run, j), i1 = run_token(w, run, j1);
-          threadgroup const vec<T, 4>* qs0 = stage + i0 * RS + s4;
-          threadgroup const vec<T, 4>* gs0 = stage + voff + i0 * RS + s4;
-          threadgroup const vec<T, 4>* qs1 = stage + i1 * RS + s4;
-          threadgroup const vec<T, 4>* gs1 = stage + voff + i1 * RS + s4;
+          threadgroup const vec<TS, 4>* qs0 = stage + i0 * RS + s4;
+          threadgroup const vec<TS, 4>* gs0 = stage + voff + i0 * RS + s4;
+          threadgroup const vec<TS, 4>* qs1 = stage + i1 * RS + s4;
+          threadgroup const vec<TS, 4>* gs1 = stage + voff + i1 * RS + s4;
           float4 sd;                                         // score, dP of step j, then of step j1
           if (kPairs) {
-            sd = slice_sum<DS>(float4(slice_dot<T, DS>(qs0, kv), slice_dot<T, DS>(gs0, vv),
-                                      slice_dot<T, DS>(qs1, kv), slice_dot<T, DS>(gs1, vv)), G.NG);
+            sd = slice_sum<DS>(float4(slice_dot<TS, DS>(qs0, kv), slice_dot<TS, DS>(gs0, vv),
+                                      slice_dot<TS, DS>(qs1, kv), slice_dot<TS, DS>(gs1, vv)), G.NG);
           } else {
-            const float2 one = slice_sum2<DS>(slice_dot<T, DS>(qs0, kv), slice_dot<T, DS>(gs0, vv), G.NG);
+            const float2 one = slice_sum2<DS>(slice_dot<TS, DS>(qs0, kv), slice_dot<TS, DS>(gs0, vv), G.NG);
             sd = float4(one, one);
           }
-          if (run_ok(run, j)) dkdv_step<T, DS>(sd.x, sd.y, stats[i0], stats[kMaxChunk + i0], qs0, gs0, dka, dva);
+          if (run_ok(run, j)) dkdv_step<TS, DS>(sd.x, sd.y, stats[i0], stats[kMaxChunk + i0], qs0, gs0, dka, dva);
           if (kPairs && j1 > j && run_ok(run, j1))
-            dkdv_step<T, DS>(sd.z, sd.w, stats[i1], stats[kMaxChunk + i1], qs1, gs1, dka, dva);
+            dkdv_step<TS, DS>(sd.z, sd.w, stats[i1], stats[kMaxChunk + i1], qs1, gs1, dka, dva);
         }
       }
     }
@@ -963,9 +964,10 @@ kernel void attn_backward_dkdv(device const T* q [[buffer(0)]], device const T* 
                                constant int* geom [[buffer(8)]], constant float& scale [[buffer(9)]],
                                uint3 tg [[threadgroup_position_in_grid]],
                                uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  typedef typename Staged<T, (NB > 1)>::type TS;
+  threadgroup vec<TS, 4> stage[kStageBytes / (4 * sizeof(TS))];
   threadgroup float stats[2 * kMaxChunk];          // per staged query: lse (base 2), delta
-  backward_dkdv<T, DS, R, NB, false>(q, k, v, dout, dout, lse, delta, dk, dv, geom, scale, stage, stats, tg, tid);
+  backward_dkdv<T, TS, DS, R, NB, false>(q, k, v, dout, dout, lse, delta, dk, dv, geom, scale, stage, stats, tg, tid);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -986,13 +988,14 @@ kernel void attn_backward_fused(device const T* q [[buffer(0)]], device const T*
                                 constant float& scale [[buffer(16)]],
                                 uint3 tg [[threadgroup_position_in_grid]],
                                 uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup vec<T, 4> stage[kStageBytes / (4 * sizeof(T))];
+  typedef typename Staged<T, (NB > 1)>::type TS;
+  threadgroup vec<TS, 4> stage[kStageBytes / (4 * sizeof(TS))];
   threadgroup float stats[2 * kMaxChunk];
   const uint nq = uint(q_tiles);           // query tiles a (batch, head, group); fewer than 2^31
   if (tg.x < nq) {
-    backward_dq<T, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
+    backward_dq<T, TS, DS, R, NB>(q, k, v, xk, xv, out, dout, lse, dlse, dq, delta, geom, scale, stage, tg, tid);
   } else {
-    backward_dkdv<T, DS, R, NB, true>(q, k, v, dout, out, lse, dlse, dk, dv, kgeom, scale, stage, stats,
+    backward_dkdv<T, TS, DS, R, NB, true>(q, k, v, dout, out, lse, dlse, dk, dv, kgeom, scale, stage, stats,
                                       uint3(tg.x - nq, tg.y, tg.z), tid);
   }
 }
