@@ -72,6 +72,7 @@ def workload_sweep() -> None:
     for causal in (False, True):
         sage_mps.sageattn(q, q, q, is_causal=causal)
     import test_attention_kernels as tk
+    from natten_mps.backends import gpu_profile
     for rank in (1, 2, 3):
         for i in range(3):
             tk.test_na_float32_forward_backward(rank, i, "cuda")
@@ -89,7 +90,8 @@ def workload_sweep() -> None:
     import pytest
     for small in (False, True):
         with pytest.MonkeyPatch.context() as mp:
-            tk.test_nan_stays_in_its_windows(small, "cuda", mp)
+            tk.test_nan_stays_in_its_windows(small, "cuda", mp, gpu_profile.set_profile)
+        gpu_profile.set_profile(None)
     # the small problems' kernels (the "_b4" family: batched staging, steps in groups, float rows)
     for i in range(len(tk.FLOAT_STAGED_CASES)):
         for dtype in (torch.float16, torch.bfloat16):
