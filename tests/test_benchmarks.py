@@ -75,7 +75,7 @@ def test_interleaved_rounds_alternate_and_settle():
 def test_bench_metal_proxy_report_of_a_saved_run(capsys):
     """The proxy's tables re-render from the saved H200 run (no GPU needed), with the label."""
     import bench_metal_proxy
-    saved = os.path.join(BENCH, "results", "metal_proxy_h200_2026-12-03_4cd6ea0.json")
+    saved = os.path.join(BENCH, "results", "metal_proxy_h200_2026-12-05_e8d84a6.json")
     assert bench_metal_proxy.main(["--report", saved]) == 0
     out = capsys.readouterr().out
     assert "Metal kernels translated to CUDA on NVIDIA H200" in out and "not Apple timings" in out
