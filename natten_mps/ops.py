@@ -344,10 +344,28 @@ def _refuse_func_grad(tensors) -> None:
 def _eager(*tensors: Tensor) -> bool:
     if _functorch_active():
         _refuse_func_grad(tensors)
-    if (_MODE_PROBES is None or torch.compiler.is_compiling() or _functorch_active()
-            or any(probe() for probe in _MODE_PROBES)):
         return False
-    return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
+    if _MODE_PROBES is None or torch.compiler.is_compiling():
+        return False
+    for probe in _MODE_PROBES:
+        if probe():
+            return False
+    for t in tensors:
+        if type(t) is not Tensor or t.device.type == "meta":
+            return False
+    return True
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record the op (grad mode on and some input requires grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
+
+
 
 
 def plain_eager(*tensors: Tensor) -> bool:
@@ -378,13 +396,33 @@ class _EagerOp(torch.autograd.Function):
         return (None, None, None) + tuple(grads) + (None,) * (ctx.n_args - len(inputs))
 
 
+def _c_apply(function):
+    """``function``'s C-level ``apply`` (torch._C._FunctionBase), or its Python ``apply`` where that
+    private entry is missing."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    method = None if base is None else base.__dict__.get("apply")
+    return method.__get__(None, function) if hasattr(method, "__get__") else function.apply
+
+
+_eager_op_apply = _c_apply(_EagerOp)
+
+
+def _eager_apply(impl, backward_impl, n_tensors, *args):
+    """One eager call of ``impl``: straight, when autograd has nothing to record; else through
+    :class:`_EagerOp` (its C ``apply``: ``Function.apply``'s Python prologue binds defaults for
+    ``setup_context`` and unwraps dead functorch wrappers, neither of which plain tensors need)."""
+    if not _needs_grad(*args[:n_tensors]):
+        return impl(*args)
+    return _eager_op_apply(impl, backward_impl, n_tensors, *args)
+
+
 def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
                            dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
     """``natten_mps::na_forward`` with its autograd, as the public API calls it."""
-    args = (q, k, v, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v):
-        return _EagerOp.apply(_na_forward_impl, _na_backward_impl, 3, *args)
-    return na_forward(*args)
+        return _eager_apply(_na_forward_impl, _na_backward_impl, 3, q, k, v, kernel_size, stride, dilation,
+                            is_causal, scale)
+    return na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv: Tensor, kernel_size: List[int],
@@ -393,7 +431,7 @@ def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv
     """``natten_mps::na_forward_extra`` with its autograd, as the public API calls it."""
     args = (q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v, xk, xv):
-        return _EagerOp.apply(_na_forward_extra_impl, _na_backward_extra_impl, 5, *args)
+        return _eager_apply(_na_forward_extra_impl, _na_backward_extra_impl, 5, *args)
     return na_forward_extra(*args)
 
 
@@ -403,16 +441,14 @@ def neighborhood_attention_varlen(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor
     """``natten_mps::na_varlen_forward`` with its autograd, as the public API calls it."""
     args = (q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v, sizes):
-        return _EagerOp.apply(_na_varlen_forward_impl, _na_varlen_backward_impl, 4, *args)
+        return _eager_apply(_na_varlen_forward_impl, _na_varlen_backward_impl, 4, *args)
     return na_varlen_forward(*args)
 
 
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
     """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
     if _eager(q, k, v):
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-            return _attention_forward_eager(q, k, v, is_causal, scale)     # nothing to differentiate
-        return _EagerOp.apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
+        return _eager_apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
 
 
