@@ -17,6 +17,8 @@ is mostly overhead too). Each op is timed forward (under ``torch.no_grad``) and 
 timed in the same rounds ("before" columns). Where that checkout lacks the no-op facility, its worker
 replaces its ``runtime.library`` by an equivalent no-op library (same kernel names, nothing run).
 
+``--natten-mps-path DIR`` on CPU: natten-mps 0.3.3's whole call (its pure path) beside our pure path.
+
 CUDA (``--device cuda``, the GPU proxy): the seed configurations' whole call, our Metal path
 translated to CUDA (``set_metal_on_cuda(True)``, real kernels) beside natten-mps 0.3.3's whole call
 (``--natten-mps-path DIR``, set up as ``bench_metal_proxy.py`` does), synchronised, forward and
@@ -158,7 +160,7 @@ def setup_worker(kind: str, device: str, natten_mps_path: Optional[str]):
     from natten_mps.metal import runtime
     if kind == "pure":
         natten_mps.set_backend("pure")
-    elif kind == "metal":
+    elif kind in ("metal", "stages"):     # stages: switches paths itself, needs the no-op library
         natten_mps.set_backend("metal")
         if device == "cuda":
             natten_mps.set_metal_on_cuda(True)
@@ -188,8 +190,21 @@ def worker_main(kind: str, device: str, natten_mps_path: Optional[str] = None) -
     runners: Dict[tuple, Callable] = {}
     for line in sys.stdin:
         req = json.loads(line)
-        key = (req["case"], req["backward"], req["compiled"], req["dtype"])
         try:
+            if "stage" in req:
+                if "stages" not in runners:
+                    runners["stages"] = stage_entries()
+                if req["stage"] == "labels":
+                    print(json.dumps({"labels": [r[:3] for r in runners["stages"]]}), flush=True)
+                    continue
+                fn = runners["stages"][req["stage"]][3]
+                if fn is None:
+                    raise NotImplementedError("not in this checkout")
+                for _ in range(req["warmup"]):
+                    fn()
+                print(json.dumps({"samples": _sample_us(fn, req["n"], sync)}), flush=True)
+                continue
+            key = (req["case"], req["backward"], req["compiled"], req["dtype"])
             if key not in runners:
                 call, sdpa = build_case(req["case"], device, req["dtype"], grad=req["backward"])
                 run = timed_call(sdpa if kind == "sdpa" else call, req["backward"], req["compiled"])
@@ -216,9 +231,15 @@ class Worker:
                                      stderr=subprocess.PIPE, text=True, cwd=package_root, env=env)
 
     def sampler(self, case: str, backward: bool, compiled: bool, dtype: str, warmup: int):
+        return self._request({"case": case, "backward": backward, "compiled": compiled, "warmup": warmup,
+                              "dtype": dtype})
+
+    def stage_sampler(self, index: int, warmup: int):
+        return self._request({"stage": index, "warmup": warmup})
+
+    def _request(self, payload):
         def sample(n: int) -> List[float]:
-            self.proc.stdin.write(json.dumps({"case": case, "backward": backward, "compiled": compiled, "n": n,
-                                              "warmup": warmup, "dtype": dtype}) + "\n")
+            self.proc.stdin.write(json.dumps(dict(payload, n=n)) + "\n")
             self.proc.stdin.flush()
             line = self.proc.stdout.readline()
             if not line:
@@ -250,24 +271,38 @@ def _noop_shim(base_root: str) -> None:
                 "        return lib\n")
 
 
-# ---- per-stage breakdown (in this process) -------------------------------------------------------
-def stages(repeats: int) -> List[List[str]]:
-    """Layer-peeling breakdown of the tiny na1d call (this checkout): rows of (path, pass, entry, us)."""
+# ---- per-stage breakdown -------------------------------------------------------------------------
+STAGE_CASE = "tiny na1d (B=1 L=16 H=2 D=16 K=3), float32"
+
+
+def stage_entries():
+    """``[(path, pass, entry, fn)]`` for the per-stage breakdown of the tiny na1d call on the Metal
+    path (no-op launches) and the pure path, in whichever checkout is imported. Rows marked "of which"
+    time one step alone; the others enter the call one layer lower each, so a layer's cost is the
+    difference of two rows. Works on a checkout without this commit's caches (then the uncached
+    steps are timed)."""
     import torch
     import natten_mps
-    from natten_mps import ops
+    from natten_mps import backend, checks, functional, ops
     from natten_mps.backends import metal, pure
     from natten_mps.metal import runtime
-    torch.set_num_threads(1)
-    rows = []
     q, k, v = _tensors(torch, (B, 16, H, D), 3, "cpu", torch.float32, False)
     qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
     args = ([3], [1], [1], [False], D ** -0.5)
+    problem = getattr(metal, "_problem", metal._Problem)
 
-    def med(fn):
-        for _ in range(20):
-            fn()
-        return statistics.median(_sample_us(fn, repeats, lambda: None))
+    def with_path(path, fn):
+        def run():
+            natten_mps.set_backend(path)
+            runtime.set_emulation(path == "metal")
+            return fn()
+        return run
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
 
     def backward_of(fn):
         def run():
@@ -275,37 +310,80 @@ def stages(repeats: int) -> List[List[str]]:
             (out[0] if isinstance(out, tuple) else out).sum().backward()
         return run
 
+    def checks_uncached():
+        heads, heads_kv = checks.check_qkv(q, k, v, 1)
+        checks.check_na_params(q, k, 3, 1, 1, False, 1)
+        checks.check_additional_kv(q, None, None, heads_kv)
+        checks.check_scale(None, D)
+
+    rows = []
     for path in ("metal", "pure"):
         natten_mps.set_backend(path)
         runtime.set_emulation(path == "metal")
-        with runtime.noop_launches(path == "metal"):
-            out, lse = ops._na_forward_impl(q, k, v, *args)
-            dout = torch.randn_like(out)
-            impl = (lambda: metal.attention_forward(q, k, v, *args)) if path == "metal" else \
-                (lambda: pure.na_forward(q, k, v, *args))
-            bimpl = (lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args)) if path == "metal" else \
-                (lambda: pure.na_backward(dout, None, q, k, v, out, lse, *args))
-            with torch.no_grad():
-                fwd = [("natten_mps.na1d (public call)", lambda: natten_mps.na1d(q, k, v, 3)),
-                       ("ops.neighborhood_attention (checks skipped)", lambda: ops.neighborhood_attention(q, k, v, *args)),
-                       ("ops._na_forward_impl (op layer skipped)", lambda: ops._na_forward_impl(q, k, v, *args)),
-                       (f"backends.{path} forward (backend choice skipped)", impl)]
-                if path == "metal":
-                    prob = metal._problem(q, k, v, *args[:4], False, 0)
-                    lib = runtime.library(metal.ATTENTION_SHADER, "cpu")
-                    fwd += [("  of which _problem (cached geometry)", lambda: metal._problem(q, k, v, *args[:4], False, 0)),
-                            ("  of which two poisoned outputs", lambda: (metal._new_output(q.shape, q.dtype, q.device),
-                                                                       metal._new_output(q.shape[:-1], torch.float32, q.device))),
-                            ("  of which geometry buffer", lambda: prob.geometry(q.device, tensors=(q, k, v, q, q))),
-                            ("  of which launch (no-op kernel)", lambda: prob.launch(lib, "attn_forward", q.dtype, q, k, v, q, q,
-                                                                                    out, lse, q, 0.1))]
-                for entry, fn in fwd:
-                    rows.append([path, "forward", entry, f"{med(fn):.1f}"])
-            fb = [("natten_mps.na1d + backward (public call)", backward_of(lambda: natten_mps.na1d(qg, kg, vg, 3))),
-                  ("ops.neighborhood_attention + backward", backward_of(lambda: ops.neighborhood_attention(qg, kg, vg, *args))),
-                  (f"backends.{path} backward alone", bimpl)]
-            for entry, fn in fb:
-                rows.append([path, "forward+backward", entry, f"{med(fn):.1f}"])
+        out, lse = ops._na_forward_impl(q, k, v, *args)
+        dout = torch.randn_like(out)
+        fwd = [("natten_mps.na1d (public call)", lambda: natten_mps.na1d(q, k, v, 3)),
+               ("  of which autocast_inputs", lambda: functional.autocast_inputs(q, k, v, None, None)),
+               ("  of which argument checks, uncached", checks_uncached)]
+        fwd.append(("  of which argument checks, cached (signature + lookup)",
+                    (lambda: functional._NA_CHECKED.get(functional._na_signature(1, q, k, v, 3, 1, 1, False, None,
+                                                                                 None, None)))
+                    if hasattr(functional, "_na_signature") else None))
+        fwd += [("ops.neighborhood_attention (checks skipped)", lambda: ops.neighborhood_attention(q, k, v, *args)),
+                ("  of which eager/compile/mode probes", lambda: ops._eager(q, k, v)),
+                ("ops._na_forward_impl (op layer skipped)", lambda: ops._na_forward_impl(q, k, v, *args)),
+                ("  of which backend choice (use_metal + supported)",
+                 lambda: backend.use_metal(q, metal.supported(q, k, v)))]
+        if path == "metal":
+            fwd.append(("backends.metal.attention_forward", lambda: metal.attention_forward(q, k, v, *args)))
+            prob = problem(q, k, v, *args[:4], False, 0)
+            lib = runtime.library(metal.ATTENTION_SHADER, "cpu")
+            fwd += [("  of which geometry (_Problem" + (", cached)" if problem is not metal._Problem else ")"),
+                     lambda: problem(q, k, v, *args[:4], False, 0)),
+                    ("  of which two outputs (NaN-poisoned on CPU)",
+                     lambda: (metal._new_output(q.shape, q.dtype, q.device),
+                              metal._new_output(q.shape[:-1], torch.float32, q.device))),
+                    ("  of which library lookup", lambda: runtime.library(metal.ATTENTION_SHADER, "cpu")),
+                    ("  of which geom buffer", lambda: prob.geometry(q.device, tensors=(q, k, v, q, q))),
+                    ("  of which launch call (no-op kernel)",
+                     lambda: prob.launch(lib, "attn_forward", q.dtype, q, k, v, q, q, out, lse,
+                                         prob.geometry(q.device, tensors=(q, k, v, q, q)), 0.1))]
+        else:
+            fwd.append(("backends.pure.na_forward", lambda: pure.na_forward(q, k, v, *args)))
+        rows += [(path, "forward", e, fn and with_path(path, no_grad(fn))) for e, fn in fwd]
+        bimpl = (lambda: metal.attention_backward(dout, None, q, k, v, out, lse, *args)) if path == "metal" else \
+            (lambda: pure.na_backward(dout, None, q, k, v, out, lse, *args))
+        fb = [("natten_mps.na1d + backward (public call)", backward_of(lambda: natten_mps.na1d(qg, kg, vg, 3))),
+              ("  of which forward recording the graph", lambda: natten_mps.na1d(qg, kg, vg, 3)),
+              ("ops.neighborhood_attention + backward", backward_of(lambda: ops.neighborhood_attention(qg, kg, vg, *args))),
+              (f"backends.{path} backward alone", bimpl)]
+        rows += [(path, "forward+backward", e, with_path(path, fn)) for e, fn in fb]
+    return rows
+
+
+def run_stages(args) -> List[List[str]]:
+    """The per-stage breakdown in a worker per checkout (this one, and ``--base-path``'s), interleaved."""
+    workers = {"this": Worker("stages", "cpu")}
+    if args.base_path:
+        _noop_shim(args.base_path)
+        workers["base"] = Worker("stages", "cpu", args.base_path)
+    this = workers["this"].proc
+    this.stdin.write(json.dumps({"stage": "labels"}) + "\n")
+    this.stdin.flush()
+    labels = json.loads(this.stdout.readline())["labels"]
+    rows = []
+    try:
+        for index, (path, pass_name, entry) in enumerate(labels):
+            t, errors = harness.interleaved_medians({n: w.stage_sampler(index, args.warmup) for n, w in workers.items()},
+                                                    args.repeats, per_round=args.per_round)
+            rows.append([path, pass_name, entry] + ([fmt_us(t.get("base"))] if args.base_path else [])
+                        + [fmt_us(t.get("this"))])
+    finally:
+        for w in workers.values():
+            w.close()
+    print(f"\nper-stage breakdown, {STAGE_CASE}, median us (interleaved rounds)\n")
+    harness.print_table(["path", "pass", "entry point"] + (["base us"] if args.base_path else []) + ["this us"],
+                        rows, markdown=True)
     return rows
 
 
@@ -366,7 +444,7 @@ def main(argv=None):
         kinds["base metal"] = Worker("metal", args.device, args.base_path)
         if not args.no_pure:
             kinds["base pure"] = Worker("pure", args.device, args.base_path)
-    if cuda and args.natten_mps_path:
+    if args.natten_mps_path:     # on CPU its pure path (its Metal path needs MPS), on CUDA its Metal path
         kinds["natten-mps"] = Worker("natten-mps", args.device, natten_mps_path=args.natten_mps_path)
     cases = list(SEED) if cuda else (args.cases or CASES)
     dtypes = args.dtypes if cuda else ["float32"]
@@ -387,7 +465,8 @@ def main(argv=None):
                         rows.append([case + (f" {dtype}" if cuda else ""), mode, "fwd+bwd" if backward else "fwd"]
                                     + [fmt_us(t.get(k)) for k in kinds]
                                     + [ratio(t.get("metal"), t.get("sdpa"))]
-                                    + ([ratio(t.get("metal"), t.get("natten-mps"))] if cuda else [])
+                                    + ([ratio(t.get("metal" if cuda else "pure"), t.get("natten-mps"))]
+                                       if "natten-mps" in kinds else [])
                                     + ([ratio(t.get("pure"), t.get("sdpa"))] if "pure" in kinds else [])
                                     + ([ratio(t.get("metal"), t.get("base metal"))] if "base metal" in kinds else [])
                                     + ([ratio(t.get("pure"), t.get("base pure"))] if "base pure" in kinds else []))
@@ -398,14 +477,12 @@ def main(argv=None):
             "host cost: Metal path on CPU tensors with no-op launches; pure path computing")
     print(f"\nbench_overhead: {what}; median us of {args.repeats} (interleaved rounds of {args.per_round})\n")
     headers = ["case", "mode", "pass"] + [f"{k} us" for k in kinds] + ["metal/SDPA"] \
-        + (["metal/natten-mps"] if cuda else []) + (["pure/SDPA"] if "pure" in kinds else []) \
+        + ([("metal" if cuda else "pure") + "/natten-mps"] if "natten-mps" in kinds else []) + (["pure/SDPA"] if "pure" in kinds else []) \
         + (["metal after/before"] if "base metal" in kinds else []) + (["pure after/before"] if "base pure" in kinds else [])
     harness.print_table(headers, rows, markdown=True)
     stage_rows = []
     if args.stages and not cuda:
-        print("\nper-stage breakdown, tiny na1d (B=1 L=16 H=2 D=16 K=3), float32, this checkout, median us\n")
-        stage_rows = stages(args.repeats)
-        harness.print_table(["path", "pass", "entry point", "us"], stage_rows, markdown=True)
+        stage_rows = run_stages(args)
     for n in sorted(notes):
         print(f"note: {n}")
     if args.json:

@@ -510,12 +510,16 @@ def _split_qk_fake(q, k, kernel_size, stride, dilation, is_causal):
     return q.new_empty(q.shape[:-1] + (n,))
 
 
-@torch.library.custom_op("natten_mps::split_qk_backward", mutates_args=())
-def split_qk_backward(dw: Tensor, q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int],
-                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+def _split_qk_backward_impl(dw, q, k, kernel_size, stride, dilation, is_causal):
     args = (kernel_size, stride, dilation, is_causal)
     dw = dw.to(q.dtype)
     return metal_split.av(dw, k, *args), metal_split.inverse(dw, q, k.shape[-2], *args)
+
+
+@torch.library.custom_op("natten_mps::split_qk_backward", mutates_args=())
+def split_qk_backward(dw: Tensor, q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    return _split_qk_backward_impl(dw, q, k, kernel_size, stride, dilation, is_causal)
 
 
 @split_qk_backward.register_fake
@@ -550,13 +554,17 @@ def _split_av_fake(w, v, kernel_size, stride, dilation, is_causal):
     return v.new_empty(w.shape[:-1] + (v.shape[-1],))
 
 
-@torch.library.custom_op("natten_mps::split_av_backward", mutates_args=())
-def split_av_backward(dout: Tensor, w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
-                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+def _split_av_backward_impl(dout, w, v, kernel_size, stride, dilation, is_causal):
     args = (kernel_size, stride, dilation, is_causal)
     dout = dout.to(v.dtype)
     dw = metal_split.qk(dout, v, *args, fill=0.0).to(w.dtype)
     return dw, metal_split.inverse(w.to(v.dtype), dout, v.shape[-2], *args)
+
+
+@torch.library.custom_op("natten_mps::split_av_backward", mutates_args=())
+def split_av_backward(dout: Tensor, w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    return _split_av_backward_impl(dout, w, v, kernel_size, stride, dilation, is_causal)
 
 
 @split_av_backward.register_fake
@@ -578,3 +586,47 @@ def _split_av_rule(ctx, dout):
 
 
 split_av.register_autograd(_split_av_rule, setup_context=_split_av_setup)
+
+
+class _EagerSplitOp(torch.autograd.Function):
+    """Eager twin of ``split_qk`` / ``split_av`` (as :class:`_EagerOp` is of the attention ops):
+    ``forward(impl, backward_impl, a, b, params)`` -> ``impl(a, b, *params)``; same saved tensors
+    and gradients as the registered op."""
+
+    @staticmethod
+    def forward(ctx, impl, backward_impl, a, b, params):
+        ctx.save_for_backward(a, b)
+        ctx.backward_impl, ctx.params = backward_impl, params
+        return impl(a, b, *params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _refuse_double_backward()
+        a, b = ctx.saved_tensors
+        da, db = ctx.backward_impl(grad, a, b, *ctx.params)
+        return None, None, da, db, None
+
+
+_eager_split_apply = _c_apply(_EagerSplitOp)
+
+
+def split_scores(q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+                 is_causal: List[bool]) -> Tensor:
+    """``natten_mps::split_qk`` with its autograd, as the public API calls it (eager: no custom-op wrapper)."""
+    params = (kernel_size, stride, dilation, is_causal)
+    if _eager(q, k):
+        if not _needs_grad(q, k):
+            return metal_split.qk(q, k, *params)
+        return _eager_split_apply(metal_split.qk, _split_qk_backward_impl, q, k, params)
+    return split_qk(q, k, *params)
+
+
+def split_weighted(w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+                   is_causal: List[bool]) -> Tensor:
+    """``natten_mps::split_av`` with its autograd, as the public API calls it (eager: no custom-op wrapper)."""
+    params = (kernel_size, stride, dilation, is_causal)
+    if _eager(w, v):
+        if not _needs_grad(w, v):
+            return metal_split.av(w, v, *params)
+        return _eager_split_apply(metal_split.av, _split_av_backward_impl, w, v, params)
+    return split_av(w, v, *params)

@@ -61,7 +61,20 @@ def _axis_table(n: int, kernel: int, stride: int, dilation: int, causal: bool, d
 
 
 def _neighbourhood(spatial, ks, st, dil, causal, device):
-    """Flat key token per (query token, neighbour) [T, Kvol], validity [T, Kvol], per-axis offsets."""
+    """Flat key token per (query token, neighbour) [T, Kvol], validity [T, Kvol], per-axis offsets
+    (kept per signature: callers only read them)."""
+    key = (tuple(spatial), tuple(ks), tuple(st), tuple(dil), tuple(bool(c) for c in causal), torch.device(device))
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = _neighbourhood_tables(*key)
+        _TABLES.put(key, tables)
+    return tables
+
+
+_TABLES = checks.SignatureCache(64)
+
+
+def _neighbourhood_tables(spatial, ks, st, dil, causal, device):
     tok = torch.zeros(1, 1, dtype=torch.long, device=device)
     ok = torch.ones(1, 1, dtype=torch.bool, device=device)
     offs = []
@@ -86,6 +99,26 @@ def _rpb_bias(rpb: Tensor, offs, ks, spatial) -> Tensor:
 
 
 def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name, same_dim):
+    """The split ops' checks; results kept per signature (see checks.SignatureCache)."""
+    sig = None
+    if not torch.compiler.is_compiling():
+        sig = (name, checks.tensor_key(a), checks.tensor_key(b)) + tuple(
+            map(checks.arg_key, (kernel_size, dilation, stride, is_causal)))
+        if False in sig or None in sig:
+            sig = None
+    checked = None if sig is None else _CHECKED.get(sig)
+    if checked is None:
+        checked = _check_split_args(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name,
+                                    same_dim)
+        if sig is not None:
+            _CHECKED.put(sig, checked)
+    return checked
+
+
+_CHECKED = checks.SignatureCache()
+
+
+def _check_split_args(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name, same_dim):
     checks.check_tensor(a, a_name)
     checks.check_tensor(b, b_name)
     for t, n in ((a, a_name), (b, b_name)):
@@ -118,7 +151,7 @@ def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False,
     Kvol = math.prod(ks)
     metal_path = _on_metal(query, key)
     if metal_path:
-        logits = ops.split_qk(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
+        logits = ops.split_scores(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
     else:
         tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
         T = tok.shape[0]
@@ -146,11 +179,11 @@ def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False
                                                 "attn", "value", False)
     B, H, Kvol = attn.shape[0], attn.shape[-2], attn.shape[-1]
     Hkv, Dv = value.shape[-2], value.shape[-1]
-    want = int(torch.tensor(ks).prod())
+    want = math.prod(ks)
     if Kvol != want:
         raise ValueError(f"{name}: attn's last dimension must be prod(kernel_size) = {want}, got {Kvol}")
     if _on_metal(attn, value):
-        return ops.split_av(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
+        return ops.split_weighted(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
     tok, ok, _ = _neighbourhood(spatial, ks, st, dil, causal, attn.device)
     T = tok.shape[0]
     vf = value.reshape(B, T, Hkv, Dv).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, Dv)
