@@ -11,7 +11,8 @@ argument lists, the launch calls) and no kernel does, so the figure is the host'
 machine. The pure path (``set_backend("pure")``) runs its real computation (on tiny problems that
 is mostly overhead too). Each op is timed forward (under ``torch.no_grad``) and forward+backward
 (a sum of the outputs, backward), eager and under ``torch.compile``; SDPA runs on the same tensors
-(heads-first views, spatial axes flattened) in the same rounds.
+(heads-first views, spatial axes flattened; for the nn modules, between the module's own
+projections) in the same rounds.
 
 ``--base-path DIR``: a checkout of another commit of this project (``git worktree add DIR <commit>``),
 timed in the same rounds ("before" columns). Where that checkout lacks the no-op facility, its worker
@@ -107,7 +108,12 @@ def build_case(name: str, device: str, dtype_name: str = "float32", grad: bool =
         rank = int(name[-2])
         mod = getattr(natten_mps, f"NeighborhoodAttention{rank}D")(H * D, H, 3).to(device=device, dtype=dtype)
         x = _tensors(torch, (B, *spatial, H * D), 1, device, dtype, grad)[0]
-        return (lambda: mod(x)), sdpa
+
+        def sdpa_module():      # the same projections around SDPA
+            qkv = mod.qkv(x).reshape(B, -1, 3, H, D).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            return mod.proj(out.transpose(1, 2).reshape(x.shape))
+        return (lambda: mod(x)), sdpa_module
     raise KeyError(name)
 
 

@@ -165,13 +165,22 @@ def arg_key(x):
     return None
 
 
+def window_key(x):
+    """A hashable key for a window argument telling types apart: ``(type, value)``, with the
+    element types of a list/tuple (raises TypeError for unhashable entries)."""
+    t = type(x)
+    if t is list or t is tuple:
+        return (t, tuple(x), tuple(map(type, x)))
+    return (t, x)
+
+
 def tensor_key(t):
-    """``(shape, dtype, device)`` of a tensor (None stays None); False for anything else."""
+    """``(type, shape, dtype, device)`` of a tensor (None stays None); False for anything else."""
     if t is None:
         return None
     if not isinstance(t, torch.Tensor):
         return False
-    return (t.shape, t.dtype, t.device)
+    return (type(t), t.shape, t.dtype, t.device)
 
 
 class SignatureCache:
@@ -182,15 +191,28 @@ class SignatureCache:
         self.size, self._entries = size, OrderedDict()
 
     def get(self, key):
-        entry = self._entries.get(key)
+        """The entry of ``key``, or None (also for an unhashable key, which :meth:`put` skips)."""
+        try:
+            entry = self._entries.get(key)
+        except TypeError:
+            return None
         if entry is not None:
-            self._entries.move_to_end(key)
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:      # evicted by another thread meanwhile: the entry is still valid
+                pass
         return entry
 
     def put(self, key, value) -> None:
-        self._entries[key] = value
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        try:
+            self._entries[key] = value
+        except TypeError:         # unhashable (a list inside a window argument): not kept
+            return
+        while len(self._entries) > self.size:
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:
+                break
 
     def clear(self) -> None:
         self._entries.clear()

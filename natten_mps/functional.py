@@ -45,14 +45,20 @@ _NA_CHECKED = checks.SignatureCache()
 
 def _na_signature(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
                   additional_values):
-    """The cache key of a call, or None when it must be checked in full (see checks.arg_key)."""
+    """The cache key of a call, or None when it must be checked in full: tensors by type, shape,
+    dtype and device; other arguments by type and value (see checks.arg_key)."""
     if torch.compiler.is_compiling():     # traced once; the graph holds no Python checks anyway
         return None
-    tensors = tuple(map(checks.tensor_key, (query, key, value, additional_keys, additional_values)))
-    args = tuple(map(checks.arg_key, (kernel_size, stride, dilation, is_causal, scale)))
-    if False in tensors[:3] or None in tensors[:3] or False in tensors[3:] or None in args:
+    try:
+        sig = (rank, type(query), query.shape, query.dtype, query.device, type(key), key.shape, key.dtype, key.device,
+               type(value), value.shape, value.dtype, value.device,
+               checks.window_key(kernel_size), checks.window_key(stride), checks.window_key(dilation),
+               checks.window_key(is_causal), type(scale), scale)
+        if additional_keys is not None or additional_values is not None:
+            sig += (checks.tensor_key(additional_keys), checks.tensor_key(additional_values))
+    except (AttributeError, TypeError):   # not tensors: checked in full (unhashable keys: see SignatureCache)
         return None
-    return (rank,) + tensors + args
+    return sig
 
 
 def _check_na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,

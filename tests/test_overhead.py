@@ -174,13 +174,16 @@ def test_small_problem_route_matches_the_reference(spatial, heads, kernel, strid
     rank = len(spatial)
     tup = lambda x: x if isinstance(x, tuple) else (x,) * rank  # noqa: E731
     assert pure_small.mask_for(q, k, v, tup(kernel), tup(stride), tup(dilation), tup(causal)) is not None
-    out = getattr(natten_mps, f"na{rank}d")(q, k, v, kernel, stride=stride, dilation=dilation, is_causal=causal)
+    out, lse = getattr(natten_mps, f"na{rank}d")(q, k, v, kernel, stride=stride, dilation=dilation,
+                                                 is_causal=causal, return_lse=True)
     dout = torch.randn(out.shape, generator=g, dtype=dtype)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
+    dlse = torch.randn(lse.shape, generator=g, dtype=lse.dtype)
+    grads = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))     # with an LSE gradient
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = reference_na(q64, k64, v64, tup(kernel), tup(stride), tup(dilation), tup(causal))[0]
-    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+    ref, ref_lse = reference_na(q64, k64, v64, tup(kernel), tup(stride), tup(dilation), tup(causal))
+    ref_grads = torch.autograd.grad((ref, ref_lse), (q64, k64, v64), (dout.double(), dlse.double()))
     torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=TOL[torch.float32], rtol=0)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a.double(), b, atol=GRAD_TOL[dtype], rtol=0)
 

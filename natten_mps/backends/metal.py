@@ -374,9 +374,10 @@ _PROBLEMS_SIZE = 256
 
 def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq=None, lk=None,
              tile_keys=False) -> _Problem:
-    """:class:`_Problem` for this signature, built once and kept (least recently used first out;
-    problems are read-only after construction). The key holds everything the tiling reads: shapes,
-    element size, device, window arguments and the walk override."""
+    """:class:`_Problem` for this signature, built once and kept (least recently used first out; a
+    problem never changes after construction, only values derived from it are memoised on it). The
+    key holds everything the tiling reads: shapes, element size, device, window arguments and the
+    walk override."""
     key = (q.shape, k.shape, v.shape, q.dtype, q.device, tuple(kernel_size), tuple(stride), tuple(dilation),
            tuple(is_causal), dense, extra_tokens, None if lq is None else tuple(lq),
            None if lk is None else tuple(lk), tile_keys, os.environ.get("NATTEN_MPS_METAL_WALK"))
@@ -385,9 +386,15 @@ def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tok
         prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq, lk, tile_keys)
         _PROBLEMS[key] = prob
         if len(_PROBLEMS) > _PROBLEMS_SIZE:
-            _PROBLEMS.popitem(last=False)
+            try:
+                _PROBLEMS.popitem(last=False)
+            except KeyError:
+                pass
     else:
-        _PROBLEMS.move_to_end(key)
+        try:
+            _PROBLEMS.move_to_end(key)
+        except KeyError:          # evicted by another thread meanwhile; prob is still valid
+            pass
     return prob
 
 

@@ -424,12 +424,11 @@ def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is
     """Gradients of :func:`na_forward` w.r.t. ``q, k, v`` given those of ``out`` and ``lse``."""
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    if dlse is None:
-        mask = pure_small.mask_for(q, k, v, kernel_size, stride, dilation, is_causal)
-        if mask is not None:      # a small problem: one masked dense call
-            grads = pure_small.backward(dout, q, k, v, out, lse, mask, scale)
-            if _finite(grads[0]):  # a leak through a masked entry reaches some query's gradient
-                return grads
+    mask = pure_small.mask_for(q, k, v, kernel_size, stride, dilation, is_causal)
+    if mask is not None:      # a small problem: one masked dense call
+        grads = pure_small.backward(dout, dlse, q, k, v, out, lse, mask, scale)
+        if _finite(grads[0]):  # a leak through a masked entry reaches some query's gradient
+            return grads
     Hkv = k.shape[-2]
     G = q.shape[-2] // Hkv
     heads = functools.partial(_split_heads, Hkv=Hkv, G=G)              # [.., H, C] -> [.., Hkv, G, C]

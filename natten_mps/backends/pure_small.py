@@ -8,7 +8,7 @@ kept), and the forward is one call of PyTorch's CPU flash-attention kernel on vi
 tensors, the backward one call of its backward.
 
 Applies on CPU with equal query/value head dims (the kernel's condition, as for the tiled fused
-route), without an LSE gradient (that goes to the tiled route, which carries it on an extra channel).
+route); an LSE gradient rides on an extra channel, as there.
 A non-finite output sends the call to the tiled route too: masked keys still enter the kernel's
 ``P @ V`` with weight 0, so a non-finite value outside a window would leak (``0 * inf``).
 """
@@ -100,12 +100,15 @@ def forward(q, k, v, mask, scale) -> Optional[Tuple[torch.Tensor, torch.Tensor]]
     return (out if out.dtype == q.dtype else out.to(q.dtype)), lse
 
 
-def backward(dout, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`forward` (no LSE gradient) in the inputs' dtypes."""
+def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`forward` in the inputs' dtypes; ``dlse`` (``[B, *L, H]`` or None) rides
+    on an extra channel as on the tiled fused route (``pure._fused_tile_backward``)."""
+    from .pure import _fused_tile_backward
     dtype, Hkv = mask.dtype, k.shape[-2]
     qh, kh, vh = _heads_first(q, Hkv, dtype), _heads_first(k, Hkv, dtype), _heads_first(v, Hkv, dtype)
     oh, doh = _heads_first(out, Hkv, dtype), _heads_first(dout, Hkv, dtype)
     lh = _heads_first(lse.unsqueeze(-1), Hkv, dtype)[..., 0]
-    dq, dk, dv = _flash_bwd(doh, qh, kh, vh, oh, lh, 0.0, False, attn_mask=mask, scale=scale)
+    dlh = None if dlse is None else _heads_first(dlse.unsqueeze(-1), Hkv, dtype)[..., 0]
+    dq, dk, dv = _fused_tile_backward(doh, qh, kh, vh, oh, lh, dlh, mask, scale)
     grads = (_heads_last(dq, q.shape, Hkv), _heads_last(dk, k.shape, Hkv), _heads_last(dv, v.shape, Hkv))
     return tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
