@@ -211,6 +211,8 @@ def worker_main(kind: str, device: str, natten_mps_path: Optional[str] = None) -
                 print(json.dumps({"samples": _sample_us(fn, req["n"], sync)}), flush=True)
                 continue
             key = (req["case"], req["backward"], req["compiled"], req["dtype"])
+            if kind == "natten-mps" and req["case"] in ("attention", "sageattn"):
+                raise NotImplementedError("not in natten-mps 0.3.3")
             if key not in runners:
                 call, sdpa = build_case(req["case"], device, req["dtype"], grad=req["backward"])
                 run = timed_call(sdpa if kind == "sdpa" else call, req["backward"], req["compiled"])

@@ -95,9 +95,10 @@ def forward(q, k, v, mask, scale) -> Optional[Tuple[torch.Tensor, torch.Tensor]]
     out, lse = _flash_fwd(qh, kh, vh, 0.0, False, attn_mask=mask, scale=scale)
     if not math.isfinite(out.sum().item()):
         return None
-    out = _heads_last(out, q.shape[:-1] + (v.shape[-1],), Hkv)
-    lse = _heads_last(lse.unsqueeze(-1), q.shape[:-1] + (1,), Hkv)[..., 0]
-    return (out if out.dtype == q.dtype else out.to(q.dtype)), lse
+    # contiguous results, as the ops' fake kernels promise (torch.compile checks the strides)
+    out = _heads_last(out, q.shape[:-1] + (v.shape[-1],), Hkv).to(q.dtype).contiguous()
+    lse = _heads_last(lse.unsqueeze(-1), q.shape[:-1] + (1,), Hkv)[..., 0].contiguous()
+    return out, lse
 
 
 def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,4 +112,4 @@ def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, 
     dlh = None if dlse is None else _heads_first(dlse.unsqueeze(-1), Hkv, dtype)[..., 0]
     dq, dk, dv = _fused_tile_backward(doh, qh, kh, vh, oh, lh, dlh, mask, scale)
     grads = (_heads_last(dq, q.shape, Hkv), _heads_last(dk, k.shape, Hkv), _heads_last(dv, v.shape, Hkv))
-    return tuple(g if g.dtype == x.dtype else g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
+    return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, (q, k, v)))
