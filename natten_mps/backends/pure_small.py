@@ -3,7 +3,7 @@
 For a problem of at most ``MAX_TOKENS`` tokens (spatial positions) the tiled route's set-up (tiling,
 chunks, kept buffers, untiling) costs far more than its arithmetic. Here the whole neighbourhood rule
 (kernel size, stride, dilation, causal, borders) becomes one additive ``[G*T, T]`` mask (``-inf``
-outside each query's window, 0 inside; at most 64 x 64 per query head, built once per signature and
+outside each query's window, 0 inside; at most 32 x 32 per query head, built once per signature and
 kept), and the forward is one call of PyTorch's CPU flash-attention kernel on views of the public
 tensors, the backward one call of its backward.
 
@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-MAX_TOKENS = 64
+MAX_TOKENS = 32
 _MASKS: "OrderedDict[tuple, Optional[torch.Tensor]]" = OrderedDict()
 _MASKS_SIZE = 128
 _flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
