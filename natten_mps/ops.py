@@ -40,14 +40,22 @@ def _lse_dtype(dtype):
     return pure.lse_dtype(dtype)
 
 
+def _on_metal(q, *tensors) -> bool:
+    """``backend.use_metal`` for these tensors; the kernels' coverage (``metal.supported``) is only
+    looked at where the path could be Metal (not under ``set_backend("pure")``, not on a device
+    without Metal), where it cannot change the choice."""
+    could = backend.get_backend() != "pure" and runtime.runs_metal(q)
+    return backend.use_metal(q, could and metal.supported(q, *tensors))
+
+
 def _na_forward_impl(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 def _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
 
@@ -57,7 +65,7 @@ def _flat(q):
 
 
 def _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+    if _on_metal(q, k, v, xk, xv):
         return metal.attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale,
                                        extra_k=xk, extra_v=xv)
     # pure: the two attentions, merged by their LSE
@@ -72,7 +80,7 @@ def _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_ca
 
 def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, stride, dilation, is_causal,
                             scale):
-    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+    if _on_metal(q, k, v, xk, xv):
         return metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
                                         scale, extra_k=xk, extra_v=xv)
     # pure: each key set's gradients from the merged output and LSE (softmax over the union)
@@ -84,7 +92,7 @@ def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, 
 
 
 def _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
     return pure_varlen.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
 
@@ -92,7 +100,7 @@ def _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_ca
 def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation, is_causal,
                              scale):
     """-> (dq, dk, dv, None): the last entry is the (absent) gradient of ``sizes``."""
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         dq, dk, dv, _, _ = metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
                                                     is_causal, scale, sizes=sizes)
         return dq, dk, dv, None
@@ -102,11 +110,11 @@ def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
     # causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths
-    return metal.supported(q, k, v)
+    return _on_metal(q, k, v)
 
 
 def _attention_forward_impl(q, k, v, is_causal, scale, contiguous=True):
-    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+    if _dense_on_metal(q, k, v, is_causal):
         return metal.dense_forward(q, k, v, is_causal, scale)
     return pure.attention_forward(q, k, v, is_causal, scale, contiguous)
 
@@ -116,7 +124,7 @@ def _attention_forward_eager(q, k, v, is_causal, scale):
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
-    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+    if _dense_on_metal(q, k, v, is_causal):
         return metal.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
     return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
 

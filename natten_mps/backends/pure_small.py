@@ -20,6 +20,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import pure  # pure imports this module; pure._fused_tile_backward is read at call time
+
 MAX_TOKENS = 32
 _MASKS: "OrderedDict[tuple, Optional[torch.Tensor]]" = OrderedDict()
 _MASKS_SIZE = 128
@@ -43,48 +45,59 @@ def _dense_mask(spatial, kernel_size, stride, dilation, is_causal, groups: int, 
 def mask_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size, stride, dilation,
              is_causal) -> Optional[torch.Tensor]:
     """The kept mask when this route applies to ``q [B, *L, H, D]``, ``k``/``v`` ``[B, *L, Hkv, D]``,
-    else None."""
+    else None (both answers kept per signature)."""
+    key = (q.shape, k.shape[-2], v.shape[-1], q.dtype, q.device, tuple(kernel_size), tuple(stride),
+           tuple(dilation), tuple(is_causal))
+    mask = _MASKS.get(key, False)
+    if mask is False:
+        mask = _build(q, k, v, kernel_size, stride, dilation, is_causal)
+        _MASKS[key] = mask
+        if len(_MASKS) > _MASKS_SIZE:
+            try:
+                _MASKS.popitem(last=False)
+            except KeyError:
+                pass
+    return mask
+
+
+def _build(q, k, v, kernel_size, stride, dilation, is_causal) -> Optional[torch.Tensor]:
     if (_flash_fwd is None or _flash_bwd is None or q.device.type != "cpu" or q.shape[-1] != v.shape[-1]
             or q.numel() == 0):
         return None
     spatial = tuple(q.shape[1:-2])
-    tokens = math.prod(spatial)
-    if tokens > MAX_TOKENS:
+    if math.prod(spatial) > MAX_TOKENS:
         return None
-    groups = q.shape[-2] // k.shape[-2]
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    key = (spatial, tuple(kernel_size), tuple(stride), tuple(dilation), tuple(bool(c) for c in is_causal), groups,
-           dtype)
-    mask = _MASKS.get(key)
-    if mask is None:
-        mask = _MASKS[key] = _dense_mask(spatial, kernel_size, stride, dilation, is_causal, groups, dtype)
-        if len(_MASKS) > _MASKS_SIZE:
-            _MASKS.popitem(last=False)
-    return mask
+    return _dense_mask(spatial, kernel_size, stride, dilation, is_causal, q.shape[-2] // k.shape[-2], dtype)
 
 
 def _heads_first(x: torch.Tensor, heads_kv: int, dtype) -> torch.Tensor:
     """``[B, *L, H, C]`` -> ``[B, Hkv, G*T, C]`` in ``dtype`` (a view when G == 1 and no cast)."""
-    B, H, C = x.shape[0], x.shape[-2], x.shape[-1]
     if x.dtype != dtype:
         x = x.to(dtype)
     if x.dim() != 4:
-        x = x.reshape(B, -1, H, C)
-    if H == heads_kv:
+        x = x.flatten(1, -3)
+    if x.shape[2] == heads_kv:
         return x.transpose(1, 2)
+    B, T, H, C = x.shape
     G = H // heads_kv
-    return x.view(B, x.shape[1], heads_kv, G, C).permute(0, 2, 3, 1, 4).reshape(B, heads_kv, G * x.shape[1], C)
+    return x.view(B, T, heads_kv, G, C).permute(0, 2, 3, 1, 4).reshape(B, heads_kv, G * T, C)
+
+
+def _rows_first(x: torch.Tensor, heads_kv: int, dtype) -> torch.Tensor:
+    """``[B, *L, H]`` (LSE rows) -> ``[B, Hkv, G*T]`` in ``dtype``."""
+    if x.dim() == 3 and x.shape[2] == heads_kv:
+        return (x if x.dtype == dtype else x.to(dtype)).transpose(1, 2)
+    return _heads_first(x.unsqueeze(-1), heads_kv, dtype)[..., 0]
 
 
 def _heads_last(x: torch.Tensor, shape, heads_kv: int) -> torch.Tensor:
     """Inverse of :func:`_heads_first` into ``shape`` ``[B, *L, H, C]`` (``C`` may be 1 for the LSE)."""
-    B, H = shape[0], shape[-2]
-    G = H // heads_kv
-    T = x.shape[2] // G
+    G = shape[-2] // heads_kv
     if G == 1:
-        x = x.transpose(1, 2)
-        return x if x.shape == shape else x.reshape(shape)
-    return x.reshape(B, heads_kv, G, T, x.shape[-1]).permute(0, 3, 1, 2, 4).reshape(shape)
+        return x.transpose(1, 2).reshape(shape)
+    B = shape[0]
+    return x.reshape(B, heads_kv, G, x.shape[2] // G, x.shape[-1]).permute(0, 3, 1, 2, 4).reshape(shape)
 
 
 def forward(q, k, v, mask, scale) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -96,20 +109,31 @@ def forward(q, k, v, mask, scale) -> Optional[Tuple[torch.Tensor, torch.Tensor]]
     if not math.isfinite(out.sum().item()):
         return None
     # contiguous results, as the ops' fake kernels promise (torch.compile checks the strides)
-    out = _heads_last(out, q.shape[:-1] + (v.shape[-1],), Hkv).to(q.dtype).contiguous()
-    lse = _heads_last(lse.unsqueeze(-1), q.shape[:-1] + (1,), Hkv)[..., 0].contiguous()
-    return out, lse
+    out = _heads_last(out, q.shape[:-1] + (v.shape[-1],), Hkv)
+    if out.dtype != q.dtype:
+        out = out.to(q.dtype)
+    if lse.dim() == 3 and q.shape[-2] == Hkv:      # [B, H, T] -> [B, *L, H]
+        lse = lse.transpose(1, 2).reshape(q.shape[:-1])
+    else:
+        lse = _heads_last(lse.unsqueeze(-1), q.shape[:-1] + (1,), Hkv)[..., 0]
+    return out.contiguous(), lse.contiguous()
 
 
 def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`forward` in the inputs' dtypes; ``dlse`` (``[B, *L, H]`` or None) rides
     on an extra channel as on the tiled fused route (``pure._fused_tile_backward``)."""
-    from .pure import _fused_tile_backward
     dtype, Hkv = mask.dtype, k.shape[-2]
     qh, kh, vh = _heads_first(q, Hkv, dtype), _heads_first(k, Hkv, dtype), _heads_first(v, Hkv, dtype)
     oh, doh = _heads_first(out, Hkv, dtype), _heads_first(dout, Hkv, dtype)
-    lh = _heads_first(lse.unsqueeze(-1), Hkv, dtype)[..., 0]
-    dlh = None if dlse is None else _heads_first(dlse.unsqueeze(-1), Hkv, dtype)[..., 0]
-    dq, dk, dv = _fused_tile_backward(doh, qh, kh, vh, oh, lh, dlh, mask, scale)
-    grads = (_heads_last(dq, q.shape, Hkv), _heads_last(dk, k.shape, Hkv), _heads_last(dv, v.shape, Hkv))
-    return tuple(g.to(x.dtype).contiguous() for g, x in zip(grads, (q, k, v)))
+    lh = _rows_first(lse, Hkv, dtype)
+    if dlse is None:
+        dq, dk, dv = _flash_bwd(doh, qh, kh, vh, oh, lh, 0.0, False, attn_mask=mask, scale=scale)
+    else:
+        dq, dk, dv = pure._fused_tile_backward(doh, qh, kh, vh, oh, lh, _rows_first(dlse, Hkv, dtype), mask, scale)
+    # contiguous results in the inputs' dtypes, as the ops' fake kernels promise
+    dq = _heads_last(dq, q.shape, Hkv)
+    dk = _heads_last(dk, k.shape, Hkv)
+    dv = _heads_last(dv, v.shape, Hkv)
+    if dq.dtype != q.dtype:
+        dq, dk, dv = dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
