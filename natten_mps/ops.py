@@ -109,12 +109,13 @@ def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, 
 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
-    # causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths
-    return _on_metal(q, k, v)
+    """Whether the kernels cover this dense problem (any device; the support matrix asks this).
+    Causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths."""
+    return metal.supported(q, k, v)
 
 
 def _attention_forward_impl(q, k, v, is_causal, scale, contiguous=True):
-    if _dense_on_metal(q, k, v, is_causal):
+    if _on_metal(q, k, v):      # coverage: _dense_on_metal
         return metal.dense_forward(q, k, v, is_causal, scale)
     return pure.attention_forward(q, k, v, is_causal, scale, contiguous)
 
@@ -124,7 +125,7 @@ def _attention_forward_eager(q, k, v, is_causal, scale):
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
-    if _dense_on_metal(q, k, v, is_causal):
+    if _on_metal(q, k, v):      # coverage: _dense_on_metal
         return metal.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
     return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
 

@@ -85,6 +85,20 @@ def test_problems_are_cached_per_signature():
     assert not torch.equal(ga, gb) and a.geometry(q.device, tensors=(q, k, v)) is ga
 
 
+def test_problem_cache_follows_replaced_tiling_rules(monkeypatch):
+    """A replaced rule of the tiling choice (a tuning hook, a patched function) gives a new problem,
+    never the one cached under the old rule."""
+    q, k, v = _qkv(L=64)
+    args = ([3], [1], [1], [False], False, 0)
+    before = metal._problem(q, k, v, *args)
+    monkeypatch.setattr(metal, "_target_threadgroups", lambda device: 10 ** 9)   # the smallest tiles
+    after = metal._problem(q, k, v, *args)
+    assert after is not before and after.tiles() > before.tiles()
+    monkeypatch.setattr(metal, "FUSED_MAX_HALO", 0.0)       # the fused-backward decision follows it too
+    kafter = metal._problem(q, k, v, *args[:5], 0, tile_keys=True)
+    assert metal._fused_dims(after, kafter) is None
+
+
 def test_problem_cache_follows_the_walk_override(monkeypatch):
     q, k, v = _qkv(L=64)
     args = ([3], [1], [1], [False], False, 0)

@@ -319,20 +319,22 @@ class _Problem:
                 vec_loads = False
                 break
         device = torch.device(device)
-        # the fixed part depends on the problem and three flags only: made once per problem object
-        # (problems are cached per signature, see _problem), its buffer once per device
-        flags = (device, bool(has_dlse), sizes is not None, vec_loads)
-        cached = self.__dict__.setdefault("_geoms", {})
-        fixed = cached.get(flags)
-        if fixed is None:
-            fixed = cached[flags] = self._fixed_geometry(device, has_dlse, sizes, vec_loads)
+        # the fixed part's values depend on the problem and three flags only: computed once per
+        # problem object (problems are cached per signature, see _problem); the buffer is
+        # _geom_buffer's, kept per values and device
+        flags = (bool(has_dlse), sizes is not None, vec_loads)
+        cached = self.__dict__.setdefault("_geom_values", {})
+        values = cached.get(flags)
+        if values is None:
+            values = cached[flags] = self._fixed_geometry(has_dlse, sizes, vec_loads)
+        fixed = _geom_buffer(values, device)
         if sizes is None:
             return fixed
         per_sample = torch.ones(self.B, 3, dtype=torch.int32, device=device)
         per_sample[:, 3 - sizes.shape[1]:] = sizes.to(device=device, dtype=torch.int32)
         return torch.cat([fixed, per_sample.reshape(-1)])
 
-    def _fixed_geometry(self, device, has_dlse, sizes, vec_loads) -> torch.Tensor:
+    def _fixed_geometry(self, has_dlse, sizes, vec_loads) -> Tuple[int, ...]:
         log2 = lambda xs: [int(x).bit_length() - 1 for x in xs]     # powers of two
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
              + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
@@ -341,7 +343,7 @@ class _Problem:
              + log2([self.NG]) + log2(self.u) + log2(self.a) + self.tiles_per_axis() + [self.H // self.Hkv])
         g += [0] * (GEOM_FIXED - len(g))          # padding: the kernels read 13 int4 vectors
         assert len(g) == GEOM_FIXED, len(g)
-        return _geom_buffer(tuple(g), device)
+        return tuple(g)
 
     def kernel(self, lib, name: str, dtype):
         """The kernel ``name`` for this dtype, slice width, rank (the rank template drops the
@@ -368,6 +370,16 @@ class _Problem:
             self.kernel(lib, name, dtype)(*args, threads=dims[0], group_size=dims[1])
 
 
+def _tiling_rules() -> tuple:
+    """Everything module-level that the tiling choice reads (functions, methods and constants), as
+    part of a problem's cache key: replacing a rule (a tuning hook, a test's monkeypatch) gives new
+    problems instead of stale ones. A new rule the tiling reads belongs here."""
+    P = _Problem
+    return (_target_threadgroups, _simdgroups, _tiling, _slices, _grow, _chunk, P.__init__, P._stage_batch,
+            P._wants_own_walk, P._own_slice, P._cheaper_slice, SIMDGROUPS, STAGE_BATCH, STAGE_BYTES, MAX_CHUNK,
+            SLICES, NARROW_SLICES, BATCHED_SLICES)
+
+
 _PROBLEMS: "OrderedDict[tuple, _Problem]" = OrderedDict()
 _PROBLEMS_SIZE = 256
 
@@ -380,7 +392,7 @@ def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tok
     walk override."""
     key = (q.shape, k.shape, v.shape, q.dtype, q.device, tuple(kernel_size), tuple(stride), tuple(dilation),
            tuple(is_causal), dense, extra_tokens, None if lq is None else tuple(lq),
-           None if lk is None else tuple(lk), tile_keys, os.environ.get("NATTEN_MPS_METAL_WALK"))
+           None if lk is None else tuple(lk), tile_keys, os.environ.get("NATTEN_MPS_METAL_WALK"), _tiling_rules())
     prob = _PROBLEMS.get(key)
     if prob is None:
         prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq, lk, tile_keys)
@@ -480,15 +492,16 @@ def _fused_dims(prob: "_Problem", kprob: "_Problem"):
     ``prob`` per value of the override flag."""
     flag = os.environ.get("NATTEN_MPS_METAL_FUSED_BACKWARD", "1")
     cached = prob.__dict__.setdefault("_fused", {})
-    if flag in cached:
-        return cached[flag]
+    key = (flag, FUSED_MAX_HALO, _fuses_backward)
+    if key in cached:
+        return cached[key]
     dims = None
     if _fuses_backward(prob, kprob):
         (nq, heads, groups), (nk, _, _) = prob.grid(), kprob.grid()
         tpg = prob.threads_per_group
         live = (nq + nk) * heads * groups > 0
         dims = (nq, ((nq + nk) * tpg, heads, groups) if live else None, (tpg, 1, 1))
-    cached[flag] = dims
+    cached[key] = dims
     return dims
 
 
