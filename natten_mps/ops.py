@@ -454,24 +454,30 @@ def neighborhood_attention_varlen(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor
     return na_varlen_forward(*args)
 
 
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
-    """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
-    if _eager(q, k, v):
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float,
+                    eager: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::attention_forward`` with its autograd, as the public API calls it. ``eager``:
+    :func:`plain_eager` of (q, k, v) when the caller already asked (None: ask here)."""
+    if _eager(q, k, v) if eager is None else eager:
         return _eager_apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
 
 
-def dense_attention_heads_first(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+def dense_attention_heads_first(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float,
+                                eager: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
     """:func:`dense_attention` on heads-first tensors: ``q`` ``[B, H, Lq, D]``, ``k``/``v``
     ``[B, Hkv, Lk, D(v)]`` -> (out ``[B, H, Lq, Dv]``, lse ``[B, H, Lq]``), either possibly a strided
     view. An eager call off Metal with nothing to differentiate runs the CPU flash kernel straight
-    on these tensors where it applies (no layout round trip); everything else is ``dense_attention``."""
-    if (not runtime.runs_metal(q) and not backend.use_metal(q, False) and _eager(q, k, v)
+    on these tensors where it applies (no layout round trip); everything else is ``dense_attention``.
+    ``eager``: :func:`plain_eager` of (q, k, v) when the caller already asked."""
+    if eager is None:
+        eager = _eager(q, k, v)
+    if (not runtime.runs_metal(q) and not backend.use_metal(q, False) and eager
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         fast = pure.attention_forward_heads_first(q, k, v, is_causal, scale)
         if fast is not None:
             return fast
-    out, lse = dense_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale)
+    out, lse = dense_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale, eager)
     return out.transpose(1, 2), lse.transpose(1, 2)
 
 
