@@ -133,7 +133,89 @@ TUNING_ARGUMENTS = frozenset({
 
 def check_tuning(name: str, tuning: dict) -> None:
     """Refuse keywords that are neither attention arguments nor upstream's kernel choices."""
+    if not tuning:
+        return
     unknown = sorted(set(tuning) - TUNING_ARGUMENTS)
     if unknown:
         raise TypeError(f"{name}() got unexpected keyword arguments {unknown} (besides its attention arguments it "
                         f"accepts upstream NATTEN's kernel choices {sorted(TUNING_ARGUMENTS)}, which choose nothing here)")
+
+
+# ---- per-signature results of the checks ---------------------------------------------------------
+# A call whose arguments were checked once is not checked again: the checks' results (expanded
+# window tuples, scale, ...) are kept per signature, the tensors' shapes, dtypes and devices and
+# the other arguments' exact values *and types* (so ``7.0`` or ``True`` never hit the entry of
+# ``7``). An argument the key cannot hold exactly (anything but ints, bools, floats, None and
+# tuples/lists of them, or a non-tensor where a tensor belongs) makes the call uncached: it is
+# checked in full every time, so every bad input still raises the same error.
+
+_SCALARS = (int, bool, float, type(None))
+
+
+def arg_key(x):
+    """A hashable key for a window argument or scale that tells types apart, or None when ``x``
+    is not a plain int/bool/float/None or a list/tuple of them."""
+    t = type(x)
+    if t in _SCALARS:
+        return (t, x)
+    if t is tuple or t is list:
+        parts = [(type(e), e) for e in x]
+        if all(p[0] in _SCALARS for p in parts):
+            return (len(parts), *parts)
+    return None
+
+
+def window_key(x):
+    """A hashable key for a window argument telling types apart: ``(type, value)``, with the
+    element types of a list/tuple (raises TypeError for unhashable entries)."""
+    t = type(x)
+    if t is list or t is tuple:
+        return (t, tuple(x), tuple(map(type, x)))
+    return (t, x)
+
+
+def tensor_key(t):
+    """``(type, shape, dtype, device)`` of a tensor (None stays None); False for anything else."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        return False
+    return (type(t), t.shape, t.dtype, t.device)
+
+
+class SignatureCache:
+    """A bounded map from call signatures to checked results (least recently used first out)."""
+
+    def __init__(self, size: int = 256) -> None:
+        from collections import OrderedDict
+        self.size, self._entries = size, OrderedDict()
+
+    def get(self, key):
+        """The entry of ``key``, or None (also for an unhashable key, which :meth:`put` skips)."""
+        try:
+            entry = self._entries.get(key)
+        except TypeError:
+            return None
+        if entry is not None:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:      # evicted by another thread meanwhile: the entry is still valid
+                pass
+        return entry
+
+    def put(self, key, value) -> None:
+        try:
+            self._entries[key] = value
+        except TypeError:         # unhashable (a list inside a window argument): not kept
+            return
+        while len(self._entries) > self.size:
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:
+                break
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -28,24 +28,66 @@ __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions"]
 def autocast_inputs(*tensors):
     """SDPA's autocast rule: under ``torch.autocast`` for the tensors' device, floating tensors are
     cast to the autocast dtype (``None`` entries pass through)."""
-    first = next((t for t in tensors if isinstance(t, Tensor)), None)
-    if first is None or first.device.type == "meta" or not torch.is_autocast_enabled(first.device.type):
+    first = tensors[0] if isinstance(tensors[0], Tensor) else next((t for t in tensors if isinstance(t, Tensor)), None)
+    if first is None:
         return tensors
-    dtype = torch.get_autocast_dtype(first.device.type)
+    kind = first.device.type
+    if kind == "meta" or not torch.is_autocast_enabled(kind):
+        return tensors
+    dtype = torch.get_autocast_dtype(kind)
     return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for t in tensors)
+
+
+# Checked arguments per call signature (see checks.SignatureCache): the checks run on a signature's
+# first call; later calls of that signature reuse their results.
+_NA_CHECKED = checks.SignatureCache()
+
+
+def _na_signature(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values):
+    """The cache key of a call, or None when it must be checked in full: tensors by type, shape,
+    dtype and device; other arguments by type and value (see checks.arg_key)."""
+    if torch.compiler.is_compiling():     # traced once; the graph holds no Python checks anyway
+        return None
+    try:
+        sig = (rank, type(query), query.shape, query.dtype, query.device, type(key), key.shape, key.dtype, key.device,
+               type(value), value.shape, value.dtype, value.device,
+               checks.window_key(kernel_size), checks.window_key(stride), checks.window_key(dilation),
+               checks.window_key(is_causal), type(scale), scale)
+        if additional_keys is not None or additional_values is not None:
+            sig += (checks.tensor_key(additional_keys), checks.tensor_key(additional_values))
+    except (AttributeError, TypeError):   # not tensors: checked in full (unhashable keys: see SignatureCache)
+        return None
+    return sig
+
+
+def _check_na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+              additional_values):
+    """Every check of a neighborhood-attention call; returns what the op needs:
+    ``(full_attention, kernel_size, stride, dilation, is_causal, scale, heads)`` (window args as lists)."""
+    heads, heads_kv = checks.check_qkv(query, key, value, rank)
+    spatial, ks, st, dil, causal = checks.check_na_params(query, key, kernel_size, stride, dilation,
+                                                          is_causal, rank)
+    checks.check_additional_kv(query, additional_keys, additional_values, heads_kv)
+    scale = checks.check_scale(scale, query.shape[-1])
+    return is_full_attention(spatial, ks, causal), list(ks), list(st), list(dil), list(causal), scale, heads
 
 
 def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale,
                             additional_keys, additional_values, return_lse):
     query, key, value, additional_keys, additional_values = autocast_inputs(
         query, key, value, additional_keys, additional_values)
-    heads, heads_kv = checks.check_qkv(query, key, value, rank)
-    spatial, ks, st, dil, causal = checks.check_na_params(query, key, kernel_size, stride, dilation,
-                                                          is_causal, rank)
-    checks.check_additional_kv(query, additional_keys, additional_values, heads_kv)
-    scale = checks.check_scale(scale, query.shape[-1])
+    args = (rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+            additional_values)
+    sig = _na_signature(*args)
+    checked = None if sig is None else _NA_CHECKED.get(sig)
+    if checked is None:
+        checked = _check_na(*args)
+        if sig is not None:
+            _NA_CHECKED.put(sig, checked)
+    full, ks, st, dil, causal, scale, heads = checked
     B = query.shape[0]
-    if is_full_attention(spatial, ks, causal):
+    if full:
         # FMHA fast path: the window is the whole input.
         flat = lambda t: t.reshape(B, -1, t.shape[-2], t.shape[-1])  # noqa: E731
         out, lse = ops.dense_attention(flat(query), flat(key), flat(value), False, scale)
@@ -53,11 +95,11 @@ def _neighborhood_attention(rank, query, key, value, kernel_size, stride, dilati
         lse = lse.reshape(query.shape[:-1])
     elif additional_keys is not None:
         # one op: on Metal the additional keys ride in the NA kernel's dispatch (forward and backward)
-        out, lse = ops.neighborhood_attention_extra(query, key, value, additional_keys, additional_values, list(ks),
-                                                    list(st), list(dil), list(causal), scale)
+        out, lse = ops.neighborhood_attention_extra(query, key, value, additional_keys, additional_values, ks,
+                                                    st, dil, causal, scale)
         return (out, lse) if return_lse else out
     else:
-        out, lse = ops.neighborhood_attention(query, key, value, list(ks), list(st), list(dil), list(causal), scale)
+        out, lse = ops.neighborhood_attention(query, key, value, ks, st, dil, causal, scale)
     if additional_keys is not None:
         q_flat = query.reshape(B, -1, heads, query.shape[-1])
         extra_out, extra_lse = ops.dense_attention(q_flat, additional_keys, additional_values, False, scale)

@@ -40,14 +40,22 @@ def _lse_dtype(dtype):
     return pure.lse_dtype(dtype)
 
 
+def _on_metal(q, *tensors) -> bool:
+    """``backend.use_metal`` for these tensors; the kernels' coverage (``metal.supported``) is only
+    looked at where the path could be Metal (not under ``set_backend("pure")``, not on a device
+    without Metal), where it cannot change the choice."""
+    could = backend.get_backend() != "pure" and runtime.runs_metal(q)
+    return backend.use_metal(q, could and metal.supported(q, *tensors))
+
+
 def _na_forward_impl(q, k, v, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 def _na_backward_impl(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
     return pure.na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale)
 
@@ -57,7 +65,7 @@ def _flat(q):
 
 
 def _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+    if _on_metal(q, k, v, xk, xv):
         return metal.attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale,
                                        extra_k=xk, extra_v=xv)
     # pure: the two attentions, merged by their LSE
@@ -72,7 +80,7 @@ def _na_forward_extra_impl(q, k, v, xk, xv, kernel_size, stride, dilation, is_ca
 
 def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, stride, dilation, is_causal,
                             scale):
-    if backend.use_metal(q, metal.supported(q, k, v, xk, xv)):
+    if _on_metal(q, k, v, xk, xv):
         return metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is_causal,
                                         scale, extra_k=xk, extra_v=xv)
     # pure: each key set's gradients from the merged output and LSE (softmax over the union)
@@ -84,7 +92,7 @@ def _na_backward_extra_impl(dout, dlse, q, k, v, xk, xv, out, lse, kernel_size, 
 
 
 def _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale):
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         return metal.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
     return pure_varlen.na_varlen_forward(q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
 
@@ -92,7 +100,7 @@ def _na_varlen_forward_impl(q, k, v, sizes, kernel_size, stride, dilation, is_ca
 def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, stride, dilation, is_causal,
                              scale):
     """-> (dq, dk, dv, None): the last entry is the (absent) gradient of ``sizes``."""
-    if backend.use_metal(q, metal.supported(q, k, v)):
+    if _on_metal(q, k, v):
         dq, dk, dv, _, _ = metal.attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation,
                                                     is_causal, scale, sizes=sizes)
         return dq, dk, dv, None
@@ -101,12 +109,13 @@ def _na_varlen_backward_impl(dout, dlse, q, k, v, sizes, out, lse, kernel_size, 
 
 
 def _dense_on_metal(q, k, v, is_causal) -> bool:
-    # causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths
+    """Whether the kernels cover this dense problem (any device; the support matrix asks this).
+    Causal with Lq != Lk: key j is visible to queries i >= j (SDPA's top-left alignment), in both paths."""
     return metal.supported(q, k, v)
 
 
 def _attention_forward_impl(q, k, v, is_causal, scale, contiguous=True):
-    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+    if _on_metal(q, k, v):      # coverage: _dense_on_metal
         return metal.dense_forward(q, k, v, is_causal, scale)
     return pure.attention_forward(q, k, v, is_causal, scale, contiguous)
 
@@ -116,7 +125,7 @@ def _attention_forward_eager(q, k, v, is_causal, scale):
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, is_causal, scale):
-    if backend.use_metal(q, _dense_on_metal(q, k, v, is_causal)):
+    if _on_metal(q, k, v):      # coverage: _dense_on_metal
         return metal.dense_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
     return pure.attention_backward(dout, dlse, q, k, v, out, lse, is_causal, scale)
 
@@ -344,10 +353,28 @@ def _refuse_func_grad(tensors) -> None:
 def _eager(*tensors: Tensor) -> bool:
     if _functorch_active():
         _refuse_func_grad(tensors)
-    if (_MODE_PROBES is None or torch.compiler.is_compiling() or _functorch_active()
-            or any(probe() for probe in _MODE_PROBES)):
         return False
-    return all(type(t) is Tensor and t.device.type != "meta" for t in tensors)
+    if _MODE_PROBES is None or torch.compiler.is_compiling():
+        return False
+    for probe in _MODE_PROBES:
+        if probe():
+            return False
+    for t in tensors:
+        if type(t) is not Tensor or t.device.type == "meta":
+            return False
+    return True
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record the op (grad mode on and some input requires grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
+
+
 
 
 def plain_eager(*tensors: Tensor) -> bool:
@@ -378,13 +405,33 @@ class _EagerOp(torch.autograd.Function):
         return (None, None, None) + tuple(grads) + (None,) * (ctx.n_args - len(inputs))
 
 
+def _c_apply(function):
+    """``function``'s C-level ``apply`` (torch._C._FunctionBase), or its Python ``apply`` where that
+    private entry is missing."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    method = None if base is None else base.__dict__.get("apply")
+    return method.__get__(None, function) if hasattr(method, "__get__") else function.apply
+
+
+_eager_op_apply = _c_apply(_EagerOp)
+
+
+def _eager_apply(impl, backward_impl, n_tensors, *args):
+    """One eager call of ``impl``: straight, when autograd has nothing to record; else through
+    :class:`_EagerOp` (its C ``apply``: ``Function.apply``'s Python prologue binds defaults for
+    ``setup_context`` and unwraps dead functorch wrappers, neither of which plain tensors need)."""
+    if not _needs_grad(*args[:n_tensors]):
+        return impl(*args)
+    return _eager_op_apply(impl, backward_impl, n_tensors, *args)
+
+
 def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
                            dilation: List[int], is_causal: List[bool], scale: float) -> Tuple[Tensor, Tensor]:
     """``natten_mps::na_forward`` with its autograd, as the public API calls it."""
-    args = (q, k, v, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v):
-        return _EagerOp.apply(_na_forward_impl, _na_backward_impl, 3, *args)
-    return na_forward(*args)
+        return _eager_apply(_na_forward_impl, _na_backward_impl, 3, q, k, v, kernel_size, stride, dilation,
+                            is_causal, scale)
+    return na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale)
 
 
 def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv: Tensor, kernel_size: List[int],
@@ -393,7 +440,7 @@ def neighborhood_attention_extra(q: Tensor, k: Tensor, v: Tensor, xk: Tensor, xv
     """``natten_mps::na_forward_extra`` with its autograd, as the public API calls it."""
     args = (q, k, v, xk, xv, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v, xk, xv):
-        return _EagerOp.apply(_na_forward_extra_impl, _na_backward_extra_impl, 5, *args)
+        return _eager_apply(_na_forward_extra_impl, _na_backward_extra_impl, 5, *args)
     return na_forward_extra(*args)
 
 
@@ -403,30 +450,34 @@ def neighborhood_attention_varlen(q: Tensor, k: Tensor, v: Tensor, sizes: Tensor
     """``natten_mps::na_varlen_forward`` with its autograd, as the public API calls it."""
     args = (q, k, v, sizes, kernel_size, stride, dilation, is_causal, scale)
     if _eager(q, k, v, sizes):
-        return _EagerOp.apply(_na_varlen_forward_impl, _na_varlen_backward_impl, 4, *args)
+        return _eager_apply(_na_varlen_forward_impl, _na_varlen_backward_impl, 4, *args)
     return na_varlen_forward(*args)
 
 
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
-    """``natten_mps::attention_forward`` with its autograd, as the public API calls it."""
-    if _eager(q, k, v):
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-            return _attention_forward_eager(q, k, v, is_causal, scale)     # nothing to differentiate
-        return _EagerOp.apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float,
+                    eager: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+    """``natten_mps::attention_forward`` with its autograd, as the public API calls it. ``eager``:
+    :func:`plain_eager` of (q, k, v) when the caller already asked (None: ask here)."""
+    if _eager(q, k, v) if eager is None else eager:
+        return _eager_apply(_attention_forward_eager, _attention_backward_impl, 3, q, k, v, is_causal, scale)
     return attention_forward(q, k, v, is_causal, scale)
 
 
-def dense_attention_heads_first(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
+def dense_attention_heads_first(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float,
+                                eager: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
     """:func:`dense_attention` on heads-first tensors: ``q`` ``[B, H, Lq, D]``, ``k``/``v``
     ``[B, Hkv, Lk, D(v)]`` -> (out ``[B, H, Lq, Dv]``, lse ``[B, H, Lq]``), either possibly a strided
     view. An eager call off Metal with nothing to differentiate runs the CPU flash kernel straight
-    on these tensors where it applies (no layout round trip); everything else is ``dense_attention``."""
-    if (not runtime.runs_metal(q) and not backend.use_metal(q, False) and _eager(q, k, v)
+    on these tensors where it applies (no layout round trip); everything else is ``dense_attention``.
+    ``eager``: :func:`plain_eager` of (q, k, v) when the caller already asked."""
+    if eager is None:
+        eager = _eager(q, k, v)
+    if (not runtime.runs_metal(q) and not backend.use_metal(q, False) and eager
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
         fast = pure.attention_forward_heads_first(q, k, v, is_causal, scale)
         if fast is not None:
             return fast
-    out, lse = dense_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale)
+    out, lse = dense_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal, scale, eager)
     return out.transpose(1, 2), lse.transpose(1, 2)
 
 
@@ -474,12 +525,16 @@ def _split_qk_fake(q, k, kernel_size, stride, dilation, is_causal):
     return q.new_empty(q.shape[:-1] + (n,))
 
 
-@torch.library.custom_op("natten_mps::split_qk_backward", mutates_args=())
-def split_qk_backward(dw: Tensor, q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int],
-                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+def _split_qk_backward_impl(dw, q, k, kernel_size, stride, dilation, is_causal):
     args = (kernel_size, stride, dilation, is_causal)
     dw = dw.to(q.dtype)
     return metal_split.av(dw, k, *args), metal_split.inverse(dw, q, k.shape[-2], *args)
+
+
+@torch.library.custom_op("natten_mps::split_qk_backward", mutates_args=())
+def split_qk_backward(dw: Tensor, q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    return _split_qk_backward_impl(dw, q, k, kernel_size, stride, dilation, is_causal)
 
 
 @split_qk_backward.register_fake
@@ -514,13 +569,17 @@ def _split_av_fake(w, v, kernel_size, stride, dilation, is_causal):
     return v.new_empty(w.shape[:-1] + (v.shape[-1],))
 
 
-@torch.library.custom_op("natten_mps::split_av_backward", mutates_args=())
-def split_av_backward(dout: Tensor, w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
-                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+def _split_av_backward_impl(dout, w, v, kernel_size, stride, dilation, is_causal):
     args = (kernel_size, stride, dilation, is_causal)
     dout = dout.to(v.dtype)
     dw = metal_split.qk(dout, v, *args, fill=0.0).to(w.dtype)
     return dw, metal_split.inverse(w.to(v.dtype), dout, v.shape[-2], *args)
+
+
+@torch.library.custom_op("natten_mps::split_av_backward", mutates_args=())
+def split_av_backward(dout: Tensor, w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int],
+                      dilation: List[int], is_causal: List[bool]) -> Tuple[Tensor, Tensor]:
+    return _split_av_backward_impl(dout, w, v, kernel_size, stride, dilation, is_causal)
 
 
 @split_av_backward.register_fake
@@ -542,3 +601,47 @@ def _split_av_rule(ctx, dout):
 
 
 split_av.register_autograd(_split_av_rule, setup_context=_split_av_setup)
+
+
+class _EagerSplitOp(torch.autograd.Function):
+    """Eager twin of ``split_qk`` / ``split_av`` (as :class:`_EagerOp` is of the attention ops):
+    ``forward(impl, backward_impl, a, b, params)`` -> ``impl(a, b, *params)``; same saved tensors
+    and gradients as the registered op."""
+
+    @staticmethod
+    def forward(ctx, impl, backward_impl, a, b, params):
+        ctx.save_for_backward(a, b)
+        ctx.backward_impl, ctx.params = backward_impl, params
+        return impl(a, b, *params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _refuse_double_backward()
+        a, b = ctx.saved_tensors
+        da, db = ctx.backward_impl(grad, a, b, *ctx.params)
+        return None, None, da, db, None
+
+
+_eager_split_apply = _c_apply(_EagerSplitOp)
+
+
+def split_scores(q: Tensor, k: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+                 is_causal: List[bool]) -> Tensor:
+    """``natten_mps::split_qk`` with its autograd, as the public API calls it (eager: no custom-op wrapper)."""
+    params = (kernel_size, stride, dilation, is_causal)
+    if _eager(q, k):
+        if not _needs_grad(q, k):
+            return metal_split.qk(q, k, *params)
+        return _eager_split_apply(metal_split.qk, _split_qk_backward_impl, q, k, params)
+    return split_qk(q, k, *params)
+
+
+def split_weighted(w: Tensor, v: Tensor, kernel_size: List[int], stride: List[int], dilation: List[int],
+                   is_causal: List[bool]) -> Tensor:
+    """``natten_mps::split_av`` with its autograd, as the public API calls it (eager: no custom-op wrapper)."""
+    params = (kernel_size, stride, dilation, is_causal)
+    if _eager(w, v):
+        if not _needs_grad(w, v):
+            return metal_split.av(w, v, *params)
+        return _eager_split_apply(metal_split.av, _split_av_backward_impl, w, v, params)
+    return split_av(w, v, *params)

@@ -61,7 +61,20 @@ def _axis_table(n: int, kernel: int, stride: int, dilation: int, causal: bool, d
 
 
 def _neighbourhood(spatial, ks, st, dil, causal, device):
-    """Flat key token per (query token, neighbour) [T, Kvol], validity [T, Kvol], per-axis offsets."""
+    """Flat key token per (query token, neighbour) [T, Kvol], validity [T, Kvol], per-axis offsets
+    (kept per signature: callers only read them)."""
+    key = (tuple(spatial), tuple(ks), tuple(st), tuple(dil), tuple(bool(c) for c in causal), torch.device(device))
+    tables = _TABLES.get(key)
+    if tables is None:
+        tables = _neighbourhood_tables(*key)
+        _TABLES.put(key, tables)
+    return tables
+
+
+_TABLES = checks.SignatureCache(64)
+
+
+def _neighbourhood_tables(spatial, ks, st, dil, causal, device):
     tok = torch.zeros(1, 1, dtype=torch.long, device=device)
     ok = torch.ones(1, 1, dtype=torch.bool, device=device)
     offs = []
@@ -86,6 +99,26 @@ def _rpb_bias(rpb: Tensor, offs, ks, spatial) -> Tensor:
 
 
 def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name, same_dim):
+    """The split ops' checks; results kept per signature (see checks.SignatureCache)."""
+    sig = None
+    if not torch.compiler.is_compiling():
+        sig = (name, checks.tensor_key(a), checks.tensor_key(b)) + tuple(
+            map(checks.arg_key, (kernel_size, dilation, stride, is_causal)))
+        if False in sig or None in sig:
+            sig = None
+    checked = None if sig is None else _CHECKED.get(sig)
+    if checked is None:
+        checked = _check_split_args(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name,
+                                    same_dim)
+        if sig is not None:
+            _CHECKED.put(sig, checked)
+    return checked
+
+
+_CHECKED = checks.SignatureCache()
+
+
+def _check_split_args(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_name, b_name, same_dim):
     checks.check_tensor(a, a_name)
     checks.check_tensor(b, b_name)
     for t, n in ((a, a_name), (b, b_name)):
@@ -98,6 +131,8 @@ def _check_split(name, rank, a, b, kernel_size, dilation, stride, is_causal, a_n
     if a.shape[-2] % b.shape[-2] != 0:
         raise ValueError(f"{name}: {a_name} heads ({a.shape[-2]}) must be a multiple of {b_name} heads "
                          f"({b.shape[-2]})")
+    if same_dim and a.dtype != b.dtype:
+        raise TypeError(f"{name}: {a_name} and {b_name} must have the same dtype, got {a.dtype} and {b.dtype}")
     if same_dim and a.shape[-1] != b.shape[-1]:
         raise ValueError(f"{name}: {a_name} and {b_name} must have the same head_dim, got {a.shape[-1]} and {b.shape[-1]}")
     spatial, ks, st, dil, causal = checks.check_na_params(a, a, kernel_size, stride, dilation, is_causal, rank)
@@ -118,7 +153,7 @@ def _qk(rank, query, key, kernel_size, dilation=1, *, stride=1, is_causal=False,
     Kvol = math.prod(ks)
     metal_path = _on_metal(query, key)
     if metal_path:
-        logits = ops.split_qk(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
+        logits = ops.split_scores(query, key, list(ks), list(st), list(dil), list(causal))   # masked: -inf
     else:
         tok, ok, offs = _neighbourhood(spatial, ks, st, dil, causal, query.device)
         T = tok.shape[0]
@@ -146,11 +181,11 @@ def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False
                                                 "attn", "value", False)
     B, H, Kvol = attn.shape[0], attn.shape[-2], attn.shape[-1]
     Hkv, Dv = value.shape[-2], value.shape[-1]
-    want = int(torch.tensor(ks).prod())
+    want = math.prod(ks)
     if Kvol != want:
         raise ValueError(f"{name}: attn's last dimension must be prod(kernel_size) = {want}, got {Kvol}")
     if _on_metal(attn, value):
-        return ops.split_av(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
+        return ops.split_weighted(attn.to(value.dtype), value, list(ks), list(st), list(dil), list(causal))
     tok, ok, _ = _neighbourhood(spatial, ks, st, dil, causal, attn.device)
     T = tok.shape[0]
     vf = value.reshape(B, T, Hkv, Dv).index_select(1, tok.reshape(-1)).reshape(B, T, Kvol, Hkv, Dv)
@@ -160,26 +195,65 @@ def _av(rank, attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False
 
 
 def na1d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    """1-D neighbourhood scores (heads-last). ``query`` ``[B, L, heads, D]``, ``key`` ``[B, L, kv_heads, D]``
+    (``heads`` a multiple of ``kv_heads``, same dtype and head dim) -> ``[B, L, heads, K]``: entry ``n`` is
+    the score against the ``n``-th neighbour (row-major over the axes; see the module docstring),
+    ``-inf`` where the neighbour does not exist. ``kernel_size``, ``dilation``, ``stride``,
+    ``is_causal``: an int/bool or one per axis (NATTEN's rules; defaults 1, 1, False). ``scale``
+    multiplies the scores (None: unscaled); ``rpb`` ``[heads, 2K-1, ...]`` adds the relative
+    positional bias. ValueError/TypeError name the argument for bad shapes, dtypes or window
+    arguments."""
     return _qk(1, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
 
 
 def na2d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    """2-D neighbourhood scores (heads-last). ``query`` ``[B, X, Y, heads, D]``, ``key`` ``[B, X, Y, kv_heads, D]``
+    (``heads`` a multiple of ``kv_heads``, same dtype and head dim) -> ``[B, X, Y, heads, K_x * K_y]``: entry ``n`` is
+    the score against the ``n``-th neighbour (row-major over the axes; see the module docstring),
+    ``-inf`` where the neighbour does not exist. ``kernel_size``, ``dilation``, ``stride``,
+    ``is_causal``: an int/bool or one per axis (NATTEN's rules; defaults 1, 1, False). ``scale``
+    multiplies the scores (None: unscaled); ``rpb`` ``[heads, 2K-1, ...]`` adds the relative
+    positional bias. ValueError/TypeError name the argument for bad shapes, dtypes or window
+    arguments."""
     return _qk(2, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
 
 
 def na3d_qk(query, key, kernel_size, dilation=1, *, stride=1, is_causal=False, scale=None, rpb=None) -> Tensor:
+    """3-D neighbourhood scores (heads-last). ``query`` ``[B, X, Y, Z, heads, D]``, ``key`` ``[B, X, Y, Z, kv_heads, D]``
+    (``heads`` a multiple of ``kv_heads``, same dtype and head dim) -> ``[B, X, Y, Z, heads, K_x * K_y * K_z]``: entry ``n`` is
+    the score against the ``n``-th neighbour (row-major over the axes; see the module docstring),
+    ``-inf`` where the neighbour does not exist. ``kernel_size``, ``dilation``, ``stride``,
+    ``is_causal``: an int/bool or one per axis (NATTEN's rules; defaults 1, 1, False). ``scale``
+    multiplies the scores (None: unscaled); ``rpb`` ``[heads, 2K-1, ...]`` adds the relative
+    positional bias. ValueError/TypeError name the argument for bad shapes, dtypes or window
+    arguments."""
     return _qk(3, query, key, kernel_size, dilation, stride=stride, is_causal=is_causal, scale=scale, rpb=rpb)
 
 
 def na1d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    """1-D weighted neighbour values (heads-last). ``attn`` ``[B, L, heads, K]`` (e.g. the softmax
+    of :func:`na1d_qk`), ``value`` ``[B, L, kv_heads, Dv]`` -> ``[B, L, heads, Dv]`` =
+    ``sum_n attn[..., n] * value[neighbour n]``; missing neighbours contribute nothing. Window
+    arguments as in :func:`na1d_qk`. ValueError names the argument for bad shapes or window
+    arguments."""
     return _av(1, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
 
 
 def na2d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    """2-D weighted neighbour values (heads-last). ``attn`` ``[B, X, Y, heads, K_x * K_y]`` (e.g. the softmax
+    of :func:`na2d_qk`), ``value`` ``[B, X, Y, kv_heads, Dv]`` -> ``[B, X, Y, heads, Dv]`` =
+    ``sum_n attn[..., n] * value[neighbour n]``; missing neighbours contribute nothing. Window
+    arguments as in :func:`na2d_qk`. ValueError names the argument for bad shapes or window
+    arguments."""
     return _av(2, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
 
 
 def na3d_av(attn, value, kernel_size, dilation=1, *, stride=1, is_causal=False) -> Tensor:
+    """3-D weighted neighbour values (heads-last). ``attn`` ``[B, X, Y, Z, heads, K_x * K_y * K_z]`` (e.g. the softmax
+    of :func:`na3d_qk`), ``value`` ``[B, X, Y, Z, kv_heads, Dv]`` -> ``[B, X, Y, Z, heads, Dv]`` =
+    ``sum_n attn[..., n] * value[neighbour n]``; missing neighbours contribute nothing. Window
+    arguments as in :func:`na3d_qk`. ValueError names the argument for bad shapes or window
+    arguments."""
     return _av(3, attn, value, kernel_size, dilation, stride=stride, is_causal=is_causal)
 
 

@@ -42,8 +42,7 @@ def check_sizes(sizes, name: str, batch: int, max_extents, kernel_size, dilation
     sizes = sizes.reshape(batch, rank)
     if torch.compiler.is_compiling():
         return sizes                 # value checks read the tensor; a traced graph skips them
-    low = sizes.min(dim=0).values.tolist() if batch else []
-    high = sizes.max(dim=0).values.tolist() if batch else []
+    low, high = torch.stack(torch.aminmax(sizes, dim=0)).tolist() if batch else ([], [])
     for ax in range(rank if batch else 0):
         need = kernel_size[ax] * dilation[ax]
         if low[ax] < need:
@@ -61,13 +60,33 @@ def check_sizes(sizes, name: str, batch: int, max_extents, kernel_size, dilation
 
 def _varlen(rank, name, query, key, value, sizes, kernel_size, dilation, scale, stride, is_causal):
     query, key, value = autocast_inputs(query, key, value)
-    checks.check_qkv(query, key, value, rank)
-    spatial, ks, st, dil, causal = checks.check_na_params(query, key, kernel_size, stride, dilation, is_causal, rank)
-    sizes = check_sizes(sizes, name, query.shape[0], spatial, ks, dil, rank)
-    scale = checks.check_scale(scale, query.shape[-1])
-    out, _ = ops.neighborhood_attention_varlen(query, key, value, sizes.to(query.device), list(ks), list(st),
-                                               list(dil), list(causal), scale)
+    # the checks of q, k, v and the window arguments are kept per signature; ``sizes`` is read every call
+    sig = None
+    if not torch.compiler.is_compiling():
+        sig = (rank,) + tuple(map(checks.tensor_key, (query, key, value))) + tuple(
+            map(checks.arg_key, (kernel_size, stride, dilation, is_causal, scale)))
+        if False in sig or None in sig:
+            sig = None
+    checked = None if sig is None else _CHECKED.get(sig)
+    if checked is None:
+        checks.check_qkv(query, key, value, rank)
+        spatial, ks, st, dil, causal = checks.check_na_params(query, key, kernel_size, stride, dilation, is_causal,
+                                                              rank)
+        sizes = check_sizes(sizes, name, query.shape[0], spatial, ks, dil, rank)
+        checked = (spatial, ks, dil, [list(ks), list(st), list(dil), list(causal)],
+                   checks.check_scale(scale, query.shape[-1]))
+        if sig is not None:
+            _CHECKED.put(sig, checked)
+    else:
+        sizes = check_sizes(sizes, name, query.shape[0], checked[0], checked[1], checked[2], rank)
+    spatial, ks, dil, window, scale = checked
+    if sizes.device != query.device:
+        sizes = sizes.to(query.device)
+    out, _ = ops.neighborhood_attention_varlen(query, key, value, sizes, *window, scale)
     return out
+
+
+_CHECKED = checks.SignatureCache()
 
 
 def na1d_varlen(query: Tensor, key: Tensor, value: Tensor, seq_lens: Tensor, kernel_size, dilation=1,

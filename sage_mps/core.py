@@ -58,6 +58,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]})")
     scale = checks.check_scale(sm_scale, q.shape[-1])
     grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    eager = ops.plain_eager(q, k, v)          # asked once for the steps below
     k_mean = None
     if smooth_k and k.shape[2] > 0:
         # smoothed in the caller's memory order (the attention kernels read K as the caller laid it out)
@@ -65,10 +66,10 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
             k_mean = k.mean(dim=2, keepdim=True)
             k = k - k_mean
         else:
-            k, k_mean = _smooth(k)
+            k, k_mean = _smooth(k, eager)
     needs_float = qk_quant is None or grads
     if needs_float:
-        out, lse = ops.dense_attention_heads_first(q, k, v, bool(is_causal), scale)
+        out, lse = ops.dense_attention_heads_first(q, k, v, bool(is_causal), scale, eager)
         if k_mean is not None and (return_lse or qk_quant == "int8"):
             G = q.shape[1] // k_mean.shape[1]
             km = k_mean.repeat_interleave(G, dim=1) if G > 1 else k_mean
@@ -89,7 +90,7 @@ def sageattn(q: Tensor, k: Tensor, v: Tensor, tensor_layout: str = "HND", is_cau
     return (out, lse.contiguous()) if return_lse else out    # LSE [B, H, N] like sageattention
 
 
-def _smooth(k: Tensor) -> Tuple[Tensor, Tensor]:
+def _smooth(k: Tensor, eager: bool) -> Tuple[Tensor, Tensor]:
     """``(k - mean, mean)`` over the sequence of a heads-first ``k`` ``[B, Hkv, N, D]`` (mean
     ``keepdim``) for a call that nothing differentiates. On CPU in eager mode both land in buffers
     this thread keeps per shape (:mod:`natten_mps.backends.workspace`; neither escapes the call):
@@ -97,7 +98,7 @@ def _smooth(k: Tensor) -> Tuple[Tensor, Tensor]:
     +0.3 ms at B=2, H=8, L=256, D=64 on the 2-core CI machine), and in the benchmark's interleaved
     rounds at L=256 ``mean(out=)`` into a kept buffer beats both a fresh ``mean`` and a BLAS product
     with a ``1/N`` row by 1-3% of the whole call."""
-    if k.device.type != "cpu" or not ops.plain_eager(k):      # compile, vmap, modes: no out= buffers
+    if k.device.type != "cpu" or not eager:      # compile, vmap, modes (ops.plain_eager): no out= buffers
         k_mean = k.mean(dim=2, keepdim=True)
         return k - k_mean, k_mean
     mean_shape = k.shape[:2] + (1, k.shape[3])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import re
 import threading
@@ -31,7 +32,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..metal import runtime
+from ..metal import msl, runtime
 from . import fallback, gpu_profile, metal_flash
 
 ATTENTION_SHADER = "natten/attention.metal"
@@ -72,11 +73,13 @@ def _geom_buffer(values: Tuple[int, ...], device: torch.device) -> torch.Tensor:
 def supported(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether the kernels cover these tensors: float32/16/bf16, head dims <= 256, non-empty, and
     every tensor under 2^31 elements (the kernels index with 32-bit integers)."""
-    ts = [t for t in tensors if t is not None]
-    q = ts[0]
-    return (q.dtype in _DTYPE_SUFFIX and all(t.dtype == q.dtype for t in ts) and q.dim() <= 6
-            and all(t.shape[-1] <= MAX_HEAD_DIM for t in ts) and all(0 < t.numel() <= _INT32_MAX for t in ts)
-            and runtime.family_available(ATTENTION_SHADER, _DTYPE_SUFFIX[q.dtype], q.device.type))
+    q = tensors[0]
+    if q.dtype not in _DTYPE_SUFFIX or q.dim() > 6:
+        return False
+    for t in tensors:
+        if t is not None and (t.dtype != q.dtype or t.shape[-1] > MAX_HEAD_DIM or not 0 < t.numel() <= _INT32_MAX):
+            return False
+    return runtime.family_available(ATTENTION_SHADER, _DTYPE_SUFFIX[q.dtype], q.device.type)
 
 
 def na_forward_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -420,8 +423,28 @@ class _Problem:
         varlen) those follow, padded to 3-D, built on the device without a host round trip.
         ``tensors``: every tensor the kernels read rows of; when each row starts on a multiple of 4
         elements (widths and storage offsets), the kernels read rows as 4-vectors."""
-        vec_loads = (self.D % 4 == 0 and self.Dv % 4 == 0 and len(tensors) > 0
-                     and all(t.storage_offset() % 4 == 0 for t in tensors))
+        vec_loads = self.D % 4 == 0 and self.Dv % 4 == 0 and len(tensors) > 0
+        for t in tensors:
+            if t.storage_offset() % 4:
+                vec_loads = False
+                break
+        device = torch.device(device)
+        # the fixed part's values depend on the problem and three flags only: computed once per
+        # problem object (problems are cached per signature, see _problem); the buffer is
+        # _geom_buffer's, kept per values and device
+        flags = (bool(has_dlse), sizes is not None, vec_loads)
+        cached = self.__dict__.setdefault("_geom_values", {})
+        values = cached.get(flags)
+        if values is None:
+            values = cached[flags] = self._fixed_geometry(has_dlse, sizes, vec_loads)
+        fixed = _geom_buffer(values, device)
+        if sizes is None:
+            return fixed
+        per_sample = torch.ones(self.B, 3, dtype=torch.int32, device=device)
+        per_sample[:, 3 - sizes.shape[1]:] = sizes.to(device=device, dtype=torch.int32)
+        return torch.cat([fixed, per_sample.reshape(-1)])
+
+    def _fixed_geometry(self, has_dlse, sizes, vec_loads) -> Tuple[int, ...]:
         log2 = lambda xs: [int(x).bit_length() - 1 for x in xs]     # powers of two
         g = ([self.B, self.H, self.Hkv, self.D, self.Dv] + self.Lq + self.Lk + self.K + self.S + self.DIL
              + self.C + [int(self.dense), self.NG] + self.u + self.a + [self.KC, self.E, int(has_dlse),
@@ -430,25 +453,82 @@ class _Problem:
              + log2([self.NG]) + log2(self.u) + log2(self.a) + self.tiles_per_axis() + [self.H // self.Hkv])
         g += [0] * (GEOM_FIXED - len(g))          # padding: the kernels read 13 int4 vectors
         assert len(g) == GEOM_FIXED, len(g)
-        fixed = _geom_buffer(tuple(g), torch.device(device))
-        if sizes is None:
-            return fixed
-        per_sample = torch.ones(self.B, 3, dtype=torch.int32, device=device)
-        per_sample[:, 3 - sizes.shape[1]:] = sizes.to(device=device, dtype=torch.int32)
-        return torch.cat([fixed, per_sample.reshape(-1)])
+        return tuple(g)
 
     def kernel(self, lib, name: str, dtype):
         """The kernel ``name`` for this dtype, slice width, rank (the rank template drops the
         trivial leading axes from the hot loops: fewer registers) and staging batch."""
-        tag = "" if self.NB == 1 else f"_b{self.NB}"
-        return getattr(lib, f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}{tag}")
+        names = self.__dict__.setdefault("_names", {})
+        full = names.get((name, dtype))
+        if full is None:
+            tag = "" if self.NB == 1 else f"_b{self.NB}"
+            full = names[(name, dtype)] = f"{name}_{_DTYPE_SUFFIX[dtype]}_{self.DS}_r{self.rank}{tag}"
+        return getattr(lib, full)
+
+    def launch_dims(self):
+        """``(threads, group_size)`` of :meth:`launch` (None for an empty grid), computed once."""
+        dims = self.__dict__.get("_dims", False)
+        if dims is False:
+            x, y, z = self.grid()
+            tpg = self.threads_per_group
+            dims = self._dims = None if x * y * z == 0 else ((x * tpg, y, z), (tpg, 1, 1))
+        return dims
 
     def launch(self, lib, name, dtype, *args):
-        x, y, z = self.grid()
-        if x * y * z == 0:
-            return
-        tpg = self.threads_per_group
-        self.kernel(lib, name, dtype)(*args, threads=(x * tpg, y, z), group_size=(tpg, 1, 1))
+        dims = self.launch_dims()
+        if dims is not None:
+            self.kernel(lib, name, dtype)(*args, threads=dims[0], group_size=dims[1])
+
+
+def _tiling_rules() -> tuple:
+    """Everything module-level that the tiling choice reads (functions, methods and constants), as
+    part of a problem's cache key: replacing a rule (a tuning hook, a test's monkeypatch) gives new
+    problems instead of stale ones. A new rule the tiling reads belongs here."""
+    P = _Problem
+    return (_target_threadgroups, _simdgroups, _tiling, _slices, _grow, _chunk, P.__init__, P._stage_batch,
+            P._wants_own_walk, P._own_slice, P._cheaper_slice, P._capped_slice, staged_itemsize,
+            gpu_profile.profile_for, runtime.thread_limit, SIMDGROUPS, STAGE_BATCH, STAGE_BYTES, MAX_CHUNK,
+            SLICES, NARROW_SLICES, BATCHED_SLICES)
+
+
+_PROBLEMS: "OrderedDict[tuple, _Problem]" = OrderedDict()
+_PROBLEMS_SIZE = 256
+
+
+def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq=None, lk=None,
+             tile_keys=False, backward=False, tiling: Optional[Tiling] = None) -> _Problem:
+    """:class:`_Problem` for this signature, built once and kept (least recently used first out; a
+    problem never changes after construction, only values derived from it are memoised on it). The
+    key holds everything the tiling reads: shapes, element size, device, window arguments and the
+    walk override, the tiling (forced or tuned), the GPU profile and the pipelines' thread limit."""
+    tiling = tiling or forced_tiling() or DEFAULT_TILING
+    key = (q.shape, k.shape, v.shape, q.dtype, q.device, tuple(kernel_size), tuple(stride), tuple(dilation),
+           tuple(is_causal), dense, extra_tokens, None if lq is None else tuple(lq),
+           None if lk is None else tuple(lk), tile_keys, backward, tiling, gpu_profile.profile_for(q.device),
+           msl.emulated_max_threads() if q.device.type != "mps" else None, os.environ.get("NATTEN_MPS_METAL_WALK"),
+           _tiling_rules())
+    prob = _PROBLEMS.get(key)
+    if prob is None:
+        prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq, lk, tile_keys,
+                        backward=backward, tiling=tiling)
+        _PROBLEMS[key] = prob
+        if len(_PROBLEMS) > _PROBLEMS_SIZE:
+            try:
+                _PROBLEMS.popitem(last=False)
+            except KeyError:
+                pass
+    else:
+        try:
+            _PROBLEMS.move_to_end(key)
+        except KeyError:          # evicted by another thread meanwhile; prob is still valid
+            pass
+    return prob
+
+
+def clear_caches() -> None:
+    """Forget every cached problem and ``geom`` buffer."""
+    _PROBLEMS.clear()
+    _GEOM_CACHE.clear()
 
 
 def _extras(q, extra_k, extra_v):
@@ -468,7 +548,7 @@ def attention_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale, 
         q, k, v, kernel_size, stride, dilation, is_causal, scale, dense, extra_k, extra_v, sizes))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     xk, xv, E = _extras(q, extra_k, extra_v)
-    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tiling=tiling)
+    prob = _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tiling=tiling)
     out = _new_output(q.shape[:-1] + (prob.Dv,), q.dtype, q.device)
     lse = _new_output(q.shape[:-1], torch.float32, q.device)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
@@ -496,22 +576,22 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
     dlse_t = dlse.float().contiguous() if has_dlse else lse
     xk, xv, E = _extras(q, extra_k, extra_v)
     lib = runtime.library(ATTENTION_SHADER, q.device.type)
-    prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, backward=True, tiling=tiling)
-    kprob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True, backward=True,
+    prob = _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, backward=True, tiling=tiling)
+    kprob = _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, E, tile_keys=True, backward=True,
                      tiling=tiling)
     dq = _new_output(q.shape, q.dtype, q.device)
     delta = _new_output(lse.shape, torch.float32, q.device)
     dk = _new_output(k.shape, k.dtype, k.device)
     dv = _new_output(v.shape, v.dtype, v.device)
     geom = prob.geometry(q.device, has_dlse, sizes, tensors=(q, k, v, xk, xv, out, dout))
-    if _fuses_backward(prob, kprob):
+    fused = _fused_dims(prob, kprob)
+    if fused is not None:
         kgeom = kprob.geometry(q.device, has_dlse, sizes, tensors=(q, dout, out, k, v))
-        (nq, heads, groups), (nk, _, _) = prob.grid(), kprob.grid()
-        tpg = prob.threads_per_group
-        if (nq + nk) * heads * groups > 0:
+        nq, threads, group_size = fused
+        if threads is not None:
             prob.kernel(lib, "attn_backward_fused", q.dtype)(
                 q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, dk, dv, geom, kgeom, nq, float(scale),
-                threads=((nq + nk) * tpg, heads, groups), group_size=(tpg, 1, 1))
+                threads=threads, group_size=group_size)
     else:
         prob.launch(lib, "attn_backward_dq", q.dtype, q, k, v, xk, xv, out, dout, lse, dlse_t, dq, delta, geom,
                     float(scale))
@@ -519,14 +599,33 @@ def attention_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilat
                      kprob.geometry(q.device, sizes=sizes, tensors=(q, dout, k, v)), float(scale))
     if E == 0:
         return dq, dk, dv, None, None
-    tokens = q[0, ..., 0, 0].numel()
-    xprob = _Problem(q, xk, xv, [1], [1], [1], [False], True, 0, lq=[tokens], lk=[E], tile_keys=True,
+    tokens = math.prod(q.shape[1:-2])
+    xprob = _problem(q, xk, xv, [1], [1], [1], [False], True, 0, lq=[tokens], lk=[E], tile_keys=True,
                      backward=True)
     dxk = _new_output(xk.shape, xk.dtype, xk.device)
     dxv = _new_output(xv.shape, xv.dtype, xv.device)
     xprob.launch(lib, "attn_backward_dkdv", q.dtype, q, xk, xv, dout, lse, delta, dxk, dxv,
                  xprob.geometry(q.device, tensors=(q, dout, xk, xv)), float(scale))
     return dq, dk, dv, dxk, dxv
+
+
+def _fused_dims(prob: "_Problem", kprob: "_Problem"):
+    """None when the backward runs as two dispatches (:func:`_fuses_backward`), else
+    ``(nq, threads, group_size)`` of the fused one (``threads`` None for an empty grid); kept on
+    ``prob`` per value of the override flag."""
+    flag = os.environ.get("NATTEN_MPS_METAL_FUSED_BACKWARD", "1")
+    cached = prob.__dict__.setdefault("_fused", {})
+    key = (flag, FUSED_MAX_HALO, _fuses_backward)
+    if key in cached:
+        return cached[key]
+    dims = None
+    if _fuses_backward(prob, kprob):
+        (nq, heads, groups), (nk, _, _) = prob.grid(), kprob.grid()
+        tpg = prob.threads_per_group
+        live = (nq + nk) * heads * groups > 0
+        dims = (nq, ((nq + nk) * tpg, heads, groups) if live else None, (tpg, 1, 1))
+    cached[key] = dims
+    return dims
 
 
 def _fuses_backward(prob: "_Problem", kprob: "_Problem") -> bool:

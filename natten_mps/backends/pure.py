@@ -17,6 +17,8 @@ Algorithm (one generic N-d routine, :func:`_core_forward` / :func:`_core_backwar
 * Tiles are processed in chunks so peak memory is bounded by a budget, not by the input size.
 * Backward recomputes the probabilities from the saved LSE, chunk by chunk, and scatters key/value
   gradients back (rank 1: strided block copy/add; otherwise ``index_add_``).
+* Small problems (at most ``pure_small.MAX_TOKENS`` positions) skip the tiling: one fused
+  dense call with the neighbourhood as a kept ``[T, T]`` mask (:mod:`.pure_small`).
 * Forward and backward choose their tiles separately (:func:`.tiling.default_tile`), and on CPU
   reuse per-signature buffers across calls (:class:`_Buffers`), so a call copies its inputs in and
   allocates only what it returns.
@@ -31,7 +33,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from . import workspace
+from . import pure_small, workspace
 from . import tiling
 from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
@@ -402,6 +404,11 @@ def na_forward(q, k, v, kernel_size, stride, dilation, is_causal, scale):
     out_shape, lse_shape = q.shape[:-1] + (v.shape[-1],), q.shape[:-1]
     if q.numel() == 0:
         return q.new_empty(out_shape), q.new_empty(lse_shape, dtype=lse_dtype(q.dtype))
+    mask = pure_small.mask_for(q, k, v, kernel_size, stride, dilation, is_causal)
+    if mask is not None:       # a small problem: one masked dense call
+        result = pure_small.forward(q, k, v, mask, scale)
+        if result is not None:
+            return result
     qg = _split_heads(q, Hkv, G)
     core = functools.partial(_core_forward, kernel_size=kernel_size, stride=stride, causal=is_causal, scale=scale)
     if all(d == 1 for d in dilation):
@@ -417,6 +424,11 @@ def na_backward(dout, dlse, q, k, v, out, lse, kernel_size, stride, dilation, is
     """Gradients of :func:`na_forward` w.r.t. ``q, k, v`` given those of ``out`` and ``lse``."""
     if q.numel() == 0 or k.numel() == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    mask = pure_small.mask_for(q, k, v, kernel_size, stride, dilation, is_causal)
+    if mask is not None:      # a small problem: one masked dense call
+        grads = pure_small.backward(dout, dlse, q, k, v, out, lse, mask, scale)
+        if _finite(grads[0]):  # a leak through a masked entry reaches some query's gradient
+            return grads
     Hkv = k.shape[-2]
     G = q.shape[-2] // Hkv
     heads = functools.partial(_split_heads, Hkv=Hkv, G=G)              # [.., H, C] -> [.., Hkv, G, C]

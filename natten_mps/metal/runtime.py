@@ -35,6 +35,7 @@ sources run on an NVIDIA GPU, to check them under real concurrency and to rank k
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -52,7 +53,8 @@ __all__ = ["shader_dir", "shader_source", "library", "set_emulation", "emulation
            "mps_available", "runs_metal", "ShaderCompileError", "precompile",
            "shader_units", "unit_source", "unit_of", "family_available", "family_report", "build_log",
            "thread_limit", "set_strict", "strict", "FamilyUnavailableError", "MetalFallbackWarning",
-           "pure_on_failure", "build_every_family"]
+           "pure_on_failure", "build_every_family", "set_noop_launches", "noop_launches_enabled", "noop_launches",
+           "NoopLibrary"]
 
 
 class ShaderCompileError(RuntimeError):
@@ -102,6 +104,8 @@ def set_emulation(enabled: bool) -> None:
 
 
 def emulation_enabled() -> bool:
+    """Whether CPU tensors take the Metal code path through the CPU emulator (:func:`set_emulation`,
+    ``NATTEN_MPS_EMULATE=1``). Default False."""
     return _emulate
 
 
@@ -112,6 +116,8 @@ def set_metal_on_cuda(enabled: bool) -> None:
 
 
 def metal_on_cuda_enabled() -> bool:
+    """Whether CUDA tensors take the Metal code path through the MSL -> CUDA back end
+    (:func:`set_metal_on_cuda`, ``NATTEN_MPS_METAL_ON_CUDA=1``). Default False."""
     return _metal_on_cuda
 
 
@@ -411,6 +417,8 @@ class ShaderLibrary:
 def library(name: str, device_type: str) -> ShaderLibrary:
     """Kernels of ``shaders/<name>``: ``compile_shader`` on MPS, the emulator on CPU, the MSL -> CUDA
     back end on CUDA; compiled per unit (:func:`shader_units`) on first use."""
+    if _noop:
+        return _noop_library(name)
     key = (name, device_type)
     lib = _libs.get(key)
     if lib is None:
@@ -506,3 +514,88 @@ def precompile(names) -> None:
                     _unit_library(n, unit, "mps")
                 except FamilyUnavailableError:
                     pass
+
+
+# ---- No-op launches: the host's cost of a call without any kernel's --------------------------------
+# With no-op launches on, :func:`library` returns a :class:`NoopLibrary` for every device: the same
+# kernel names as the compiled library (read from the shader source by the MSL front end, which
+# only runs the C preprocessor, no compiler), each callable like a ``compile_shader`` kernel but
+# running nothing. Every Python step of a call (checks, geometry, allocation, poison fills,
+# argument lists, the launch call itself) still runs, so a timed call measures the host alone.
+# Outputs come back allocated (NaN-poisoned on CPU, see ``poison_outputs``) and unwritten.
+
+_noop = _env_flag("NATTEN_MPS_NOOP_LAUNCHES")
+_noop_libs: Dict[str, "NoopLibrary"] = {}
+
+
+class NoopKernel:
+    """A kernel that runs nothing: ``kernel(*args, threads=..., group_size=...)`` checks the number
+    of arguments against the kernel's ``[[buffer(i)]]`` parameters (a ``TypeError`` if it differs)
+    and counts the launch in ``launches``."""
+
+    max_threads_per_threadgroup = 1024
+    thread_execution_width = 32
+
+    def __init__(self, name: str, n_args: int) -> None:
+        self.name, self.n_args, self.launches = name, n_args, 0
+
+    def __call__(self, *args, threads=None, group_size=None) -> None:
+        if len(args) != self.n_args:
+            raise TypeError(f"kernel {self.name} takes {self.n_args} arguments, got {len(args)}")
+        self.launches += 1
+
+
+class NoopLibrary:
+    """``lib.<kernel>`` for every kernel of ``shaders/<name>``, as :class:`NoopKernel`;
+    ``launches()`` is the total launch count, ``kernel_names()`` the kernels."""
+
+    def __init__(self, name: str) -> None:
+        from . import msl
+        self.label = f"shaders/{name} (no-op launches)"
+        specs = msl.find_kernels(msl.preprocess(shader_source(name), self.label))
+        self._kernels = {k.host_name: NoopKernel(k.host_name, sum(p.kind in ("buffer", "scalar") for p in k.params))
+                         for k in specs}
+
+    def __getattr__(self, attr: str):
+        kernels = self.__dict__.get("_kernels", {})
+        if attr in kernels:
+            return kernels[attr]
+        raise AttributeError(f"{self.__dict__.get('label', 'library')} has no kernel {attr!r}")
+
+    def kernel_names(self):
+        return list(self._kernels)
+
+    def launches(self) -> int:
+        return sum(k.launches for k in self._kernels.values())
+
+
+def _noop_library(name: str) -> NoopLibrary:
+    lib = _noop_libs.get(name)
+    if lib is None:
+        with _lock:
+            lib = _noop_libs.get(name)
+            if lib is None:
+                lib = _noop_libs[name] = NoopLibrary(name)
+    return lib
+
+
+def set_noop_launches(enabled: bool) -> None:
+    """Replace every kernel launch by a no-op (``NATTEN_MPS_NOOP_LAUNCHES=1`` at import): for
+    measuring the host's cost of a call. Off by default; outputs are left unwritten."""
+    global _noop
+    _noop = bool(enabled)
+
+
+def noop_launches_enabled() -> bool:
+    return _noop
+
+
+@contextlib.contextmanager
+def noop_launches(enabled: bool = True):
+    """``with noop_launches(): ...``: :func:`set_noop_launches` for the block, restored after."""
+    previous = _noop
+    set_noop_launches(enabled)
+    try:
+        yield
+    finally:
+        set_noop_launches(previous)
