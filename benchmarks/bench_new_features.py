@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 import natten_mps  # noqa: E402
+from natten_mps.optional_peers import import_natten_mlx  # noqa: E402
 
 FEATURES = ["baseline", "gqa", "return_lse", "additional_kv", "bf16", "fmha", "merge"]
 
@@ -114,8 +115,7 @@ def ours(case: Case, device: str, backward: bool):
 def mlx_runner(case: Case, backward: bool):
     """natten-mlx call-through; None when mlx/natten_mlx are not installed or lack the feature."""
     try:
-        import mlx.core as mx
-        import natten_mlx
+        mx, natten_mlx = import_natten_mlx()
     except Exception:  # noqa: BLE001 - any import failure means the peer is absent
         return None, None
     if backward:
@@ -197,8 +197,7 @@ def main(argv=None) -> Dict:
 
     notes = []
     try:
-        import mlx.core  # noqa: F401
-        import natten_mlx  # noqa: F401
+        import_natten_mlx()
     except Exception as e:  # noqa: BLE001 - e.g. not installed, or natten-mlx refusing a non-macOS host
         notes.append(f"natten-mlx not measured: cannot import mlx/natten_mlx ({type(e).__name__}: {e})")
     show_costs = args.device != "mps" and not args.no_emulator_costs

@@ -37,6 +37,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .optional_peers import import_natten_mlx
+
 import natten_mps
 import sage_mps
 from .metal import runtime
@@ -341,8 +343,7 @@ def benchmarks(natten_mps_path: Optional[str] = None) -> List[Dict[str, object]]
     subprocess since it shares the import name)."""
     rows = []
     try:
-        import mlx.core as mx
-        import natten_mlx
+        mx, natten_mlx = import_natten_mlx()
     except Exception:  # noqa: BLE001 - absent peer
         mx = natten_mlx = None
     for label, rank, spatial, kernel, heads, hkv, dtype_name, extra, lse in SEED_TABLE:

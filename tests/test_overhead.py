@@ -85,9 +85,10 @@ def test_problems_are_cached_per_signature():
     assert not torch.equal(ga, gb) and a.geometry(q.device, tensors=(q, k, v)) is ga
 
 
-def test_problem_cache_follows_replaced_tiling_rules(monkeypatch):
+def test_problem_cache_follows_replaced_tiling_rules(monkeypatch, gpu_profile):
     """A replaced rule of the tiling choice (a tuning hook, a patched function) gives a new problem,
-    never the one cached under the old rule."""
+    never the one cached under the old rule (large tiles first: the ``none`` profile)."""
+    gpu_profile("none")
     q, k, v = _qkv(L=64)
     args = ([3], [1], [1], [False], False, 0)
     before = metal._problem(q, k, v, *args)
@@ -107,6 +108,20 @@ def test_problem_cache_follows_the_walk_override(monkeypatch):
     monkeypatch.setenv("NATTEN_MPS_METAL_WALK", "union")
     union = metal._problem(q, k, v, *args)
     assert own.own_walk and not union.own_walk
+
+
+def test_problem_cache_follows_the_gpu_profile_and_the_tiling(gpu_profile):
+    """A changed GPU profile or a forced tiling gives another problem, never the cached one."""
+    q, k, v = _qkv(L=64)
+    args = ([3], [1], [1], [False], False, 0)
+    gpu_profile("none")
+    large = metal._problem(q, k, v, *args)
+    gpu_profile("apple-m1")
+    apple = metal._problem(q, k, v, *args)
+    assert apple is not large and apple.threads_per_group != large.threads_per_group
+    with metal.force_tiling(metal.Tiling(ds=4)):
+        forced = metal._problem(q, k, v, *args)
+    assert forced is not apple and forced.DS == 4
 
 
 def test_signatures_do_not_share_checked_arguments():
