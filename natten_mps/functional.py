@@ -20,22 +20,10 @@ import torch
 from torch import Tensor
 
 from . import checks, ops
+from .autocast import autocast_inputs
 from .semantics import is_full_attention
 
 __all__ = ["na1d", "na2d", "na3d", "attention", "merge_attentions"]
-
-
-def autocast_inputs(*tensors):
-    """SDPA's autocast rule: under ``torch.autocast`` for the tensors' device, floating tensors are
-    cast to the autocast dtype (``None`` entries pass through)."""
-    first = tensors[0] if isinstance(tensors[0], Tensor) else next((t for t in tensors if isinstance(t, Tensor)), None)
-    if first is None:
-        return tensors
-    kind = first.device.type
-    if kind == "meta" or not torch.is_autocast_enabled(kind):
-        return tensors
-    dtype = torch.get_autocast_dtype(kind)
-    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t for t in tensors)
 
 
 # Checked arguments per call signature (see checks.SignatureCache): the checks run on a signature's

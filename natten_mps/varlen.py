@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import checks, ops
-from .functional import autocast_inputs
+from .autocast import autocast_inputs
 
 __all__ = ["na1d_varlen", "na2d_varlen", "na3d_varlen"]
 

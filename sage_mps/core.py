@@ -8,7 +8,7 @@ from torch import Tensor
 
 from natten_mps import checks, ops
 from natten_mps.backends import workspace
-from natten_mps.functional import autocast_inputs
+from natten_mps.autocast import autocast_inputs
 
 from .int8 import int8_attention_forward
 

@@ -34,6 +34,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from . import pure_small, workspace
+from .cpu_flash import _flash_bwd, _flash_fwd, _fused_tile_backward  # noqa: F401
 from . import tiling
 from .tiling import BatchMajor1D, TilesMajor, Untiler, plans_for
 
@@ -67,8 +68,6 @@ def _compute_dtype(dtype):
 # route first and redoes a problem on the matmul route only when its result is not finite (which a
 # non-finite input inside a window legitimately causes too). Elsewhere (CUDA, MPS fallback,
 # unequal head dims) the matmul route runs directly; it applies masks with ``masked_fill``.
-_flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _USE_FUSED = os.environ.get("NATTEN_MPS_PURE_FUSED", "1") != "0"
 
 
@@ -90,27 +89,6 @@ def _head_mask(mask, heads: int):
 
 def _heads_major(*xs):
     return [x.transpose(1, 2) for x in xs]
-
-
-def _fused_tile_backward(dot, qt, kt, vt, ot, lset, dlset, mask, scale, causal=False):
-    """Gradients from the fused kernel (kernel layout ``[batch, heads, rows, C]``); a nonzero LSE
-    gradient rides on an extra channel.
-
-    The kernel forms ``delta = rowsum(dO * O)``; the LSE gradient needs ``delta - dlse``. Appending a
-    zero channel to q, k, v, a one to dO and ``-dlse`` to O leaves the scores and dP unchanged and
-    shifts delta by exactly ``-dlse``.
-    """
-    if dlset is not None:
-        pad = lambda x, val: torch.cat([x, val], dim=-1)  # noqa: E731
-        zeros_q = qt.new_zeros(qt.shape[:-1] + (1,))
-        zeros_k = kt.new_zeros(kt.shape[:-1] + (1,))
-        qt, kt, vt = pad(qt, zeros_q), pad(kt, zeros_k), pad(vt, zeros_k)
-        dot = pad(dot, torch.ones_like(zeros_q))
-        ot = pad(ot, -dlset.unsqueeze(-1))
-    dq, dk, dv = _flash_bwd(dot, qt, kt, vt, ot, lset, 0.0, causal, attn_mask=mask, scale=scale)
-    if dlset is not None:
-        dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
-    return dq, dk, dv
 
 
 def _matmul_forward(qc, kc, vc, outside):

@@ -20,13 +20,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import pure  # pure imports this module; pure._fused_tile_backward is read at call time
+from .cpu_flash import _flash_bwd, _flash_fwd, _fused_tile_backward
 
 MAX_TOKENS = 32
 _MASKS: "OrderedDict[tuple, Optional[torch.Tensor]]" = OrderedDict()
 _MASKS_SIZE = 128
-_flash_fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_flash_bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
 def _dense_mask(spatial, kernel_size, stride, dilation, is_causal, groups: int, dtype) -> torch.Tensor:
@@ -121,7 +119,7 @@ def forward(q, k, v, mask, scale) -> Optional[Tuple[torch.Tensor, torch.Tensor]]
 
 def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`forward` in the inputs' dtypes; ``dlse`` (``[B, *L, H]`` or None) rides
-    on an extra channel as on the tiled fused route (``pure._fused_tile_backward``)."""
+    on an extra channel as on the tiled fused route (``cpu_flash._fused_tile_backward``)."""
     dtype, Hkv = mask.dtype, k.shape[-2]
     qh, kh, vh = _heads_first(q, Hkv, dtype), _heads_first(k, Hkv, dtype), _heads_first(v, Hkv, dtype)
     oh, doh = _heads_first(out, Hkv, dtype), _heads_first(dout, Hkv, dtype)
@@ -129,7 +127,7 @@ def backward(dout, dlse, q, k, v, out, lse, mask, scale) -> Tuple[torch.Tensor, 
     if dlse is None:
         dq, dk, dv = _flash_bwd(doh, qh, kh, vh, oh, lh, 0.0, False, attn_mask=mask, scale=scale)
     else:
-        dq, dk, dv = pure._fused_tile_backward(doh, qh, kh, vh, oh, lh, _rows_first(dlse, Hkv, dtype), mask, scale)
+        dq, dk, dv = _fused_tile_backward(doh, qh, kh, vh, oh, lh, _rows_first(dlse, Hkv, dtype), mask, scale)
     # contiguous results in the inputs' dtypes, as the ops' fake kernels promise
     dq = _heads_last(dq, q.shape, Hkv)
     dk = _heads_last(dk, k.shape, Hkv)
