@@ -118,7 +118,7 @@ def _simdgroups(device: torch.device, own_walk: bool = False) -> int:
     threads) on Apple GPUs (MLX's attention kernels and MFA use 64-128 threads; a core wants about 24
     resident SIMD-groups, docs/tuning.md); on CUDA 2 for the union walk and 4 for the own-window walk
     (the proxy's per-kernel sweep, ``benchmarks/experiments/tile_sweep_cuda.py --per-kernel``,
-    results/tile_sweep_h200.txt: dQ and dK/dV 2-10% faster with 2 than with 4, the own walk's
+    results/tile_sweep_h200_2026-12-02_4f81dd1.txt: dQ and dK/dV 2-10% faster with 2 than with 4, the own walk's
     SIMD-groups stack on the outer axes so more of them share a staged box); 8 on the ``none``
     profile (256 threads, the fewest device bytes per token)."""
     prof = gpu_profile.profile_for(device)
@@ -340,7 +340,7 @@ class _Problem:
         attention with short windows (at most 8 on the inner axis) where the union walk, at slice
         ``ds``, would visit at least 1.4x the steps of a window (its masked steps). The own walk's
         lanes read different staged rows at once (rows are skewed across banks, ``RS``); with long
-        windows the union walk's broadcast reads won on the proxy (tile_sweep_h200.txt: 1-D K=63,
+        windows the union walk's broadcast reads won on the proxy (tile_sweep_h200_2026-12-02_4f81dd1.txt: 1-D K=63,
         2-D K=13), with short ones the own walk (1-D 256 K=7, 2-D 32^2 and 64^2 K=7, 3-D K=5
         backward: 3-25% faster kernels)."""
         if self.dense:
