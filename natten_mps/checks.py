@@ -1,6 +1,8 @@
 """Argument checks shared by the functional API; every failure names the argument and values."""
 from __future__ import annotations
 
+from .lru import SignatureCache  # noqa: F401  (kept per call signature; re-exported here)
+
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -181,41 +183,3 @@ def tensor_key(t):
     if not isinstance(t, torch.Tensor):
         return False
     return (type(t), t.shape, t.dtype, t.device)
-
-
-class SignatureCache:
-    """A bounded map from call signatures to checked results (least recently used first out)."""
-
-    def __init__(self, size: int = 256) -> None:
-        from collections import OrderedDict
-        self.size, self._entries = size, OrderedDict()
-
-    def get(self, key):
-        """The entry of ``key``, or None (also for an unhashable key, which :meth:`put` skips)."""
-        try:
-            entry = self._entries.get(key)
-        except TypeError:
-            return None
-        if entry is not None:
-            try:
-                self._entries.move_to_end(key)
-            except KeyError:      # evicted by another thread meanwhile: the entry is still valid
-                pass
-        return entry
-
-    def put(self, key, value) -> None:
-        try:
-            self._entries[key] = value
-        except TypeError:         # unhashable (a list inside a window argument): not kept
-            return
-        while len(self._entries) > self.size:
-            try:
-                self._entries.popitem(last=False)
-            except KeyError:
-                break
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -32,6 +32,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..lru import SignatureCache
 from ..metal import msl, runtime
 from . import fallback, gpu_profile, metal_flash
 
@@ -491,8 +492,7 @@ def _tiling_rules() -> tuple:
             SLICES, NARROW_SLICES, BATCHED_SLICES)
 
 
-_PROBLEMS: "OrderedDict[tuple, _Problem]" = OrderedDict()
-_PROBLEMS_SIZE = 256
+_PROBLEMS = SignatureCache(256)
 
 
 def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq=None, lk=None,
@@ -511,17 +511,7 @@ def _problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tok
     if prob is None:
         prob = _Problem(q, k, v, kernel_size, stride, dilation, is_causal, dense, extra_tokens, lq, lk, tile_keys,
                         backward=backward, tiling=tiling)
-        _PROBLEMS[key] = prob
-        if len(_PROBLEMS) > _PROBLEMS_SIZE:
-            try:
-                _PROBLEMS.popitem(last=False)
-            except KeyError:
-                pass
-    else:
-        try:
-            _PROBLEMS.move_to_end(key)
-        except KeyError:          # evicted by another thread meanwhile; prob is still valid
-            pass
+        _PROBLEMS.put(key, prob)
     return prob
 
 

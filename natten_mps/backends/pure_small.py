@@ -15,16 +15,15 @@ A non-finite output sends the call to the tiled route too: masked keys still ent
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Optional, Tuple
 
 import torch
 
+from ..lru import SignatureCache
 from .cpu_flash import _flash_bwd, _flash_fwd, _fused_tile_backward
 
 MAX_TOKENS = 32
-_MASKS: "OrderedDict[tuple, Optional[torch.Tensor]]" = OrderedDict()
-_MASKS_SIZE = 128
+_MASKS = SignatureCache(128)     # entries are (mask,): None (the route does not apply) is kept too
 
 
 def _dense_mask(spatial, kernel_size, stride, dilation, is_causal, groups: int, dtype) -> torch.Tensor:
@@ -46,16 +45,11 @@ def mask_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size, str
     else None (both answers kept per signature)."""
     key = (q.shape, k.shape[-2], v.shape[-1], q.dtype, q.device, tuple(kernel_size), tuple(stride),
            tuple(dilation), tuple(is_causal))
-    mask = _MASKS.get(key, False)
-    if mask is False:
-        mask = _build(q, k, v, kernel_size, stride, dilation, is_causal)
-        _MASKS[key] = mask
-        if len(_MASKS) > _MASKS_SIZE:
-            try:
-                _MASKS.popitem(last=False)
-            except KeyError:
-                pass
-    return mask
+    entry = _MASKS.get(key)
+    if entry is None:
+        entry = (_build(q, k, v, kernel_size, stride, dilation, is_causal),)
+        _MASKS.put(key, entry)
+    return entry[0]
 
 
 def _build(q, k, v, kernel_size, stride, dilation, is_causal) -> Optional[torch.Tensor]:
